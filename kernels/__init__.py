@@ -1,0 +1,5 @@
+"""Numba kernels: each op's forward and backward side by side, and plain-NumPy references.
+
+Read `kernels/README.md` for the order and the math. Every function here is pure: arrays in,
+arrays out (or written into a caller's buffer), no state.
+"""
