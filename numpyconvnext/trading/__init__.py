@@ -1,0 +1,61 @@
+"""Trading library: signals from probabilities, position sizing, backtest and metrics.
+
+Class order everywhere: 0 = Long, 1 = Short, 2 = Hold. A decision made at bar t's close is
+filled at bar t+1's open.
+"""
+
+from .backtest import (
+    DEFAULT_FEE_RATE,
+    DEFAULT_SLIPPAGE,
+    Backtester,
+    BacktestResult,
+    backtest,
+    buy_and_hold,
+    targets_from_signals,
+)
+from .metrics import (
+    BacktestMetrics,
+    cagr,
+    compute_metrics,
+    exposure,
+    format_comparison_table,
+    max_drawdown,
+    periods_per_year_from_index,
+    profit_factor,
+    sharpe_ratio,
+    sortino_ratio,
+    total_return,
+    win_rate,
+)
+from .signals import Signal, generate_signal, generate_signals, signal_direction
+from .sizing import average_true_range, kelly_criterion, position_fraction, position_size
+
+__all__ = [
+    "DEFAULT_FEE_RATE",
+    "DEFAULT_SLIPPAGE",
+    "Backtester",
+    "BacktestMetrics",
+    "BacktestResult",
+    "Signal",
+    "average_true_range",
+    "backtest",
+    "buy_and_hold",
+    "cagr",
+    "compute_metrics",
+    "exposure",
+    "format_comparison_table",
+    "generate_signal",
+    "generate_signals",
+    "kelly_criterion",
+    "max_drawdown",
+    "periods_per_year_from_index",
+    "position_fraction",
+    "position_size",
+    "profit_factor",
+    "sharpe_ratio",
+    "signal_direction",
+    "sortino_ratio",
+    "targets_from_signals",
+    "total_return",
+    "win_rate",
+]
