@@ -1,0 +1,95 @@
+"""Depthwise conv1d with 'same' zero padding, channels-last, and its fusion with LayerNorm.
+
+    y[b, t, c] = bias[c] + sum_k w[k, c] * x[b, t + k - P, c],    P = (K - 1) / 2, K odd
+
+x [B, T, C] and y [B, T, C] are C-contiguous; the weight is tap-major `w[K, C]` so the innermost
+loop runs over contiguous channels (PyTorch stores it as [C, 1, K]; the layer transposes).
+The backward is the same conv with the taps flipped, plus two reductions:
+
+    dx[b, t, c] = sum_k w[k, c] * dy[b, t - k + P, c]
+    dw[k, c]    = sum_{b,t} dy[b, t, c] * x[b, t + k - P, c],    db[c] = sum_{b,t} dy[b, t, c]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from kernels.layernorm import _normalize_row
+
+
+@njit(cache=True, parallel=True)
+def dwconv_forward(x, w, b):
+    """x [B, T, C], w [K, C], b [C] -> y [B, T, C] (see module docstring)."""
+    B, T, C = x.shape
+    y = np.empty_like(x)
+    for row in prange(B * T):
+        _conv_row(x, w, b, row // T, row % T, y[row // T, row % T])
+    return y
+
+
+@njit(cache=True, parallel=True)
+def dwconv_backward(dy, x, w):
+    """dy, x [B, T, C], w [K, C] -> dx [B, T, C], dw [K, C], db [C]."""
+    B, T, C = x.shape
+    K = w.shape[0]
+    P = (K - 1) // 2
+    dx = np.empty_like(x)
+    # per-sample partial sums of dw (rows 0..K-1) and db (row K), reduced after the loop
+    partial = np.zeros((B, K + 1, C), dtype=x.dtype)
+    for bi in prange(B):
+        for t in range(T):
+            out = dx[bi, t]
+            out[:] = 0.0
+            for k in range(K):
+                src = t - k + P
+                if 0 <= src < T:
+                    g = dy[bi, src]
+                    for c in range(C):
+                        out[c] += w[k, c] * g[c]
+            g = dy[bi, t]
+            for k in range(K):
+                src = t + k - P
+                if 0 <= src < T:
+                    xs = x[bi, src]
+                    for c in range(C):
+                        partial[bi, k, c] += g[c] * xs[c]
+            for c in range(C):
+                partial[bi, K, c] += g[c]
+    total = partial.sum(axis=0)
+    return dx, total[:K].copy(), total[K].copy()
+
+
+@njit(cache=True, parallel=True)
+def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps):
+    """Fused y = dwconv(x); z = LayerNorm(y) over C. Returns (y, z, mean, rstd).
+
+    One pass over each row while it is in cache; y, mean and rstd are what the backward needs.
+    """
+    B, T, C = x.shape
+    y = np.empty_like(x)
+    z = np.empty_like(x)
+    mean = np.empty((B, T), dtype=x.dtype)
+    rstd = np.empty((B, T), dtype=x.dtype)
+    for row in prange(B * T):
+        bi = row // T
+        t = row % T
+        _conv_row(x, w, b, bi, t, y[bi, t])
+        mean[bi, t], rstd[bi, t] = _normalize_row(y[bi, t], norm_w, norm_b, eps, z[bi, t])
+    return y, z, mean, rstd
+
+
+@njit(cache=True, inline="always")
+def _conv_row(x, w, b, bi, t, out):
+    T = x.shape[1]
+    C = x.shape[2]
+    K = w.shape[0]
+    P = (K - 1) // 2
+    for c in range(C):
+        out[c] = b[c]
+    for k in range(K):
+        src = t + k - P
+        if 0 <= src < T:
+            xs = x[bi, src]
+            for c in range(C):
+                out[c] += w[k, c] * xs[c]

@@ -1,0 +1,63 @@
+"""Pointwise (linear) layers and patchify convs as one BLAS matmul each.
+
+Linear, PyTorch weight layout w[C_out, C_in]:
+
+    y = x @ w.T + b          x [N, C_in] -> y [N, C_out]
+    dx = dy @ w,  dw = dy.T @ x,  db = sum_n dy
+
+Patchify conv (kernel = stride = s, no padding), the stem and the downsample layers. On a
+channels-last x[B, T, C_in] the patch at output step t is the contiguous run x[b, s*t : s*t + s, :],
+so `x.reshape(B, T/s, s*C_in)` is a free view, and with the Conv1d weight w[C_out, C_in, s]
+rearranged to w2[C_out, s*C_in] (tap-major) the conv is one matmul:
+
+    y[b, t, :] = x.reshape(B*T/s, s*C_in) @ w2.T + b
+
+Matmuls go to BLAS through NumPy (nothing to gain from Numba here); these functions take an
+optional `out=` so the model can reuse buffers between steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out=None) -> np.ndarray:
+    """y = x @ w.T (+ b): x [N, C_in], w [C_out, C_in], b [C_out] or None -> y [N, C_out]."""
+    y = np.matmul(x, w.T, out=out)
+    if b is not None:
+        y += b
+    return y
+
+
+def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, need_dx: bool = True):
+    """dy [N, C_out], x [N, C_in], w [C_out, C_in] -> (dx [N, C_in] or None, dw, db)."""
+    dx = dy @ w if need_dx else None
+    return dx, dy.T @ x, dy.sum(axis=0)
+
+
+def patch_weight(w: np.ndarray) -> np.ndarray:
+    """Conv1d weight [C_out, C_in, s] -> tap-major matmul weight [C_out, s*C_in]."""
+    return np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(w.shape[0], -1)
+
+
+def patch_weight_grad(dw2: np.ndarray, s: int) -> np.ndarray:
+    """Inverse of `patch_weight` for a gradient: [C_out, s*C_in] -> [C_out, C_in, s]."""
+    return np.ascontiguousarray(dw2.reshape(dw2.shape[0], s, -1).transpose(0, 2, 1))
+
+
+def patchify_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x [B, T, C_in] (contiguous), w [C_out, C_in, s], b [C_out] -> y [B, T/s, C_out]."""
+    B, T, C = x.shape
+    s = w.shape[2]
+    patches = x.reshape(B * (T // s), s * C)
+    return linear_forward(patches, patch_weight(w), b).reshape(B, T // s, w.shape[0])
+
+
+def patchify_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, need_dx: bool = True):
+    """dy [B, T/s, C_out], x [B, T, C_in], w [C_out, C_in, s] -> (dx [B, T, C_in] or None, dw, db)."""
+    B, T, C = x.shape
+    s = w.shape[2]
+    rows = dy.reshape(-1, dy.shape[2])
+    dpatch, dw2, db = linear_backward(rows, x.reshape(B * (T // s), s * C), patch_weight(w), need_dx)
+    dx = dpatch.reshape(B, T, C) if need_dx else None
+    return dx, patch_weight_grad(dw2, s), db

@@ -1,0 +1,183 @@
+"""ConvNeXt layers on channels-last activations [B, T, C], each a forward() and a backward().
+
+A layer holds views of its parameters and gradients (named as in the official ConvNeXt code,
+relative to the layer), keeps in `forward` exactly what `backward` needs, and in `backward`
+writes its parameter gradients and returns dL/dx. Pass `cache=False` to forward for inference:
+nothing is kept and backward is unavailable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward
+from kernels.gelu import bias_gelu_backward, bias_gelu_forward
+from kernels.layernorm import layernorm_backward, layernorm_forward
+from kernels.linear import linear_backward, linear_forward, patchify_backward, patchify_forward
+from kernels.residual import residual_backward, residual_forward
+
+LAYERNORM_EPS = 1e-6
+
+
+class Layer:
+    """Base: `params` and `grads` are dicts of arrays (views into the model's flat buffers)."""
+
+    def __init__(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]):
+        self.params = params
+        self.grads = grads
+        self._cache: tuple | None = None
+
+    def _take_cache(self) -> tuple:
+        if self._cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called without a forward(cache=True) before it"
+            )
+        cache, self._cache = self._cache, None
+        return cache
+
+
+def _layernorm_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray):
+    rows = x.reshape(-1, x.shape[-1])
+    y, mean, rstd = layernorm_forward(rows, weight, bias, LAYERNORM_EPS)
+    return y.reshape(x.shape), mean, rstd
+
+
+def _layernorm_rows_backward(dy, x, weight, mean, rstd):
+    rows = x.reshape(-1, x.shape[-1])
+    dx, dw, db = layernorm_backward(dy.reshape(rows.shape), rows, weight, mean, rstd)
+    return dx.reshape(x.shape), dw, db
+
+
+class Stem(Layer):
+    """Patchify conv (kernel = stride = 4) then LayerNorm. Takes the public layout [B, C_in, T].
+
+    Parameters: `0.weight [d0, C_in, 4]`, `0.bias [d0]` (conv), `1.weight`, `1.bias [d0]` (norm).
+    """
+
+    def forward(self, x: np.ndarray, cache: bool = True) -> np.ndarray:
+        p = self.params
+        x_last = np.ascontiguousarray(x.transpose(0, 2, 1))
+        y = patchify_forward(x_last, p["0.weight"], p["0.bias"])
+        z, mean, rstd = _layernorm_rows(y, p["1.weight"], p["1.bias"])
+        if cache:
+            self._cache = (x_last, y, mean, rstd)
+        return z
+
+    def backward(self, dz: np.ndarray, need_dx: bool = True) -> np.ndarray | None:
+        x_last, y, mean, rstd = self._take_cache()
+        p, g = self.params, self.grads
+        dy, g["1.weight"][...], g["1.bias"][...] = _layernorm_rows_backward(
+            dz, y, p["1.weight"], mean, rstd
+        )
+        dx, g["0.weight"][...], g["0.bias"][...] = patchify_backward(
+            dy, x_last, p["0.weight"], need_dx
+        )
+        return None if dx is None else dx.transpose(0, 2, 1)
+
+
+class Downsample(Layer):
+    """LayerNorm then patchify conv (kernel = stride = 2): [B, T, C] -> [B, T/2, C'].
+
+    Parameters: `0.weight`, `0.bias [C]` (norm), `1.weight [C', C, 2]`, `1.bias [C']` (conv).
+    """
+
+    def forward(self, x: np.ndarray, cache: bool = True) -> np.ndarray:
+        p = self.params
+        z, mean, rstd = _layernorm_rows(x, p["0.weight"], p["0.bias"])
+        y = patchify_forward(z, p["1.weight"], p["1.bias"])
+        if cache:
+            self._cache = (x, z, mean, rstd)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x, z, mean, rstd = self._take_cache()
+        p, g = self.params, self.grads
+        dz, g["1.weight"][...], g["1.bias"][...] = patchify_backward(dy, z, p["1.weight"])
+        dx, g["0.weight"][...], g["0.bias"][...] = _layernorm_rows_backward(
+            dz, x, p["0.weight"], mean, rstd
+        )
+        return dx
+
+
+class Block(Layer):
+    """x + drop_path(gamma * pwconv2(GELU(pwconv1(LayerNorm(dwconv7(x)))))) on [B, T, C].
+
+    Parameters: `dwconv.weight [C, 1, K]`, `dwconv.bias`, `norm.weight`, `norm.bias`,
+    `pwconv1.weight [4C, C]`, `pwconv1.bias [4C]`, `pwconv2.weight [C, 4C]`, `pwconv2.bias`,
+    `gamma [C]` (layer scale). `drop_path_rate` is this block's stochastic-depth probability.
+    """
+
+    def __init__(self, params, grads, drop_path_rate: float = 0.0):
+        super().__init__(params, grads)
+        self.drop_path_rate = float(drop_path_rate)
+
+    def forward(self, x: np.ndarray, keep: np.ndarray, cache: bool = True) -> np.ndarray:
+        """x [B, T, C]; keep [B] is the drop-path factor per sample (0 or 1/keep_prob, or 1)."""
+        p = self.params
+        B, T, C = x.shape
+        w_taps = np.ascontiguousarray(p["dwconv.weight"][:, 0, :].T)
+        y, z, mean, rstd = dwconv_layernorm_forward(
+            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS
+        )
+        z_rows = z.reshape(B * T, C)
+        pre = linear_forward(z_rows, p["pwconv1.weight"], None)
+        a, pre = bias_gelu_forward(pre, p["pwconv1.bias"])
+        branch = linear_forward(a, p["pwconv2.weight"], p["pwconv2.bias"]).reshape(B, T, C)
+        out = residual_forward(x, branch, p["gamma"], keep)
+        if cache:
+            self._cache = (x, w_taps, y, z_rows, mean, rstd, pre, a, branch, keep)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        x, w_taps, y, z_rows, mean, rstd, pre, a, branch, keep = self._take_cache()
+        p, g = self.params, self.grads
+        B, T, C = x.shape
+        dbranch, g["gamma"][...] = residual_backward(dout, branch, p["gamma"], keep)
+        da, g["pwconv2.weight"][...], g["pwconv2.bias"][...] = linear_backward(
+            dbranch.reshape(B * T, C), a, p["pwconv2.weight"]
+        )
+        dpre, g["pwconv1.bias"][...] = bias_gelu_backward(da, pre)
+        dz, g["pwconv1.weight"][...], _ = linear_backward(dpre, z_rows, p["pwconv1.weight"])
+        dy, g["norm.weight"][...], g["norm.bias"][...] = layernorm_backward(
+            dz, y.reshape(B * T, C), p["norm.weight"], mean.reshape(-1), rstd.reshape(-1)
+        )
+        dx, dw_taps, g["dwconv.bias"][...] = dwconv_backward(dy.reshape(B, T, C), x, w_taps)
+        g["dwconv.weight"][:, 0, :] = dw_taps.T
+        dx += dout
+        return dx
+
+
+class Head(Layer):
+    """Global average pool over T -> LayerNorm -> Linear: [B, T, C] -> logits [B, classes].
+
+    Parameters: `norm.weight`, `norm.bias [C]`, `head.weight [classes, C]`, `head.bias`.
+    """
+
+    def forward(self, x: np.ndarray, cache: bool = True) -> np.ndarray:
+        p = self.params
+        pooled = x.mean(axis=1)
+        z, mean, rstd = layernorm_forward(pooled, p["norm.weight"], p["norm.bias"], LAYERNORM_EPS)
+        logits = linear_forward(z, p["head.weight"], p["head.bias"])
+        if cache:
+            self._cache = (x.shape, pooled, z, mean, rstd)
+        return logits
+
+    def backward(self, dlogits: np.ndarray) -> np.ndarray:
+        shape, pooled, z, mean, rstd = self._take_cache()
+        p, g = self.params, self.grads
+        dz, g["head.weight"][...], g["head.bias"][...] = linear_backward(
+            dlogits, z, p["head.weight"]
+        )
+        dpooled, g["norm.weight"][...], g["norm.bias"][...] = layernorm_backward(
+            dz, pooled, p["norm.weight"], mean, rstd
+        )
+        B, T, C = shape
+        return np.broadcast_to((dpooled / T)[:, None, :], shape).copy()
+
+
+def drop_path_keep(rate: float, batch: int, rng: np.random.Generator, dtype) -> np.ndarray:
+    """Per-sample stochastic-depth factors: 1/(1-rate) with probability 1-rate, else 0."""
+    keep_prob = 1.0 - rate
+    if rate <= 0.0:
+        return np.ones(batch, dtype=dtype)
+    return (rng.random(batch) < keep_prob).astype(dtype) / dtype(keep_prob)

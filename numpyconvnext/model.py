@@ -1,0 +1,351 @@
+"""ConvNeXt1D: the whole network, its variants, initialisation and state dict.
+
+    stem:        Conv(k=4, s=4) C_in -> d0, LayerNorm                 T -> T/4
+    stage i>0:   LayerNorm, Conv(k=2, s=2) d(i-1) -> d(i)             T -> T/2
+    block:       x + drop_path(gamma * pwconv2(GELU(pwconv1(LN(dwconv7(x))))))
+    head:        mean over T -> LayerNorm -> Linear(d3 -> num_classes)
+
+All parameters live in one flat buffer (and their gradients in another) with named views, so
+saving, loading and the optimizer each work in one pass. Matrices and convolution kernels come
+first in the buffer, then the 1-D parameters (norms, biases, gamma), so that "no weight decay on
+1-D parameters" is one contiguous slice: `flat_params[:decay_size]` is what decays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from numpyconvnext.layers import Block, Downsample, Head, Stem, drop_path_keep
+
+CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
+    "atto": {"dims": (40, 80, 160, 320), "depths": (2, 2, 6, 2)},
+    "femto": {"dims": (48, 96, 192, 384), "depths": (2, 2, 6, 2)},
+    "pico": {"dims": (64, 128, 256, 512), "depths": (2, 2, 6, 2)},
+    "nano": {"dims": (80, 160, 320, 640), "depths": (2, 2, 8, 2)},
+    "tiny": {"dims": (96, 192, 384, 768), "depths": (3, 3, 9, 3)},
+    "small": {"dims": (96, 192, 384, 768), "depths": (3, 3, 27, 3)},
+    "base": {"dims": (128, 256, 512, 1024), "depths": (3, 3, 27, 3)},
+}
+
+DWCONV_KERNEL = 7
+STEM_STRIDE = 4
+DOWNSAMPLE_STRIDE = 2
+INIT_STD = 0.02
+
+
+def parameter_shapes(
+    dims: Sequence[int], depths: Sequence[int], in_channels: int, num_classes: int
+) -> dict[str, tuple[int, ...]]:
+    """Official ConvNeXt state-dict names (1D) -> shapes, in the official order."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "downsample_layers.0.0.weight": (dims[0], in_channels, STEM_STRIDE),
+        "downsample_layers.0.0.bias": (dims[0],),
+        "downsample_layers.0.1.weight": (dims[0],),
+        "downsample_layers.0.1.bias": (dims[0],),
+    }
+    for i in range(1, len(dims)):
+        shapes[f"downsample_layers.{i}.0.weight"] = (dims[i - 1],)
+        shapes[f"downsample_layers.{i}.0.bias"] = (dims[i - 1],)
+        shapes[f"downsample_layers.{i}.1.weight"] = (dims[i], dims[i - 1], DOWNSAMPLE_STRIDE)
+        shapes[f"downsample_layers.{i}.1.bias"] = (dims[i],)
+    for i, (d, depth) in enumerate(zip(dims, depths, strict=True)):
+        for j in range(depth):
+            prefix = f"stages.{i}.{j}."
+            shapes[prefix + "dwconv.weight"] = (d, 1, DWCONV_KERNEL)
+            shapes[prefix + "dwconv.bias"] = (d,)
+            shapes[prefix + "norm.weight"] = (d,)
+            shapes[prefix + "norm.bias"] = (d,)
+            shapes[prefix + "pwconv1.weight"] = (4 * d, d)
+            shapes[prefix + "pwconv1.bias"] = (4 * d,)
+            shapes[prefix + "pwconv2.weight"] = (d, 4 * d)
+            shapes[prefix + "pwconv2.bias"] = (d,)
+            shapes[prefix + "gamma"] = (d,)
+    shapes["norm.weight"] = (dims[-1],)
+    shapes["norm.bias"] = (dims[-1],)
+    shapes["head.weight"] = (num_classes, dims[-1])
+    shapes["head.bias"] = (num_classes,)
+    return shapes
+
+
+def forward_flops(
+    dims: Sequence[int], depths: Sequence[int], in_channels: int, num_classes: int, length: int
+) -> int:
+    """Floating-point operations (2 per multiply-add) of one sample's forward pass."""
+    t = length // STEM_STRIDE
+    flops = 2 * t * dims[0] * in_channels * STEM_STRIDE
+    for i, (d, depth) in enumerate(zip(dims, depths, strict=True)):
+        if i > 0:
+            t //= DOWNSAMPLE_STRIDE
+            flops += 2 * t * d * dims[i - 1] * DOWNSAMPLE_STRIDE
+        flops += depth * (2 * t * d * DWCONV_KERNEL + 2 * 2 * t * d * 4 * d)
+    return flops + 2 * dims[-1] * num_classes
+
+
+class ConvNeXt1D:
+    """A 1D ConvNeXt on public input x[B, C_in, T] -> logits[B, num_classes].
+
+    T must be divisible by 32 (stem 4 x three downsamples of 2). num_classes=1 is a regression
+    head. Weights start as truncated normal (std 0.02, cut at 2 std), biases 0, LayerNorm weight
+    1, gamma = layer_scale_init; drop-path rates grow linearly from 0 to drop_path_rate.
+    """
+
+    def __init__(
+        self,
+        dims: Sequence[int],
+        depths: Sequence[int],
+        in_channels: int,
+        num_classes: int,
+        drop_path_rate: float = 0.0,
+        layer_scale_init: float = 1e-6,
+        dtype=np.float32,
+        seed: int = 0,
+    ):
+        dims = tuple(int(d) for d in dims)
+        depths = tuple(int(d) for d in depths)
+        if len(dims) != 4 or len(depths) != 4:
+            raise ValueError(f"dims and depths need 4 stages each, got {dims} and {depths}")
+        if min(dims) < 1 or min(depths) < 0 or in_channels < 1 or num_classes < 1:
+            raise ValueError("dims, in_channels and num_classes must be positive, depths >= 0")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.config = {
+            "dims": list(dims),
+            "depths": list(depths),
+            "in_channels": int(in_channels),
+            "num_classes": int(num_classes),
+            "drop_path_rate": float(drop_path_rate),
+            "layer_scale_init": float(layer_scale_init),
+            "dtype": self.dtype.name,
+            "seed": int(seed),
+        }
+        self.training = True
+        self.rng = np.random.default_rng(seed)
+        self._allocate(parameter_shapes(dims, depths, in_channels, num_classes))
+        self._build_layers(dims, depths, drop_path_rate)
+        self._init_weights(layer_scale_init, np.random.default_rng(seed))
+        self._keep: list[np.ndarray] = []
+
+    @classmethod
+    def from_config(cls, name: str, in_channels: int, num_classes: int, **options) -> ConvNeXt1D:
+        """A named variant (atto, femto, pico, nano, tiny, small, base)."""
+        if name not in CONFIGS:
+            raise ValueError(f"unknown variant {name!r}; choose from {', '.join(CONFIGS)}")
+        return cls(**CONFIGS[name], in_channels=in_channels, num_classes=num_classes, **options)
+
+    # --- parameters ---------------------------------------------------------------------------
+
+    def _allocate(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        order = [n for n, s in shapes.items() if len(s) > 1] + [
+            n for n, s in shapes.items() if len(s) <= 1
+        ]
+        sizes = {n: math.prod(shapes[n]) for n in order}
+        total = sum(sizes.values())
+        self.flat_params = np.zeros(total, dtype=self.dtype)
+        self.flat_grads = np.zeros(total, dtype=self.dtype)
+        self.decay_size = sum(sizes[n] for n in order if len(shapes[n]) > 1)
+        self._params: dict[str, np.ndarray] = {}
+        self._grads: dict[str, np.ndarray] = {}
+        offset = 0
+        views = {}
+        for name in order:
+            end = offset + sizes[name]
+            views[name] = (offset, end)
+            offset = end
+        for name in shapes:  # dicts keep the official order
+            start, end = views[name]
+            self._params[name] = self.flat_params[start:end].reshape(shapes[name])
+            self._grads[name] = self.flat_grads[start:end].reshape(shapes[name])
+
+    def _sub(self, prefix: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        n = len(prefix)
+        params = {k[n:]: v for k, v in self._params.items() if k.startswith(prefix)}
+        grads = {k[n:]: v for k, v in self._grads.items() if k.startswith(prefix)}
+        return params, grads
+
+    def _build_layers(self, dims, depths, drop_path_rate) -> None:
+        self.stem = Stem(*self._sub("downsample_layers.0."))
+        self.downsamples = [
+            Downsample(*self._sub(f"downsample_layers.{i}.")) for i in range(1, len(dims))
+        ]
+        rates = np.linspace(0.0, drop_path_rate, sum(depths)) if sum(depths) else []
+        self.stages: list[list[Block]] = []
+        k = 0
+        for i, depth in enumerate(depths):
+            stage = []
+            for j in range(depth):
+                stage.append(Block(*self._sub(f"stages.{i}.{j}."), drop_path_rate=rates[k]))
+                k += 1
+            self.stages.append(stage)
+        head_params, head_grads = self._sub("")
+        self.head = Head(
+            {k: head_params[k] for k in ("norm.weight", "norm.bias", "head.weight", "head.bias")},
+            {k: head_grads[k] for k in ("norm.weight", "norm.bias", "head.weight", "head.bias")},
+        )
+
+    def _init_weights(self, layer_scale_init: float, rng: np.random.Generator) -> None:
+        for name, p in self._params.items():
+            if p.ndim > 1:
+                p[...] = INIT_STD * _truncated_normal(rng, p.shape)
+            elif name.endswith("gamma"):
+                p[...] = layer_scale_init
+            elif name.endswith("weight"):  # LayerNorm weights
+                p[...] = 1.0
+            else:
+                p[...] = 0.0
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [block for stage in self.stages for block in stage]
+
+    def num_parameters(self) -> int:
+        return int(self.flat_params.size)
+
+    def flops(self, length: int) -> int:
+        """Forward FLOPs per sample at sequence length `length`."""
+        c = self.config
+        return forward_flops(c["dims"], c["depths"], c["in_channels"], c["num_classes"], length)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Official ConvNeXt names -> the live parameter arrays (views, not copies)."""
+        return dict(self._params)
+
+    def grads(self) -> dict[str, np.ndarray]:
+        """Same names -> gradients of the last backward()."""
+        return dict(self._grads)
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays into the parameters. Strict: missing, extra or mis-shaped keys raise."""
+        missing = [k for k in self._params if k not in state]
+        extra = [k for k in state if k not in self._params]
+        if missing or extra:
+            raise ValueError(
+                "state dict does not match the model: "
+                + (f"missing {_few(missing)}" if missing else "")
+                + ("; " if missing and extra else "")
+                + (f"unexpected {_few(extra)}" if extra else "")
+            )
+        for name, value in state.items():
+            value = np.asarray(value)
+            if value.shape != self._params[name].shape:
+                raise ValueError(
+                    f"state dict entry {name!r} has shape {value.shape}, "
+                    f"the model expects {self._params[name].shape}"
+                )
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"state dict entry {name!r} holds NaN or inf")
+        for name, value in state.items():
+            self._params[name][...] = value
+
+    # --- modes ----------------------------------------------------------------------------
+
+    def train(self) -> ConvNeXt1D:
+        self.training = True
+        return self
+
+    def eval(self) -> ConvNeXt1D:
+        self.training = False
+        return self
+
+    # --- forward / backward -----------------------------------------------------------------
+
+    def check_input(self, x: np.ndarray) -> np.ndarray:
+        """Validate x[B, C_in, T] and return it as a C-contiguous array of the model's dtype."""
+        x = np.asarray(x)
+        c_in = self.config["in_channels"]
+        if x.ndim != 3:
+            raise ValueError(f"input must be [batch, channels, time], got shape {x.shape}")
+        if x.shape[1] != c_in:
+            raise ValueError(f"input has {x.shape[1]} channels, the model expects {c_in}")
+        if x.shape[0] < 1 or x.shape[2] < 32 or x.shape[2] % 32:
+            raise ValueError(
+                f"input length T={x.shape[2]} must be a positive multiple of 32, batch >= 1"
+            )
+        if not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f"input must be numeric, got dtype {x.dtype}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("input contains NaN or inf")
+        return x
+
+    def forward(self, x: np.ndarray, drop_path_masks: Sequence[np.ndarray] | None = None):
+        """Logits [B, num_classes] for x[B, C_in, T]; keeps what backward() needs.
+
+        In train mode each block drops its residual branch per sample with its drop-path rate
+        (scaling kept samples by 1/keep_prob), drawing from `self.rng`; `drop_path_masks`, one
+        0/1 keep mask [B] per block, fixes those draws (for tests).
+        """
+        return self._run(self.check_input(x), cache=True, drop_path_masks=drop_path_masks)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Inference: logits [B, num_classes] with no drop path and nothing kept for backward."""
+        return self._run(self.check_input(x), cache=False, drop_path_masks=None, inference=True)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities [B, num_classes] (softmax of `predict`)."""
+        logits = self.predict(x)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    def _run(self, x, cache, drop_path_masks, inference=False):
+        batch = x.shape[0]
+        blocks = self.blocks
+        if drop_path_masks is not None and len(drop_path_masks) != len(blocks):
+            raise ValueError(f"need one drop-path mask per block ({len(blocks)})")
+        self._keep = []
+        h = self.stem.forward(x, cache=cache)
+        k = 0
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                h = self.downsamples[i - 1].forward(h, cache=cache)
+            for block in stage:
+                keep = self._keep_factors(block, k, batch, drop_path_masks, inference)
+                h = block.forward(h, keep, cache=cache)
+                k += 1
+        return self.head.forward(h, cache=cache)
+
+    def _keep_factors(self, block, k, batch, masks, inference) -> np.ndarray:
+        rate = block.drop_path_rate
+        if inference or not self.training or rate == 0.0:
+            return np.ones(batch, dtype=self.dtype)
+        if masks is not None:
+            mask = np.asarray(masks[k], dtype=self.dtype)
+            if mask.shape != (batch,):
+                raise ValueError(f"drop-path mask {k} must have shape ({batch},)")
+            return mask / self.dtype.type(1.0 - rate)
+        return drop_path_keep(rate, batch, self.rng, self.dtype.type)
+
+    def backward(self, dlogits: np.ndarray) -> np.ndarray:
+        """Gradients of the last forward: fills grads(), returns dL/dx [B, C_in, T]."""
+        dlogits = np.ascontiguousarray(dlogits, dtype=self.dtype)
+        dh = self.head.backward(dlogits)
+        for i in range(len(self.stages) - 1, -1, -1):
+            for block in reversed(self.stages[i]):
+                dh = block.backward(dh)
+            if i > 0:
+                dh = self.downsamples[i - 1].backward(dh)
+        return self.stem.backward(dh)
+
+    def config_json(self) -> str:
+        return json.dumps(self.config)
+
+
+def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Standard normal cut at +-2 (redrawing the values outside)."""
+    values = rng.standard_normal(shape)
+    outside = np.abs(values) > 2.0
+    while outside.any():
+        values[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(values) > 2.0
+    return values
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -1,0 +1,223 @@
+"""Every kernel: Numba == plain-NumPy reference (float32 and float64), backward == finite
+differences (float64) on hypothesis-drawn shapes and values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import dwconv, gelu, layernorm, linear, reference, residual
+from kernels.adamw import adamw_update
+from tests.gradcheck import directional_check, elementwise_check
+
+SETTINGS = settings(max_examples=15, deadline=None)
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+shapes = st.tuples(
+    st.integers(1, 3), st.integers(1, 24), st.integers(1, 9), st.sampled_from([1, 3, 5, 7])
+)
+
+
+def arrays(seed: int, *shapes_, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in shapes_]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(shape=shapes, seed=st.integers(0, 2**16))
+@SETTINGS
+def test_dwconv_matches_reference(dtype, shape, seed):
+    B, T, C, K = shape
+    x, w, b, dy = arrays(seed, (B, T, C), (K, C), (C,), (B, T, C), dtype=dtype)
+    np.testing.assert_allclose(dwconv.dwconv_forward(x, w, b), reference.dwconv_forward(x, w, b),
+                               **TOL[dtype])
+    for ours, ref in zip(dwconv.dwconv_backward(dy, x, w), reference.dwconv_backward(dy, x, w),
+                         strict=True):
+        assert ours.dtype == dtype
+        np.testing.assert_allclose(ours, ref, **TOL[dtype])
+
+
+@given(shape=shapes, seed=st.integers(0, 2**16))
+@SETTINGS
+def test_dwconv_backward_finite_differences(shape, seed):
+    B, T, C, K = shape
+    x, w, b, r = arrays(seed, (B, T, C), (K, C), (C,), (B, T, C))
+    rng = np.random.default_rng(seed)
+    dx, dw, db = dwconv.dwconv_backward(r, x, w)
+
+    def loss():
+        return float(np.sum(dwconv.dwconv_forward(x, w, b) * r))
+
+    for array, grad in ((x, dx), (w, dw), (b, db)):
+        directional_check(loss, array, grad, rng)
+        elementwise_check(loss, array, grad, rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(shape=shapes, seed=st.integers(0, 2**16))
+@SETTINGS
+def test_dwconv_layernorm_fused_matches_composition(dtype, shape, seed):
+    B, T, C, K = shape
+    x, w, b, nw, nb = arrays(seed, (B, T, C), (K, C), (C,), (C,), (C,), dtype=dtype)
+    y, z, mean, rstd = dwconv.dwconv_layernorm_forward(x, w, b, nw, nb, 1e-6)
+    y_ref = reference.dwconv_forward(x, w, b)
+    z_ref, mean_ref, rstd_ref = reference.layernorm_forward(y_ref, nw, nb, 1e-6)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+    np.testing.assert_allclose(mean, mean_ref, **TOL[dtype])
+    # rstd amplifies rounding when a row is nearly constant (C=1 rows are exactly constant)
+    np.testing.assert_allclose(z, z_ref, **tol)
+    np.testing.assert_allclose(rstd, rstd_ref, rtol=tol["rtol"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(n=st.integers(1, 40), c=st.integers(2, 24), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_layernorm_matches_reference(dtype, n, c, seed):
+    x, w, b, dy = arrays(seed, (n, c), (c,), (c,), (n, c), dtype=dtype)
+    ours = layernorm.layernorm_forward(x, w, b, 1e-6)
+    ref = reference.layernorm_forward(x, w, b, 1e-6)
+    for a, r in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, r, **TOL[dtype])
+    y, mean, rstd = ours
+    for a, r in zip(layernorm.layernorm_backward(dy, x, w, mean, rstd),
+                    reference.layernorm_backward(dy, x, w, mean, rstd), strict=True):
+        np.testing.assert_allclose(a, r, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+
+
+@given(n=st.integers(1, 20), c=st.integers(2, 16), seed=st.integers(0, 2**16),
+       eps=st.sampled_from([1e-6, 1e-3]))
+@SETTINGS
+def test_layernorm_backward_finite_differences(n, c, seed, eps):
+    x, w, b, r = arrays(seed, (n, c), (c,), (c,), (n, c))
+    rng = np.random.default_rng(seed)
+    y, mean, rstd = layernorm.layernorm_forward(x, w, b, eps)
+    dx, dw, db = layernorm.layernorm_backward(r, x, w, mean, rstd)
+
+    def loss():
+        return float(np.sum(layernorm.layernorm_forward(x, w, b, eps)[0] * r))
+
+    for array, grad in ((x, dx), (w, dw), (b, db)):
+        directional_check(loss, array, grad, rng)
+        elementwise_check(loss, array, grad, rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(n=st.integers(1, 30), c=st.integers(1, 20), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_gelu_matches_reference(dtype, n, c, seed):
+    h, b, dy = arrays(seed, (n, c), (c,), (n, c), dtype=dtype)
+    h = h * 3  # reach the tails
+    np.testing.assert_allclose(gelu.gelu_forward(h), reference.gelu_forward(h), **TOL[dtype])
+    np.testing.assert_allclose(gelu.gelu_backward(dy, h), reference.gelu_backward(dy, h),
+                               **TOL[dtype])
+    y, pre = gelu.bias_gelu_forward(h.copy(), b)
+    y_ref, pre_ref = reference.bias_gelu_forward(h, b)
+    np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+    np.testing.assert_allclose(pre, pre_ref, **TOL[dtype])
+    dpre, db = gelu.bias_gelu_backward(dy.copy(), pre)
+    dpre_ref, db_ref = reference.bias_gelu_backward(dy, pre_ref)
+    np.testing.assert_allclose(dpre, dpre_ref, **TOL[dtype])
+    np.testing.assert_allclose(db, db_ref, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+
+
+def test_gelu_known_values():
+    x = np.array([[0.0, 1.0, -1.0, 3.0]])
+    # x * Phi(x) with Phi(1) = 0.8413447460685429, Phi(3) = 0.9986501019683699
+    expected = [0.0, 0.8413447460685429, -1 + 0.8413447460685429, 3 * 0.9986501019683699]
+    np.testing.assert_allclose(gelu.gelu_forward(x)[0], expected, rtol=1e-14, atol=1e-15)
+
+
+@given(n=st.integers(1, 12), c=st.integers(1, 10), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_bias_gelu_backward_finite_differences(n, c, seed):
+    h, b, r = arrays(seed, (n, c), (c,), (n, c))
+    h *= 2
+    rng = np.random.default_rng(seed)
+    _, pre = gelu.bias_gelu_forward(h.copy(), b)
+    dh, db = gelu.bias_gelu_backward(r.copy(), pre)
+
+    def loss():
+        return float(np.sum(gelu.bias_gelu_forward(h.copy(), b)[0] * r))
+
+    for array, grad in ((h, dh), (b, db)):
+        directional_check(loss, array, grad, rng)
+        elementwise_check(loss, array, grad, rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(n=st.integers(1, 20), c_in=st.integers(1, 12), c_out=st.integers(1, 12),
+       seed=st.integers(0, 2**16))
+@SETTINGS
+def test_linear_matches_reference_and_finite_differences(dtype, n, c_in, c_out, seed):
+    x, w, b, r = arrays(seed, (n, c_in), (c_out, c_in), (c_out,), (n, c_out), dtype=dtype)
+    np.testing.assert_allclose(linear.linear_forward(x, w, b), reference.linear_forward(x, w, b),
+                               **TOL[dtype])
+    grads = linear.linear_backward(r, x, w)
+    for a, ref in zip(grads, reference.linear_backward(r, x, w), strict=True):
+        np.testing.assert_allclose(a, ref, **TOL[dtype])
+    if dtype == np.float64:
+        rng = np.random.default_rng(seed)
+
+        def loss():
+            return float(np.sum(linear.linear_forward(x, w, b) * r))
+
+        for array, grad in zip((x, w, b), grads, strict=True):
+            directional_check(loss, array, grad, rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(B=st.integers(1, 3), t_out=st.integers(1, 8), c_in=st.integers(1, 6),
+       c_out=st.integers(1, 6), s=st.sampled_from([2, 4]), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_patchify_matches_reference_and_finite_differences(dtype, B, t_out, c_in, c_out, s, seed):
+    T = t_out * s
+    x, w, b, r = arrays(seed, (B, T, c_in), (c_out, c_in, s), (c_out,), (B, t_out, c_out),
+                        dtype=dtype)
+    np.testing.assert_allclose(linear.patchify_forward(x, w, b),
+                               reference.patchify_forward(x, w, b), **TOL[dtype])
+    grads = linear.patchify_backward(r, x, w)
+    for a, ref in zip(grads, reference.patchify_backward(r, x, w), strict=True):
+        np.testing.assert_allclose(a, ref, **TOL[dtype])
+    if dtype == np.float64:
+        rng = np.random.default_rng(seed)
+
+        def loss():
+            return float(np.sum(linear.patchify_forward(x, w, b) * r))
+
+        for array, grad in zip((x, w, b), grads, strict=True):
+            directional_check(loss, array, grad, rng)
+            elementwise_check(loss, array, grad, rng)
+
+
+@given(B=st.integers(1, 3), T=st.integers(1, 10), C=st.integers(1, 8), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_residual_matches_formula_and_finite_differences(B, T, C, seed):
+    x, z, gamma, r = arrays(seed, (B, T, C), (B, T, C), (C,), (B, T, C))
+    keep = np.array([0.0, 1.25, 1.0])[:B]
+    out = residual.residual_forward(x, z, gamma, keep)
+    np.testing.assert_allclose(out, x + keep[:, None, None] * gamma * z, rtol=1e-14)
+    dz, dgamma = residual.residual_backward(r, z, gamma, keep)
+    rng = np.random.default_rng(seed)
+
+    def loss():
+        return float(np.sum(residual.residual_forward(x, z, gamma, keep) * r))
+
+    directional_check(loss, z, dz, rng)
+    directional_check(loss, gamma, dgamma, rng)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(n=st.integers(1, 50), step=st.integers(1, 20), wd=st.sampled_from([0.0, 0.05]),
+       seed=st.integers(0, 2**16))
+@SETTINGS
+def test_adamw_matches_reference(dtype, n, step, wd, seed):
+    p, g, m = arrays(seed, (n,), (n,), (n,), dtype=dtype)
+    v = np.abs(arrays(seed + 1, (n,), dtype=dtype)[0])
+    expected = reference.adamw_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, wd, step)
+    p2, m2, v2 = p.copy(), m.copy(), v.copy()
+    adamw_update(p2, g, m2, v2, 1e-3, 0.9, 0.999, 1e-8, wd, step)
+    for ours, ref in zip((p2, m2, v2), expected, strict=True):
+        np.testing.assert_allclose(ours, ref, rtol=TOL[dtype]["rtol"], atol=1e-7)
