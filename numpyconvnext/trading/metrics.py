@@ -36,7 +36,7 @@ def periods_per_year_from_index(timestamps: pd.DatetimeIndex | pd.Series | np.nd
     ts = pd.DatetimeIndex(timestamps)
     if len(ts) < 2:
         raise ValueError("need at least two timestamps to infer the bar interval")
-    step_s = float(np.median(np.diff(ts.values) / np.timedelta64(1, "s")))
+    step_s = float(np.median((ts[1:] - ts[:-1]).total_seconds()))
     if not step_s > 0:
         raise ValueError("timestamps must be strictly increasing")
     return SECONDS_PER_YEAR / step_s

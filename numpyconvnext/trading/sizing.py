@@ -79,7 +79,7 @@ def position_fraction(
     if finite_p.size and (finite_p.min() < 0.0 or finite_p.max() > 1.0):
         raise ValueError("probability must be in [0, 1]")
     px = np.asarray(price, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         kelly = kelly_fraction * np.maximum(kelly_criterion(p, win_loss_ratio), 0.0)
         fraction = np.minimum(kelly, max_exposure)
         valid = np.isfinite(fraction) & np.isfinite(px) & (px > 0.0)
@@ -110,7 +110,7 @@ def position_size(
     )
     eq = np.asarray(equity, dtype=np.float64)
     px = np.asarray(price, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         units = np.asarray(fraction) * eq / px
         ok = np.isfinite(eq) & (eq > 0.0) & np.isfinite(px) & (px > 0.0) & np.isfinite(units)
     units = np.maximum(np.where(ok, units, 0.0), 0.0)
