@@ -1,0 +1,47 @@
+"""Data layer: candles from Bybit, files or a synthetic market; features, labels, datasets."""
+
+from .augment import AugmentConfig, augment, jitter, magnitude_scale, time_warp, window_slice
+from .bybit import (
+    BybitClient,
+    BybitCredentials,
+    BybitError,
+    BybitParameterError,
+    BybitResponseError,
+    sign_request,
+)
+from .candles import CANDLE_COLUMNS
+from .dataset import (
+    Fold,
+    Normalizer,
+    PreparedData,
+    SplitPart,
+    chronological_split,
+    class_weights,
+    prepare_dataset,
+    sliding_windows,
+    walk_forward_folds,
+)
+from .features import FEATURE_NAMES, INDICATOR_NAMES, WARMUP_BARS, build_features, compute_indicators
+from .intervals import (
+    INTERVALS,
+    interval_to_ms,
+    interval_to_timedelta,
+    normalize_interval,
+    periods_per_year,
+    to_bybit_interval,
+)
+from .labels import CLASS_NAMES, LabelConfig, make_labels
+from .store import CandleFileError, CandleGapWarning, gap_report, load_candles, save_candles, update_cache
+from .synthetic import synthetic_candles
+
+__all__ = [
+    "AugmentConfig", "BybitClient", "BybitCredentials", "BybitError", "BybitParameterError",
+    "BybitResponseError", "CANDLE_COLUMNS", "CLASS_NAMES", "CandleFileError", "CandleGapWarning",
+    "FEATURE_NAMES", "Fold", "INDICATOR_NAMES", "INTERVALS", "LabelConfig", "Normalizer",
+    "PreparedData", "SplitPart", "WARMUP_BARS", "augment", "build_features", "chronological_split",
+    "class_weights", "compute_indicators", "gap_report", "interval_to_ms", "interval_to_timedelta",
+    "jitter", "load_candles", "magnitude_scale", "make_labels", "normalize_interval",
+    "periods_per_year", "prepare_dataset", "save_candles", "sign_request", "sliding_windows",
+    "synthetic_candles", "time_warp", "to_bybit_interval", "update_cache", "walk_forward_folds",
+    "window_slice",
+]
