@@ -1,0 +1,198 @@
+"""A fake Bybit v5 market-data server for tests (127.0.0.1, random port, no internet).
+
+Usage (each request is logged in ``fake.requests`` as a dict with keys ``path``, ``params``,
+``query`` (raw, as sent), ``headers`` and ``rows`` (candles served))::
+
+    from bybit_server import FakeBybit
+    with FakeBybit(candles) as fake:            # candles: the project's candle frame
+        client = BybitClient(fake.url)
+        fake.fail("http_502")                   # the next request gets a 502, then normal answers
+        ...
+        assert len(fake.requests) == 2          # every request seen: {"path", "params", "headers"}
+
+It serves ``GET /v5/market/kline`` like Bybit: candles with open time in ``[start, end]``,
+newest first, at most ``limit`` (max 1000), as strings. The last candle of ``candles`` is the
+still-forming one by default: the reported server ``time`` (``fake.now_ms``, settable) is
+half a bar after its open. ``page_overlap`` extra newer candles are added to every page (Bybit's
+duplicates at page borders). Unknown symbols or intervals answer retCode 10001.
+
+Scriptable failures (``fake.fail(kind, times=1)``), consumed in order by the next requests:
+``rate_limit`` (retCode 10006 + X-Bapi-Limit-Reset-Timestamp), ``http_429`` (with the reset
+header), ``http_502``, ``http_403``, ``bad_json``, ``timeout`` (sleeps ``timeout_sleep_s`` before a
+normal answer), ``bad_candle`` (a row with high < open), ``param_error`` (retCode 10001).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import pandas as pd
+
+_CODES = {"1": 1, "3": 3, "5": 5, "15": 15, "30": 30, "60": 60, "120": 120, "240": 240,
+          "360": 360, "720": 720, "D": 1440, "W": 10080}
+FAILURES = ("rate_limit", "http_429", "http_502", "http_403", "bad_json", "timeout",
+            "bad_candle", "param_error")
+
+
+class FakeBybit:
+    """Context manager running the fake server in a thread; see the module docstring."""
+
+    def __init__(
+        self,
+        candles: pd.DataFrame,
+        *,
+        symbols: tuple[str, ...] = ("BTCUSDT",),
+        now_ms: int | None = None,
+        page_overlap: int = 1,
+        timeout_sleep_s: float = 0.3,
+        reset_in_s: float = 0.05,
+    ) -> None:
+        stamps = pd.DatetimeIndex(candles["timestamp"]).as_unit("ns").asi8 // 1_000_000
+        self._open_ms = np.asarray(stamps, dtype=np.int64)
+        step = int(np.median(np.diff(self._open_ms))) if len(stamps) > 1 else 3_600_000
+        self.interval_code = next((c for c, m in _CODES.items() if m * 60_000 == step), "60")
+        self._rows = [
+            [str(int(t))] + [repr(float(v)) for v in row]
+            for t, row in zip(self._open_ms, candles[["open", "high", "low", "close", "volume",
+                                                      "turnover"]].fillna(0.0).to_numpy(),
+                              strict=True)
+        ]
+        self.symbols = tuple(s.upper() for s in symbols)
+        self.now_ms = int(self._open_ms[-1] + step // 2) if now_ms is None else int(now_ms)
+        self.page_overlap = page_overlap
+        self.timeout_sleep_s = timeout_sleep_s
+        self.reset_in_s = reset_in_s
+        self.requests: list[dict] = []
+        self._failures: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:54321``."""
+        assert self._server is not None, "server not started"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def fail(self, kind: str, times: int = 1) -> None:
+        """Make the next ``times`` requests fail with ``kind`` (after failures already queued)."""
+        if kind not in FAILURES:
+            raise ValueError(f"unknown failure {kind!r}; use one of {FAILURES}")
+        with self._lock:
+            self._failures.extend([kind] * times)
+
+    def start(self) -> FakeBybit:
+        """Start serving (the context manager calls this)."""
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                fake._handle(self)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
+                                        daemon=True)  # short poll: fast shutdown
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeBybit:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- request handling ------------------------------------------------------------------
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(handler.path)
+        params = dict(parse_qsl(parts.query))
+        with self._lock:
+            record = {"path": parts.path, "params": params, "query": parts.query,
+                      "headers": dict(handler.headers), "rows": 0}
+            self.requests.append(record)
+            failure = self._failures.popleft() if self._failures else None
+        try:
+            self._respond(handler, record, failure)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout test)
+
+    def _respond(self, handler, record: dict, failure: str | None) -> None:
+        path, params = record["path"], record["params"]
+        reset_header = {"X-Bapi-Limit-Reset-Timestamp": str(int((time.time() + self.reset_in_s)
+                                                                 * 1000))}
+        if failure == "timeout":
+            time.sleep(self.timeout_sleep_s)
+        elif failure == "rate_limit":
+            return _send(handler, 200, _body(10006, "Too many visits!"), reset_header)
+        elif failure == "http_429":
+            return _send(handler, 429, b"Too Many Requests", reset_header)
+        elif failure == "http_502":
+            return _send(handler, 502, b"<html>502 Bad Gateway</html>")
+        elif failure == "http_403":
+            return _send(handler, 403, b"access too frequent")
+        elif failure == "bad_json":
+            return _send(handler, 200, b'{"retCode": 0, "result": {"list": [')
+        elif failure == "param_error":
+            return _send(handler, 200, _body(10001, "params error: scripted"))
+        if path != "/v5/market/kline":
+            return _send(handler, 404, b"not found")
+        if params.get("symbol", "").upper() not in self.symbols:
+            return _send(handler, 200, _body(10001, "params error: Symbol Invalid"))
+        if params.get("interval") not in _CODES and params.get("interval") != "M":
+            return _send(handler, 200, _body(10001, "params error: Interval Invalid"))
+        if params.get("interval") != self.interval_code:
+            return _send(handler, 200, _body(10001, "params error: fake has no such interval"))
+        rows = self._page(params)
+        if failure == "bad_candle" and rows:
+            row = list(rows[len(rows) // 2])
+            row[2] = repr(float(row[1]) * 0.9)  # high below open
+            rows[len(rows) // 2] = row
+        record["rows"] = len(rows)
+        body = _body(0, "OK", {"category": params.get("category", "linear"),
+                               "symbol": params["symbol"].upper(), "list": rows},
+                     self.now_ms)
+        _send(handler, 200, body, {"X-Bapi-Limit": "600", "X-Bapi-Limit-Status": "599"})
+
+    def _page(self, params: dict) -> list[list[str]]:
+        start = int(params.get("start", 0))
+        end = int(params.get("end", self.now_ms))
+        limit = min(max(int(params.get("limit", 200)), 1), 1000)
+        lo = int(np.searchsorted(self._open_ms, start, side="left"))
+        hi = int(np.searchsorted(self._open_ms, end, side="right"))
+        hi = min(hi + self.page_overlap, len(self._rows)) if hi > lo else hi
+        # only candles that had opened by the server's clock exist
+        hi = min(hi, int(np.searchsorted(self._open_ms, self.now_ms, side="right")))
+        chosen = self._rows[max(lo, hi - limit) : hi]
+        return [list(r) for r in reversed(chosen)]
+
+
+def _body(code: int, msg: str, result: dict | None = None, now_ms: int | None = None) -> bytes:
+    return json.dumps({"retCode": code, "retMsg": msg, "result": result or {}, "retExtInfo": {},
+                       "time": now_ms or int(time.time() * 1000)}).encode()
+
+
+def _send(handler, status: int, body: bytes, headers: dict | None = None) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    handler.wfile.write(body)
