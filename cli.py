@@ -43,6 +43,7 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
 
     An existing file is extended with the candles after its last one (incremental).
     """
+    import contextlib
     import sys
 
     from numpyconvnext.data.bybit import BybitClient, BybitError, BybitResponseError
@@ -57,10 +58,19 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
         raise UserError(f"bad symbol {symbol!r}: letters and digits only, e.g. BTCUSDT")
     client = BybitClient(base_url, category, max_retry_time_s=retry_time_s)
     expected_bars = max(1, int(days * 86_400 / interval_to_timedelta(name).total_seconds()))
-    with click.progressbar(length=expected_bars, label=f"{symbol.upper()} {name}",
-                           file=sys.stderr, hidden=quiet) as bar:
+    with contextlib.ExitStack() as stack:
+        bars = []
+
+        def progress(n_candles: int) -> None:
+            # opened on the first page so that an early error stays a single line
+            if not bars:
+                bars.append(stack.enter_context(click.progressbar(
+                    length=expected_bars, label=f"{symbol.upper()} {name}", file=sys.stderr,
+                    hidden=quiet)))
+            bars[0].update(n_candles)
+
         try:
-            result = update_cache(client, symbol, name, days, out_dir, fmt, progress=bar.update)
+            result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress)
         except (ValueError, BybitError, BybitResponseError, CandleFileError, OSError) as error:
             raise UserError(str(error).splitlines()[0]) from None
     click.echo(f"{result.path}: {len(result.candles)} candles, {result.n_new} new", err=True)
