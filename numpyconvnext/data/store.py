@@ -175,9 +175,10 @@ def update_cache(
 ) -> CacheUpdate:
     """Bring ``out_dir/SYMBOL_interval.fmt`` up to date from ``client`` (a ``BybitClient``).
 
-    A new file gets the last ``days`` days up to ``end`` (default now). An existing file is only
-    extended: candles after its last stored one are fetched and appended (earlier history is
-    not back-filled; delete the file to refetch). The file is rewritten atomically.
+    A new file gets the candles opened in the ``days`` days up to ``end`` (default now). An
+    existing file is only extended: candles after its last stored one are fetched and appended
+    (earlier history is not back-filled; delete the file to refetch). The file is rewritten
+    atomically.
     """
     path = cache_path(out_dir, symbol, interval, fmt)
     end = pd.Timestamp.now(tz="UTC") if end is None else pd.Timestamp(end)
@@ -185,7 +186,7 @@ def update_cache(
     if old is not None and len(old):
         start = old["timestamp"].iloc[-1] + pd.Timedelta(milliseconds=1)
     else:
-        start = end - pd.Timedelta(days=days)
+        start = end - pd.Timedelta(days=days) + pd.Timedelta(milliseconds=1)  # `days` bars, not +1
     new = client.get_klines(symbol, interval, start, end, progress=progress)
     if old is not None and len(old):
         merged = pd.concat([old, new], ignore_index=True)
