@@ -156,8 +156,9 @@ def stochastic(high, low, close, n: int = 14, slow_k: int = 3, slow_d: int = 3):
     hh = pd.Series(high).rolling(n, min_periods=n).max().to_numpy()
     ll = pd.Series(low).rolling(n, min_periods=n).min().to_numpy()
     fast = _ratio(100.0 * (close - ll), hh - ll, 50.0)
-    k = _sma(fast, slow_k)
-    return k, _sma(k, slow_d)
+    # clip: pandas' running rolling sums drift by an ulp, and callers rely on [0, 100]
+    k = np.clip(_sma(fast, slow_k), 0.0, 100.0)
+    return k, np.clip(_sma(k, slow_d), 0.0, 100.0)
 
 
 def compute_indicators(candles: pd.DataFrame) -> pd.DataFrame:
