@@ -295,7 +295,7 @@ def test_incremental_equals_whole_series_atr_stops():
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**31), cut=st.integers(0, 58), atr_stops=st.booleans(),
-    scale=st.floats(0.5, 2.0),
+    scale=st.floats(0.8, 1.25),
 )
 def test_no_look_ahead(seed, cut, atr_stops, scale):
     n = 60
@@ -304,7 +304,9 @@ def test_no_look_ahead(seed, cut, atr_stops, scale):
     rng = np.random.default_rng(seed + 2)
     changed = candles.copy()
     after = np.arange(n) > cut
-    # prices after bar `cut` move (a different future); valid OHLC is kept
+    # prices after bar `cut` move (a different future); valid OHLC is kept. The moves stay
+    # moderate: a gap large enough to wipe out a 1x short legitimately changes whether the
+    # next decided entry can be funded at all (equity <= 0 trades nothing).
     factor = scale * np.exp(rng.normal(0, 0.05, n))
     for col in ("open", "high", "low", "close"):
         changed.loc[after, col] = candles.loc[after, col] * factor[after]

@@ -14,7 +14,7 @@ from numpyconvnext.trading.sizing import (
     position_size,
 )
 
-probabilities = st.floats(0.0, 1.0)
+probabilities = st.floats(0.0, 1.0, allow_subnormal=False)
 positive = st.floats(1e-6, 1e6)
 anything = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, width=64), st.just(0.0), st.just(-1.0)
@@ -60,7 +60,8 @@ def test_invalid_settings_raise():
 @settings(max_examples=200, deadline=None)
 @given(
     p=probabilities, b=st.floats(0.1, 10.0), equity=positive, price=positive, stop=positive,
-    risk=st.floats(0.0, 0.2), cap=st.floats(0.0, 5.0), kf=st.floats(0.0, 1.0),
+    risk=st.floats(0.0, 0.2, allow_subnormal=False), cap=st.floats(0.0, 5.0, allow_subnormal=False),
+    kf=st.floats(0.0, 1.0, allow_subnormal=False),
 )
 def test_bounded_by_risk_and_exposure(p, b, equity, price, stop, risk, cap, kf):
     units = position_size(equity, price, p, b, stop, risk, cap, kf)
