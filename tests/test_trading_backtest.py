@@ -403,3 +403,30 @@ def test_speed_40k_bars():
     start = time.perf_counter()
     backtest(candles, targets, stop_loss=0.01)
     assert time.perf_counter() - start < 1.0
+
+
+def test_float_signals_with_nan_mean_hold():
+    candles = make_candles(OPENS, CLOSES)
+    r = backtest(candles, np.array([1.0, np.nan, 2.0, 0.0, 0.0]), kind="signal", **ZERO_COST)
+    # short filled at bar 1, flat at bar 2 (NaN = Hold), long at bar 4
+    assert list(r.trades["side"]) == ["short", "long"]
+    assert list(r.trades["entry_bar"]) == [1, 4] and r.trades["exit_bar"].iloc[0] == 2
+    with pytest.raises(ValueError):
+        backtest(candles, np.array([0.5, 0, 0, 0, 0]), kind="signal")
+
+
+def test_backtester_with_plain_tuples():
+    candles = random_candles(50, seed=14)
+    targets = random_targets(50, seed=15)
+    bt = Backtester()
+    rows = candles[["open", "high", "low", "close"]].to_numpy()
+    for t in range(50):
+        bt.step(tuple(rows[t]), targets[t])
+    with pytest.raises(ValueError, match="periods_per_year"):
+        bt.result()
+    r = bt.result(periods_per_year=8760.0)
+    whole = backtest(candles, targets)
+    np.testing.assert_array_equal(r.equity.to_numpy(), whole.equity.to_numpy())
+    assert r.metrics == whole.metrics
+    with pytest.raises(RuntimeError):
+        bt.step(tuple(rows[0]), 0.0)

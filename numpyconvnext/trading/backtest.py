@@ -331,7 +331,7 @@ class BacktestResult:
         return format_comparison_table(self.metrics, self.benchmark.metrics)
 
 
-def _trades_frame(records: np.ndarray, timestamps: pd.DatetimeIndex) -> pd.DataFrame:
+def _trades_frame(records: np.ndarray, timestamps: pd.Index) -> pd.DataFrame:
     if records.shape[0] == 0:
         frame = pd.DataFrame({name: pd.Series(dtype=np.float64) for name in TRADE_COLUMNS})
         frame["side"] = frame["side"].astype(object)
@@ -365,7 +365,7 @@ def _trades_frame(records: np.ndarray, timestamps: pd.DatetimeIndex) -> pd.DataF
 
 
 def _build_result(
-    timestamps: pd.DatetimeIndex,
+    timestamps: pd.Index,
     close: np.ndarray,
     equity: np.ndarray,
     marked: np.ndarray,
@@ -488,8 +488,7 @@ class Backtester:
                                  self._buf)
         for j in range(n_closed):
             self._records.append(self._buf[j].copy())
-        timestamp = bar.get("timestamp", len(self._close)) if isinstance(
-            bar, Mapping | pd.Series) else len(self._close)
+        timestamp = bar.get("timestamp") if isinstance(bar, Mapping | pd.Series) else None
         self._timestamps.append(timestamp)
         self._close.append(c)
         self._equity.append(float(equity))
@@ -513,20 +512,18 @@ class Backtester:
         marked = np.asarray(self._equity)
         equity = marked.copy()
         equity[-1] = self._final_equity
-        timestamps = _as_index(self._timestamps)
-        if periods_per_year is None:
-            periods_per_year = periods_per_year_from_index(timestamps)
+        if any(ts is None for ts in self._timestamps):
+            if periods_per_year is None:
+                raise ValueError("bars without a 'timestamp' need periods_per_year")
+            timestamps = pd.RangeIndex(len(self._close), name="bar")
+        else:
+            timestamps = pd.DatetimeIndex(self._timestamps, name="timestamp")
+            if periods_per_year is None:
+                periods_per_year = periods_per_year_from_index(timestamps)
         records = (np.vstack(self._records) if self._records else np.empty((0, N_TRADE)))
         return _build_result(timestamps, np.asarray(self._close), equity, marked,
                              np.asarray(self._units), records, periods_per_year,
                              float(self._params[P_INIT]))
-
-
-def _as_index(timestamps: list[Any]) -> pd.DatetimeIndex:
-    try:
-        return pd.DatetimeIndex(timestamps, name="timestamp")
-    except (TypeError, ValueError) as err:
-        raise ValueError("bars need a 'timestamp' to build a result") from err
 
 
 def _make_params(fee_rate, slippage, stop_loss, take_profit, initial_equity, compounding):
@@ -554,13 +551,19 @@ def _initial_state(initial_equity: float) -> np.ndarray:
 
 
 def targets_from_signals(signals: np.ndarray, size: np.ndarray | float = 1.0) -> np.ndarray:
-    """Class signals (0/1/2 or names) -> per-bar target fractions.
+    """Class signals (0 Long / 1 Short / 2 Hold, or their names) -> per-bar target fractions.
 
     ``target_t = direction_t * size_s`` where ``s <= t`` is the bar where the current signal
-    started: the size is fixed for the life of a signal. NaN or negative sizes raise/flatten:
-    NaN size -> 0, negative -> ValueError.
+    started: the size is fixed for the life of a signal. Float class ids may hold NaN (no
+    signal), which means Hold (flat). A NaN size means 0; a negative size raises.
     """
-    direction = signal_direction(signals).astype(np.float64)
+    values = np.asarray(signals)
+    if values.dtype.kind == "f":
+        missing = np.isnan(values)
+        if np.any(values[~missing] != np.round(values[~missing])):
+            raise ValueError("float signals must be whole class ids 0, 1, 2 (or NaN)")
+        values = np.where(missing, 2.0, values).astype(np.int64)
+    direction = signal_direction(values).astype(np.float64)
     n = direction.shape[0]
     size_arr = np.broadcast_to(np.asarray(size, dtype=np.float64), (n,))
     if np.any(size_arr < 0):
@@ -575,7 +578,9 @@ def targets_from_signals(signals: np.ndarray, size: np.ndarray | float = 1.0) ->
     return wanted[start]
 
 
-def _candle_arrays(candles: pd.DataFrame) -> tuple[pd.DatetimeIndex, np.ndarray, ...]:
+def _candle_arrays(
+    candles: pd.DataFrame,
+) -> tuple[pd.DatetimeIndex, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     missing = {"timestamp", "open", "high", "low", "close"} - set(candles.columns)
     if missing:
         raise ValueError(f"candles are missing columns {sorted(missing)}")
