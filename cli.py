@@ -76,5 +76,111 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
     click.echo(f"{result.path}: {len(result.candles)} candles, {result.n_new} new", err=True)
 
 
+# The default run must finish in minutes on a 2-core laptop (see README for the measured time);
+# TrainingConfig keeps the spec's defaults (epochs 100) for --config files and the library.
+CLI_DEFAULT_VARIANT = "atto"
+CLI_DEFAULT_EPOCHS = 12
+
+
+@main.command()
+@click.option("--data", "data_path", type=click.Path(dir_okay=False),
+              help="Candle file (.csv or .json); overrides --source.")
+@click.option("--source", type=click.Choice(["auto", "bybit", "synthetic"]), default="auto",
+              show_default=True, help="auto: data/ cache, else Bybit, else the synthetic market.")
+@click.option("--symbol", default="BTCUSDT", show_default=True)
+@click.option("--interval", default="1h", show_default=True)
+@click.option("--days", default=365.0, show_default=True, type=click.FloatRange(min=1))
+@click.option("--bars", type=click.IntRange(min=1), help="Use only the most recent N candles.")
+@click.option("--model", "variant", help=f"Variant (atto ... base). [default: {CLI_DEFAULT_VARIANT}]")
+@click.option("--epochs", type=click.IntRange(min=1), help=f"[default: {CLI_DEFAULT_EPOCHS}]")
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True))
+@click.option("--window", type=click.IntRange(min=32), help="Bars per input window (multiple of 32).")
+@click.option("--horizon", type=click.IntRange(min=1), help="Label horizon in bars.")
+@click.option("--loss", type=click.Choice(["cross_entropy", "mse", "huber"]))
+@click.option("--seed", type=int)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML or JSON file of training settings; flags override it.")
+@click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False))
+@click.option("--resume", "resume_path", type=click.Path(), help="last.npz (or run folder) to continue.")
+@click.option("--cache-dir", default="data", show_default=True, type=click.Path(file_okay=False))
+@click.option("--base-url", default=None, help="Bybit URL (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
+@click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
+              show_default=True, help="Seconds to keep retrying Bybit before giving up.")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+def train(data_path, source, symbol, interval, days, bars, variant, epochs, batch_size, learning_rate,
+          window, horizon, loss, seed, config_path, out_dir, resume_path, cache_dir, base_url,
+          retry_time_s, quiet) -> None:
+    """Train a ConvNeXt1D on candles and report test metrics beside the majority-class baseline.
+
+    With no arguments: BTCUSDT 1h, 365 days from the data/ cache, Bybit, or the synthetic market.
+    """
+    import sys
+
+    from numpyconvnext.checkpoint import CheckpointError
+    from numpyconvnext.config import TrainingConfig
+    from numpyconvnext.data.source import resolve_candles
+    from numpyconvnext.model import CONFIGS
+    from numpyconvnext.train import TrainingDivergedError
+    from numpyconvnext.workflow import resume_run, train_run
+
+    def notice(message: str) -> None:
+        click.echo(message, err=True)
+
+    try:
+        if resume_path:
+            result = resume_run(resume_path, quiet=quiet, epochs=epochs)
+        else:
+            overrides = dict(variant=variant, epochs=epochs, batch_size=batch_size,
+                             learning_rate=learning_rate, window=window, horizon=horizon, loss=loss,
+                             seed=seed)
+            if config_path:
+                config = TrainingConfig.from_file(config_path).with_overrides(**overrides)
+            else:
+                config = TrainingConfig(variant=CLI_DEFAULT_VARIANT, epochs=CLI_DEFAULT_EPOCHS)
+                config = config.with_overrides(**overrides)
+            if config.variant not in CONFIGS:
+                raise ValueError(f"unknown model {config.variant!r}; choose from {', '.join(CONFIGS)}")
+            candles, description = resolve_candles(
+                source, path=data_path, symbol=symbol, interval=interval, days=days,
+                cache_dir=cache_dir, base_url=base_url, retry_time_s=retry_time_s, last_bars=bars,
+                notice=notice)
+            notice(f"data: {description['symbol']} {description['interval']}, {description['bars']} "
+                   f"candles {description['first'][:16]} .. {description['last'][:16]}")
+            result = train_run(candles, description, config, out_dir, quiet=quiet)
+    except (ValueError, CheckpointError, OSError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    except TrainingDivergedError as error:
+        raise click.ClickException(str(error)) from None
+    if result.interrupted:
+        notice(f"interrupted; continue with: python cli.py train --resume {result.last_path}")
+        sys.exit(130)
+    click.echo(_training_report(result))
+
+
+def _training_report(result) -> str:
+    metrics = result.test_metrics
+    test, baseline = metrics.get("test"), metrics.get("test_baseline")
+    lines = [f"best epoch {result.best_epoch} (validation loss {result.best_val_loss:.4f})"
+             + (", stopped early" if result.stopped_early else "")]
+
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    if test is not None and baseline is not None:
+        lines += [
+            "test period            model   majority class (" + baseline["class"] + ")",
+            f"  accuracy            {pct(test['accuracy']):>6}   {pct(baseline['accuracy']):>6}",
+            f"  direction accuracy  {pct(test['direction_accuracy']):>6}   "
+            f"{pct(baseline['direction_accuracy']):>6}",
+            f"  (direction calls: {test['direction_calls']} of {test['samples']} test windows)",
+        ]
+    elif test is not None:
+        lines += [f"test period: direction accuracy {pct(test['direction_accuracy'])}, "
+                  f"correlation {test['correlation']}, loss {test['loss']:.4f}"]
+    lines.append(f"model saved to {result.best_path}")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

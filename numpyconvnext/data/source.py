@@ -1,0 +1,133 @@
+"""Where a run's candles come from: a file, Bybit (through the local cache), or the synthetic
+market, with the `auto` chain `python cli.py train` uses on a fresh machine:
+
+    auto = the cache file data/{SYMBOL}_{interval}.csv (or .json) if present,
+           else Bybit (fetched into that cache),
+           else the synthetic market, with a notice saying so.
+
+Every source returns the candles and a JSON-able description that is stored in checkpoints, so
+`--resume`, `backtest` and `live` can get the very same candles back (`load_source`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from .intervals import interval_to_timedelta, normalize_interval
+from .store import cache_path, load_candles
+
+SOURCES = ("auto", "file", "bybit", "synthetic")
+SYNTHETIC_SEED = 7
+
+
+def resolve_candles(
+    source: str = "auto",
+    *,
+    path: str | Path | None = None,
+    symbol: str = "BTCUSDT",
+    interval: str = "1h",
+    days: float = 365.0,
+    cache_dir: str | Path = "data",
+    base_url: str | None = None,
+    retry_time_s: float = 20.0,
+    last_bars: int | None = None,
+    notice: Callable[[str], None] = print,
+) -> tuple[pd.DataFrame, dict]:
+    """Candles and their description {"kind", "symbol", "interval", "path"|"seed", "first", "last"}.
+
+    `last_bars` keeps only the most recent bars (for quick runs). Errors are ValueError with one
+    readable line (a missing file, an unknown symbol, Bybit unreachable with source="bybit").
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown data source {source!r}; choose from {', '.join(SOURCES)}")
+    interval = normalize_interval(interval)
+    symbol = symbol.upper()
+    if path is not None:
+        source = "file"
+    if source == "file":
+        if path is None:
+            raise ValueError("source 'file' needs a path")
+        candles = load_candles(path)
+        description = {"kind": "file", "path": str(Path(path).resolve())}
+    elif source == "synthetic":
+        candles, description = _synthetic(symbol, interval, days)
+    else:
+        cached = _cached_file(cache_dir, symbol, interval)
+        if source == "auto" and cached is not None:
+            notice(f"using cached candles {cached}")
+            candles, description = load_candles(cached), {"kind": "file", "path": str(cached.resolve())}
+        else:
+            try:
+                candles, description = _from_bybit(symbol, interval, days, cache_dir, base_url,
+                                                   retry_time_s, notice)
+            except Exception as error:  # noqa: BLE001 - auto falls back on any failure to fetch
+                if source == "bybit":
+                    raise ValueError(f"cannot fetch {symbol} {interval} from Bybit: "
+                                     f"{str(error).splitlines()[0]}") from None
+                notice(f"Bybit unreachable ({str(error).splitlines()[0][:120]}); training on the "
+                       "SYNTHETIC market instead - results say nothing about real prices")
+                candles, description = _synthetic(symbol, interval, days)
+    if last_bars is not None:
+        if last_bars < 1:
+            raise ValueError("last_bars must be >= 1")
+        candles = candles.iloc[-last_bars:].reset_index(drop=True)
+    if len(candles) == 0:
+        raise ValueError("no candles in the data source")
+    description.update(symbol=description.get("symbol", symbol), interval=interval,
+                       first=candles["timestamp"].iloc[0].isoformat(),
+                       last=candles["timestamp"].iloc[-1].isoformat(), bars=len(candles))
+    return candles, description
+
+
+def load_source(description: dict) -> pd.DataFrame:
+    """The candles a stored description names, cut to its [first, last] range."""
+    kind = description.get("kind")
+    if kind == "synthetic":
+        candles = _synthetic_frame(description["interval"], description["generated_bars"],
+                                   description["seed"])
+    elif kind == "file":
+        candles = load_candles(description["path"])
+    else:
+        raise ValueError(f"unknown data source kind {kind!r} in checkpoint")
+    first, last = pd.Timestamp(description["first"]), pd.Timestamp(description["last"])
+    stamps = candles["timestamp"]
+    selected = candles[(stamps >= first) & (stamps <= last)].reset_index(drop=True)
+    if len(selected) != description["bars"]:
+        raise ValueError(f"the data source now holds {len(selected)} candles between {first} and "
+                         f"{last}, the run used {description['bars']}")
+    return selected
+
+
+def _cached_file(cache_dir, symbol: str, interval: str) -> Path | None:
+    for fmt in ("csv", "json"):
+        candidate = cache_path(cache_dir, symbol, interval, fmt)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _from_bybit(symbol, interval, days, cache_dir, base_url, retry_time_s, notice):
+    from .bybit import BybitClient
+    from .store import update_cache
+
+    client = BybitClient(base_url, max_retry_time_s=retry_time_s, timeout_s=10.0)
+    notice(f"fetching {days:g} days of {symbol} {interval} candles from Bybit")
+    update = update_cache(client, symbol, interval, days, cache_dir)
+    return update.candles, {"kind": "file", "path": str(Path(update.path).resolve()),
+                            "fetched_from": "bybit"}
+
+
+def _synthetic(symbol: str, interval: str, days: float) -> tuple[pd.DataFrame, dict]:
+    bars = max(int(days * 86_400 / interval_to_timedelta(interval).total_seconds()), 1)
+    candles = _synthetic_frame(interval, bars, SYNTHETIC_SEED)
+    return candles, {"kind": "synthetic", "symbol": f"SYNTHETIC-{symbol}", "seed": SYNTHETIC_SEED,
+                     "generated_bars": bars}
+
+
+def _synthetic_frame(interval: str, bars: int, seed: int) -> pd.DataFrame:
+    from .synthetic import synthetic_candles
+
+    return synthetic_candles(bars, interval=interval, seed=seed)
