@@ -7,6 +7,7 @@ A run lives in one directory:
                   normalisation, label rule, data source and range, split boundaries) + metrics
     last.npz      the latest state, written after every epoch and on interruption (resume point)
     history.csv   one row per epoch
+    training_curves.png   loss and accuracy, train vs validation (with the `plot` extra)
 
 Randomness is derived from (seed, epoch, batch), never from a running generator, so a run that
 is stopped after any batch and resumed from last.npz takes exactly the same steps as one that
@@ -35,6 +36,7 @@ from numpyconvnext.data.augment import AugmentConfig, augment
 from numpyconvnext.losses import cross_entropy, huber, mse
 from numpyconvnext.model import ConvNeXt1D
 from numpyconvnext.optim import AdamW, WarmupCosineSchedule, clip_grad_norm
+from numpyconvnext.plots import training_curves
 from numpyconvnext.progress import ProgressBar
 from numpyconvnext.scoring import (
     classification_report,
@@ -46,6 +48,7 @@ from numpyconvnext.scoring import (
 BEST_NAME = "model.npz"
 LAST_NAME = "last.npz"
 HISTORY_NAME = "history.csv"
+CURVES_NAME = "training_curves.png"
 HISTORY_FIELDS = ("epoch", "learning_rate", "train_loss", "train_accuracy", "val_loss",
                   "val_accuracy", "val_direction_accuracy", "samples_per_s", "seconds")
 
@@ -326,6 +329,9 @@ class Trainer:
         writer.writeheader()
         writer.writerows(self.state.history)
         ckpt.atomic_write(self.run_dir / HISTORY_NAME, lambda f: f.write(buffer.getvalue().encode()))
+        title = f"{self.metadata.get('symbol', '')} {self.metadata.get('interval', '')} " \
+                f"{self.metadata.get('variant', '')}".strip()
+        training_curves(self.state.history, self.run_dir / CURVES_NAME, title=title)
 
 
 def _epoch_line(row: dict) -> str:
