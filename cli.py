@@ -76,6 +76,86 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
     click.echo(f"{result.path}: {len(result.candles)} candles, {result.n_new} new", err=True)
 
 
+@main.command()
+@click.argument("model_path", required=False, type=click.Path(dir_okay=False))
+@click.option("--length", default=256, show_default=True, type=click.IntRange(min=32),
+              help="Window length for the GFLOPs column.")
+def info(model_path: str | None, length: int) -> None:
+    """The model variants (parameters, GFLOPs), or what a saved MODEL_PATH holds."""
+    from numpyconvnext.checkpoint import CheckpointError, load
+
+    if model_path is None:
+        click.echo(_variants_table(length))
+        return
+    try:
+        model = load(model_path)
+    except CheckpointError as error:
+        raise UserError(str(error)) from None
+    click.echo(_model_summary(model, model_path))
+
+
+def _variants_table(length: int) -> str:
+    import math
+
+    from numpyconvnext.data.features import FEATURE_NAMES
+    from numpyconvnext.model import CONFIGS, forward_flops, parameter_shapes
+
+    channels = len(FEATURE_NAMES)
+    lines = [f"ConvNeXt1D variants for {channels} input channels, 3 classes, T={length}:",
+             "",
+             "| variant | dims | depths | parameters | GFLOPs / window |",
+             "|---|---|---|---:|---:|"]
+    for name, config in CONFIGS.items():
+        shapes = parameter_shapes(**config, in_channels=channels, num_classes=3)
+        count = sum(math.prod(shape) for shape in shapes.values())
+        gflops = forward_flops(**config, in_channels=channels, num_classes=3, length=length) / 1e9
+        lines.append(f"| {name} | {'-'.join(map(str, config['dims']))} | "
+                     f"{'-'.join(map(str, config['depths']))} | {count:,} | {gflops:.3f} |")
+    return "\n".join(lines)
+
+
+def _model_summary(model, path: str) -> str:
+    meta = getattr(model, "metadata", {}) or {}
+    config = model.config
+    pre = meta.get("preprocessing", {})
+    source = meta.get("data_source", {})
+    metrics = meta.get("metrics", {})
+    window = pre.get("window", 256)
+    lines = [
+        f"model       {path}",
+        f"variant     {meta.get('variant', 'custom')}  dims {config['dims']}  depths {config['depths']}",
+        f"parameters  {model.num_parameters():,}   {model.flops(window) / 1e9:.3f} GFLOPs per window",
+        f"created     {meta.get('created', 'unknown')}",
+    ]
+    if source:
+        lines.append(f"data        {source.get('symbol')} {source.get('interval')} ({source.get('kind')}) "
+                     f"{str(source.get('first'))[:16]} .. {str(source.get('last'))[:16]}, "
+                     f"{source.get('bars')} candles")
+    for part, bounds in (meta.get("split") or {}).items():
+        if bounds:
+            lines.append(f"  {part:<9} windows ending {str(bounds['first_time'])[:16]} .. "
+                         f"{str(bounds['last_time'])[:16]}")
+    if pre:
+        lines.append(f"features    {len(pre.get('feature_names', []))}: "
+                     f"{', '.join(pre.get('feature_names', []))}")
+        lines.append(f"window      {window} bars")
+        label = pre.get("label_config", {})
+        if label:
+            rule = (f"{label['vol_multiple']} x rolling sigma ({label['vol_window']} bars) x sqrt(h)"
+                    if label.get("mode") == "vol" else f"fixed {label.get('threshold')}")
+            lines.append(f"labels      horizon {label.get('horizon')} bars, threshold {rule}")
+    for part in ("validation", "test"):
+        values = metrics.get(part)
+        if values:
+            shown = {k: values.get(k) for k in ("loss", "accuracy", "direction_accuracy", "correlation")
+                     if values.get(k) is not None}
+            lines.append(f"{part:<11} " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    baseline = metrics.get("test_baseline")
+    if baseline:
+        lines.append(f"baseline    always {baseline['class']}: accuracy {baseline['accuracy']:.4f}")
+    return "\n".join(lines)
+
+
 # The default run must finish in minutes on a 2-core laptop (see README for the measured time);
 # TrainingConfig keeps the spec's defaults (epochs 100) for --config files and the library.
 CLI_DEFAULT_VARIANT = "atto"

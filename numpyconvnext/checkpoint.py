@@ -73,13 +73,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not an .npz file)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             contents = {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as error:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or not an .npz file: {error})"
-        ) from None
+        reason = "it holds pickled objects" if "pickle" in str(error) else "damaged archive"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
     if "format" not in contents or "config" not in contents:
         raise CheckpointError(f"{path}: not a numpyconvnext checkpoint (no format version)")
     version = int(contents["format"])

@@ -113,19 +113,20 @@ def test_failed_write_keeps_the_old_file(saved, monkeypatch):
 def test_second_process_does_not_recompile():
     """Numba's on-disk cache: after one process compiled the kernels, the next one loads them."""
     script = (
-        "import numpy as np\n"
+        "import sys, numpy as np, numba\n"
         "from numpyconvnext import ConvNeXt1D\n"
-        "from kernels import dwconv, gelu, layernorm, residual\n"
         "m = ConvNeXt1D((4, 6, 8, 10), (1, 1, 1, 1), 3, 3)\n"
         "x = np.zeros((2, 3, 32), np.float32)\n"
         "m.backward(np.ones_like(m.forward(x)))\n"
-        "fs = [dwconv.dwconv_layernorm_forward, dwconv.dwconv_backward, gelu.bias_gelu_forward,\n"
-        "      gelu.bias_gelu_backward, layernorm.layernorm_forward, residual.residual_forward]\n"
-        "print(sum(sum(f.stats.cache_misses.values()) for f in fs),\n"
-        "      sum(sum(f.stats.cache_hits.values()) for f in fs))\n"
+        "m.predict(x)\n"
+        "fs = [f for name, mod in list(sys.modules.items()) if name.startswith('kernels')\n"
+        "      for f in vars(mod).values() if isinstance(f, numba.core.dispatcher.Dispatcher)]\n"
+        "used = [f for f in fs if f.signatures]\n"
+        "print(sum(sum(f.stats.cache_misses.values()) for f in used),\n"
+        "      sum(sum(f.stats.cache_hits.values()) for f in used), len(used))\n"
     )
     run = lambda: subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,  # noqa: E731
                                  check=True).stdout.split()
     run()  # warms the cache if this checkout has never compiled
-    misses, hits = run()
-    assert int(misses) == 0 and int(hits) >= 6
+    misses, hits, used = map(int, run())
+    assert used >= 4 and misses == 0 and hits >= used
