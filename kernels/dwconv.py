@@ -71,6 +71,13 @@ def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps):
     z = np.empty_like(x)
     mean = np.empty((B, T), dtype=x.dtype)
     rstd = np.empty((B, T), dtype=x.dtype)
+    return dwconv_layernorm_forward_into(x, w, b, norm_w, norm_b, eps, y, z, mean, rstd)
+
+
+@njit(cache=True, parallel=True)
+def dwconv_layernorm_forward_into(x, w, b, norm_w, norm_b, eps, y, z, mean, rstd):
+    """As `dwconv_layernorm_forward`, writing into the caller's y, z [B, T, C], mean, rstd [B, T]."""
+    B, T, C = x.shape
     for row in prange(B * T):
         bi = row // T
         t = row % T

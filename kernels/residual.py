@@ -51,3 +51,22 @@ def residual_backward(dout, z, gamma, keep):
                 dz[bi, t, c] = g * gamma[c]
                 acc[c] += g * z[bi, t, c]
     return dz, partial.sum(axis=0).astype(z.dtype)
+
+
+@njit(cache=True, parallel=True)
+def bias_residual_forward(x, h, bias, gamma, keep, out):
+    """The block's last step fused with pwconv2's bias: z = h + bias (written into h, kept for
+    the backward), out = x + keep[b] * gamma * z. x, h, out [B, T, C]; out may be a workspace."""
+    B, T, C = x.shape
+    for row in prange(B * T):
+        bi = row // T
+        t = row % T
+        k = keep[bi]
+        hr = h[bi, t]
+        xr = x[bi, t]
+        orow = out[bi, t]
+        for c in range(C):
+            z = hr[c] + bias[c]
+            hr[c] = z
+            orow[c] = xr[c] + k * gamma[c] * z
+    return out

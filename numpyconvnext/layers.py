@@ -10,22 +10,52 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward
-from kernels.gelu import bias_gelu_backward, bias_gelu_forward
+from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward, dwconv_layernorm_forward_into
+from kernels.gelu import (
+    bias_gelu_backward,
+    bias_gelu_forward,
+    bias_gelu_forward_into,
+    gelu_forward_into,
+)
 from kernels.layernorm import layernorm_backward, layernorm_forward
 from kernels.linear import linear_backward, linear_forward, patchify_backward, patchify_forward
-from kernels.residual import residual_backward, residual_forward
+from kernels.residual import bias_residual_forward, residual_backward, residual_forward
 
 LAYERNORM_EPS = 1e-6
 
 
+class Workspace:
+    """Scratch buffers by (name, shape, dtype), reused from step to step and shared by layers.
+
+    A buffer holds only values consumed within one layer call (or, for the `out` ping-pong of
+    inference, until the next layer has read it); anything `backward` needs is a fresh array.
+    """
+
+    def __init__(self):
+        self._buffers: dict[tuple, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        key = (name, shape, np.dtype(dtype).char)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = np.empty(shape, dtype=dtype)
+        return buffer
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
 class Layer:
-    """Base: `params` and `grads` are dicts of arrays (views into the model's flat buffers)."""
+    """Base: `params` and `grads` are dicts of arrays (views into the model's flat buffers).
+
+    `workspace` is this layer's scratch space; the model shares one among all its layers.
+    """
 
     def __init__(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]):
         self.params = params
         self.grads = grads
         self._cache: tuple | None = None
+        self.workspace = Workspace()
 
     def _take_cache(self) -> tuple:
         if self._cache is None:
@@ -105,39 +135,76 @@ class Block(Layer):
     Parameters: `dwconv.weight [C, 1, K]`, `dwconv.bias`, `norm.weight`, `norm.bias`,
     `pwconv1.weight [4C, C]`, `pwconv1.bias [4C]`, `pwconv2.weight [C, 4C]`, `pwconv2.bias`,
     `gamma [C]` (layer scale). `drop_path_rate` is this block's stochastic-depth probability.
+
+    Memory: the forward keeps only x, pre = pwconv1(...) + bias [BT, 4C] and the branch before
+    layer scale [BT, C]; the backward recomputes dwconv + LayerNorm from x and a = GELU(pre)
+    (cheap elementwise passes) instead of keeping y, z and a, which halves the activations.
     """
 
     def __init__(self, params, grads, drop_path_rate: float = 0.0):
         super().__init__(params, grads)
         self.drop_path_rate = float(drop_path_rate)
 
+    def _norm_input(self, x: np.ndarray, w_taps: np.ndarray):
+        """y = dwconv(x), z = LayerNorm(y), mean, rstd into workspace buffers."""
+        p, ws = self.params, self.workspace
+        B, T, C = x.shape
+        return dwconv_layernorm_forward_into(
+            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
+            ws.get("y", (B, T, C), x.dtype), ws.get("z", (B, T, C), x.dtype),
+            ws.get("mean", (B, T), x.dtype), ws.get("rstd", (B, T), x.dtype),
+        )
+
     def forward(self, x: np.ndarray, keep: np.ndarray, cache: bool = True) -> np.ndarray:
-        """x [B, T, C]; keep [B] is the drop-path factor per sample (0 or 1/keep_prob, or 1)."""
+        """x [B, T, C]; keep [B] is the drop-path factor per sample (0 or 1/keep_prob, or 1).
+
+        With cache=False (inference) every intermediate, and the result, lives in workspace
+        buffers: the result stays valid until the next-but-one block call of this shape.
+        """
+        if not cache:
+            return self._forward_inference(x, keep)
         p = self.params
         B, T, C = x.shape
         w_taps = np.ascontiguousarray(p["dwconv.weight"][:, 0, :].T)
-        y, z, mean, rstd = dwconv_layernorm_forward(
+        _, z, _, _ = dwconv_layernorm_forward(
             x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS
         )
-        z_rows = z.reshape(B * T, C)
-        pre = linear_forward(z_rows, p["pwconv1.weight"], None)
+        pre = np.matmul(z.reshape(B * T, C), p["pwconv1.weight"].T)
         a, pre = bias_gelu_forward(pre, p["pwconv1.bias"])
         branch = linear_forward(a, p["pwconv2.weight"], p["pwconv2.bias"]).reshape(B, T, C)
         out = residual_forward(x, branch, p["gamma"], keep)
-        if cache:
-            self._cache = (x, w_taps, y, z_rows, mean, rstd, pre, a, branch, keep)
+        self._cache = (x, w_taps, pre, branch, keep)
         return out
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
-        x, w_taps, y, z_rows, mean, rstd, pre, a, branch, keep = self._take_cache()
-        p, g = self.params, self.grads
+    def _forward_inference(self, x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        p, ws = self.params, self.workspace
         B, T, C = x.shape
+        w_taps = np.ascontiguousarray(p["dwconv.weight"][:, 0, :].T)
+        _, z, _, _ = self._norm_input(x, w_taps)
+        wide = (B * T, 4 * C)
+        pre = np.matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
+        a, _ = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
+        branch = ws.get("branch", (B, T, C), x.dtype)
+        np.matmul(a, p["pwconv2.weight"].T, out=branch.reshape(B * T, C))
+        out = ws.get("out0", x.shape, x.dtype)
+        if np.shares_memory(out, x):  # ping-pong so that out never aliases x
+            out = ws.get("out1", x.shape, x.dtype)
+        return bias_residual_forward(x, branch, p["pwconv2.bias"], p["gamma"], keep, out)
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        x, w_taps, pre, branch, keep = self._take_cache()
+        p, g, ws = self.params, self.grads, self.workspace
+        B, T, C = x.shape
+        a = gelu_forward_into(pre, ws.get("a", pre.shape, x.dtype))
         dbranch, g["gamma"][...] = residual_backward(dout, branch, p["gamma"], keep)
-        da, g["pwconv2.weight"][...], g["pwconv2.bias"][...] = linear_backward(
-            dbranch.reshape(B * T, C), a, p["pwconv2.weight"]
-        )
+        dbranch = dbranch.reshape(B * T, C)
+        np.matmul(dbranch.T, a, out=g["pwconv2.weight"])
+        np.sum(dbranch, axis=0, out=g["pwconv2.bias"])
+        da = np.matmul(dbranch, p["pwconv2.weight"], out=ws.get("a", pre.shape, x.dtype))
         dpre, g["pwconv1.bias"][...] = bias_gelu_backward(da, pre)
-        dz, g["pwconv1.weight"][...], _ = linear_backward(dpre, z_rows, p["pwconv1.weight"])
+        y, z, mean, rstd = self._norm_input(x, w_taps)
+        np.matmul(dpre.T, z.reshape(B * T, C), out=g["pwconv1.weight"])
+        dz = np.matmul(dpre, p["pwconv1.weight"], out=ws.get("dz", (B * T, C), x.dtype))
         dy, g["norm.weight"][...], g["norm.bias"][...] = layernorm_backward(
             dz, y.reshape(B * T, C), p["norm.weight"], mean.reshape(-1), rstd.reshape(-1)
         )
