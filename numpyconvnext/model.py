@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from numpyconvnext.layers import Block, Downsample, Head, Stem, drop_path_keep
+from numpyconvnext.layers import Block, Downsample, Head, Stem, Workspace, drop_path_keep
 
 CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "atto": {"dims": (40, 80, 160, 320), "depths": (2, 2, 6, 2)},
@@ -188,6 +188,11 @@ class ConvNeXt1D:
             {k: head_params[k] for k in ("norm.weight", "norm.bias", "head.weight", "head.bias")},
             {k: head_grads[k] for k in ("norm.weight", "norm.bias", "head.weight", "head.bias")},
         )
+        # one scratch space for all layers: buffers are keyed by shape, so blocks of a stage
+        # share theirs and a step allocates nothing new after the first
+        self.workspace = Workspace()
+        for layer in [self.stem, *self.downsamples, *self.blocks, self.head]:
+            layer.workspace = self.workspace
 
     def _init_weights(self, layer_scale_init: float, rng: np.random.Generator) -> None:
         for name, p in self._params.items():

@@ -98,13 +98,36 @@ class AdamW:
         self.step_count = 0
         self.m = {name: np.zeros_like(p) for name, p in self.params.items()}
         self.v = {name: np.zeros_like(p) for name, p in self.params.items()}
+        self.grad_views: dict[str, np.ndarray] | None = None  # set by for_model
 
-    def step(self, grads: Mapping[str, np.ndarray], lr: float | None = None) -> None:
+    @classmethod
+    def for_model(cls, model, **options) -> AdamW:
+        """AdamW over a model's flat parameter buffer: two kernel calls a step, not one per array.
+
+        ``model`` has ``flat_params``, ``flat_grads`` (1-D, same length) and ``decay_size``
+        (``flat_params[:decay_size]`` decays, the rest does not), as ``ConvNeXt1D``. The
+        parameters are named ``decay`` and ``no_decay``; ``step()`` without ``grads`` reads
+        the model's live gradients. Same update as ``AdamW(model.state_dict())`` with the
+        default ``no_decay`` (element for element); only the state-dict keys differ.
+        """
+        size = int(model.decay_size)
+        params = {"decay": model.flat_params[:size], "no_decay": model.flat_params[size:]}
+        optimizer = cls(params, no_decay={"no_decay"}, **options)
+        optimizer.grad_views = {"decay": model.flat_grads[:size],
+                                "no_decay": model.flat_grads[size:]}
+        return optimizer
+
+    def step(self, grads: Mapping[str, np.ndarray] | None = None, lr: float | None = None) -> None:
         """Apply one AdamW update with ``grads`` (same names and shapes as the parameters).
 
         ``lr`` overrides the constructor's learning rate for this step only (pass the
         schedule's value here). Gradients of another float dtype are cast to the parameter's.
+        ``grads=None`` is allowed for an optimizer made by ``for_model`` (the model's gradients).
         """
+        if grads is None:
+            grads = self.grad_views
+            if grads is None:
+                raise ValueError("step() needs grads (only AdamW.for_model reads them itself)")
         _check_same_names("grads", grads, self.params)
         step_lr = self.lr if lr is None else _check_lr(lr)
         beta1, beta2 = self.betas

@@ -244,3 +244,27 @@ def test_regression_head_and_seed_determinism():
     assert a.forward(x).shape == (2, 1)
     np.testing.assert_array_equal(a.flat_params, b.flat_params)
     assert not np.array_equal(a.flat_params, ConvNeXt1D(**SMALL, seed=8).flat_params)
+
+
+def test_adamw_for_model_matches_per_parameter_adamw():
+    from numpyconvnext.optim import AdamW
+
+    models = [randomised(ConvNeXt1D(**SMALL, dtype=np.float64), seed=4) for _ in range(2)]
+    x = np.random.default_rng(5).standard_normal((2, 3, 32))
+    per_name = AdamW(models[0].state_dict(), lr=1e-2, weight_decay=0.1)
+    flat = AdamW.for_model(models[1], lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        for model in models:
+            model.backward(np.ones_like(model.forward(x)))
+        per_name.step(models[0].grads())
+        flat.step()
+    np.testing.assert_allclose(models[1].flat_params, models[0].flat_params, rtol=1e-12)
+
+
+def test_predict_reuses_workspaces_and_matches_forward():
+    model = randomised(ConvNeXt1D(**SMALL), seed=6).eval()
+    x = np.random.default_rng(7).standard_normal((3, 3, 64))
+    expected = model.forward(x)
+    first = model.predict(x)
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(x), first)
