@@ -16,7 +16,8 @@ from numpyconvnext.data.intervals import interval_to_timedelta
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--symbol", default="BTCUSDT")
     parser.add_argument("--interval", default="1h")
     parser.add_argument("--days", type=float, default=365.0)
@@ -41,7 +42,8 @@ def main() -> None:
         return
     candles = result.candles
     print(f"{result.path}: {len(candles)} candles ({result.n_new} new), "
-          f"{candles['timestamp'].iloc[0]:%Y-%m-%d %H:%M} .. {candles['timestamp'].iloc[-1]:%Y-%m-%d %H:%M} UTC")
+          f"{candles['timestamp'].iloc[0]:%Y-%m-%d %H:%M} .. "
+          f"{candles['timestamp'].iloc[-1]:%Y-%m-%d %H:%M} UTC")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from numpyconvnext.workflow import train_run
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/btcusdt_1h.json", help="candle file (.csv or .json)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--model", default="atto", help="variant: atto femto pico nano tiny small base")
