@@ -1,0 +1,254 @@
+"""Live signals: the latest closed candles from Bybit -> the checkpoint's features -> one decision
+per newly closed candle. Public market data only: nothing here places an order.
+
+The loop (``run_live``):
+
+  1. fetch the last ``history_bars`` closed candles (``get_klines`` up to the clock's now; a
+     candle counts as closed when ``open + interval <= now``, and Bybit's still-forming one is
+     dropped by the client using the server's time);
+  2. decide (``inference.decide``, the very path ``backtest`` uses) for every candle that
+     closed since the last line (on the first round: only the newest one) and emit one JSON
+     line each, plus a human line on the log;
+  3. sleep until the next candle closes, plus ``close_delay_s`` (the exchange needs a moment to
+     publish it); if the expected candle is not there yet, poll again after ``poll_s``.
+
+Network trouble never ends the loop: the client already retries a request with backoff; when it
+gives up, the loop logs one line and tries again after ``retry_min_s * 2^k`` seconds (capped at
+``retry_max_s``). A parameter error (unknown symbol or interval) is not transient and raises
+``LiveError``. ``clock`` (epoch seconds) and ``sleep`` are injectable, so tests run several
+candle closes instantly against a fake server whose clock they advance.
+
+History: features need ``WARMUP_BARS`` (EMA 200) plus one window; on top we fetch
+``HISTORY_MARGIN_BARS`` so that the exponential averages, seeded at the start of the fetched
+history, have forgotten their seed: the seed's weight in EMA 200 after m bars is
+``(1 - 2/201)^m``, about 0.25% for m = 600.
+
+JSON line (one per closed candle; ``"time"`` is the candle's open time, as in candle files)::
+
+    {"time": "2024-05-01T13:00:00Z", "close_time": "2024-05-01T14:00:00Z",
+     "symbol": "BTCUSDT", "interval": "1h", "close": 63120.5,
+     "probabilities": {"long": 0.64, "short": 0.21, "hold": 0.15},   # null for regression
+     "predicted_return": null,                                       # regression: log return
+     "signal": "LONG", "confidence": 0.64,
+     "size": {"units": 0.0321, "fraction": 0.2026, "equity": 10000.0},
+     "stop_distance": 412.3, "stop_price": 62708.2}                  # stop_price null for HOLD
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from numpyconvnext.data.bybit import BybitError, BybitParameterError, BybitResponseError
+from numpyconvnext.data.intervals import interval_to_ms, next_open_ms, normalize_interval
+
+from .inference import (
+    DEFAULT_ATR_MULTIPLE,
+    DEFAULT_CONFIDENCE,
+    DEFAULT_EQUITY,
+    DEFAULT_WIN_LOSS_RATIO,
+    Decisions,
+    decide,
+    preprocessing_of,
+)
+from .signals import Signal
+
+HISTORY_MARGIN_BARS = 600
+DEFAULT_CLOSE_DELAY_S = 3.0
+
+
+class LiveError(RuntimeError):
+    """A problem retrying cannot fix (bad symbol, too little history); one readable line."""
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """Decision settings shared by every round (see ``inference.decide``)."""
+
+    confidence: float = DEFAULT_CONFIDENCE
+    equity: float = DEFAULT_EQUITY
+    atr_multiple: float | None = DEFAULT_ATR_MULTIPLE
+    win_loss_ratio: float = DEFAULT_WIN_LOSS_RATIO
+
+
+def history_bars(model) -> int:
+    """Closed candles fetched each round: warm-up + window + ``HISTORY_MARGIN_BARS``."""
+    return preprocessing_of(model).min_candles + HISTORY_MARGIN_BARS
+
+
+def fetch_closed_candles(client, symbol: str, interval: str, count: int, now_s: float) -> pd.DataFrame:
+    """The last ``count`` candles closed by ``now_s`` (epoch seconds), oldest first."""
+    name = normalize_interval(interval)
+    now_ms = int(now_s * 1000)
+    step_ms = interval_to_ms(name)
+    slack_ms = 3 * 86_400_000 if name == "1M" else 0  # months are longer than their mean
+    start_ms = now_ms - (count + 2) * step_ms - slack_ms
+    candles = client.get_klines(symbol, name, start_ms, now_ms)
+    if len(candles):
+        opens = pd.DatetimeIndex(candles["timestamp"]).as_unit("ns").asi8 // 1_000_000
+        closes = np.array([next_open_ms(int(t), name) for t in opens[-2:]])
+        closed = np.ones(len(candles), dtype=bool)
+        closed[-len(closes):] = closes <= now_ms  # only the newest rows can still be forming
+        candles = candles[closed]
+    return candles.iloc[-count:].reset_index(drop=True)
+
+
+def _iso(stamp: pd.Timestamp) -> str:
+    return pd.Timestamp(stamp).tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _number(value: float, digits: int = 6) -> float | None:
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
+
+
+def signal_record(decisions: Decisions, i: int, symbol: str, interval: str) -> dict:
+    """The JSON-able record of decision ``i`` (the schema is in the module docstring)."""
+    stamp = decisions.timestamp[i]
+    close_ms = next_open_ms(int(stamp.value // 1_000_000), interval)
+    signal = Signal(int(decisions.signal[i]))
+    distance = decisions.stop_distance[i]
+    close = float(decisions.close[i])
+    stop_price = None
+    if signal != Signal.HOLD and np.isfinite(distance):
+        stop_price = close - distance if signal == Signal.LONG else close + distance
+    probabilities = None
+    if decisions.probabilities is not None:
+        p = decisions.probabilities[i]
+        probabilities = {"long": _number(p[0]), "short": _number(p[1]), "hold": _number(p[2])}
+    predicted = None
+    if decisions.predicted_return is not None:
+        predicted = _number(decisions.predicted_return[i], 8)
+    return {
+        "time": _iso(stamp),
+        "close_time": _iso(pd.Timestamp(close_ms, unit="ms", tz="UTC")),
+        "symbol": symbol.upper(),
+        "interval": interval,
+        "close": close,
+        "probabilities": probabilities,
+        "predicted_return": predicted,
+        "signal": signal.name,
+        "confidence": _number(decisions.confidence[i]),
+        "size": {"units": _number(decisions.units[i], 8), "fraction": _number(decisions.fraction[i]),
+                 "equity": decisions.equity},
+        "stop_distance": _number(distance, 8),
+        "stop_price": None if stop_price is None else _number(stop_price, 8),
+    }
+
+
+def format_human(record: dict) -> str:
+    """One line for people: time, close, signal, probabilities, size."""
+    if record["probabilities"] is not None:
+        p = record["probabilities"]
+        detail = f"p long {p['long']:.2f} short {p['short']:.2f} hold {p['hold']:.2f}"
+    else:
+        detail = f"predicted return {100 * record['predicted_return']:+.3f}%"
+    size = record["size"]
+    line = (f"{record['close_time'][:16].replace('T', ' ')} UTC {record['symbol']} {record['interval']} "
+            f"close {record['close']:,.6g}: {record['signal']:<5} ({detail})")
+    if record["signal"] != "HOLD":
+        line += (f" -> {size['units']:.6g} units = {100 * size['fraction']:.1f}% of equity "
+                 f"{size['equity']:,.0f}")
+        if record["stop_price"] is not None:
+            line += f", stop {record['stop_price']:,.6g}"
+    return line
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _stdout(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_live(
+    model,
+    client,
+    symbol: str,
+    interval: str,
+    *,
+    settings: LiveSettings | None = None,
+    once: bool = False,
+    emit: Callable[[str], None] = _stdout,
+    log: Callable[[str], None] = _stderr,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
+    close_delay_s: float = DEFAULT_CLOSE_DELAY_S,
+    poll_s: float | None = None,
+    retry_min_s: float = 5.0,
+    retry_max_s: float = 300.0,
+    max_lines: int | None = None,
+) -> int:
+    """Emit one JSON line per newly closed candle until interrupted; returns the lines emitted.
+
+    ``once``: one fetch, one line (the newest closed candle), return; a network failure raises
+    ``LiveError`` instead of retrying. ``max_lines`` stops after that many lines (tests).
+    ``clock`` (epoch seconds, default ``time.time``) and ``sleep`` (default ``time.sleep``) drive
+    all waiting; ``poll_s`` is the wait when an expected candle is late (default: a sixtieth of
+    the interval, 2..30 s). ``KeyboardInterrupt`` propagates (the CLI turns it into exit 0).
+    """
+    clock = clock or time.time
+    sleep = sleep or time.sleep
+    settings = settings or LiveSettings()
+    name = normalize_interval(interval)
+    step_s = interval_to_ms(name) / 1000.0
+    poll_s = poll_s if poll_s is not None else min(30.0, max(2.0, step_s / 60.0))
+    prep = preprocessing_of(model)
+    count = prep.min_candles + HISTORY_MARGIN_BARS
+    last_time: pd.Timestamp | None = None
+    emitted = 0
+    failures = 0
+    while True:
+        try:
+            candles = fetch_closed_candles(client, symbol, name, count, clock())
+        except BybitParameterError as error:
+            raise LiveError(f"Bybit rejected {symbol} {name}: {error}") from None
+        except (BybitError, BybitResponseError, OSError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if once:
+                raise LiveError(f"cannot fetch {symbol} {name} candles: {reason}") from None
+            failures += 1
+            wait_s = min(retry_max_s, retry_min_s * 2.0 ** (failures - 1))
+            log(f"fetch failed ({reason}); retry {failures} in {wait_s:.0f} s")
+            sleep(wait_s)
+            continue
+        failures = 0
+        if len(candles) < prep.min_candles:
+            raise LiveError(f"Bybit has only {len(candles)} closed {symbol} {name} candles; the "
+                            f"model needs {prep.min_candles} (warm-up {prep.warmup_bars} + window "
+                            f"{prep.window})")
+        stamps = pd.DatetimeIndex(candles["timestamp"])
+        if last_time is None:
+            new = np.array([len(candles) - 1])
+        else:
+            new = np.flatnonzero(stamps > last_time)
+            new = new[new >= prep.first_decision_index]
+        if len(new):
+            decisions = decide(model, candles, new, confidence=settings.confidence,
+                               equity=settings.equity, atr_multiple=settings.atr_multiple,
+                               win_loss_ratio=settings.win_loss_ratio)
+            for i in range(len(decisions)):
+                record = signal_record(decisions, i, symbol, name)
+                emit(json.dumps(record, allow_nan=False))
+                log(format_human(record))
+                emitted += 1
+                if max_lines is not None and emitted >= max_lines:
+                    return emitted
+            last_time = stamps[-1]
+        if once:
+            return emitted
+        # the candle after the newest closed one closes at next_open(next_open(newest open))
+        newest_ms = int(stamps[-1].value // 1_000_000)
+        wake_s = next_open_ms(next_open_ms(newest_ms, name), name) / 1000.0 + close_delay_s
+        delay_s = wake_s - clock()
+        if delay_s < poll_s and not len(new):  # the expected candle is late: poll
+            delay_s = poll_s
+        sleep(max(delay_s, 0.0))
