@@ -1,0 +1,46 @@
+"""Small timing helpers for the benchmark: medians with warm-up, peak memory, matmul ceiling."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 2,
+                   min_seconds: float = 0.0) -> float:
+    """Median wall time of `fn()` over `repeat` timed calls after `warmup` untimed ones.
+
+    With `min_seconds`, keeps timing past `repeat` calls until that much time has passed
+    (short calls get more samples, so their median is stable).
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 50 * max(repeat, 1):
+            break
+    return float(np.median(times))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """Achieved GFLOP/s of one large float32 matmul through NumPy's BLAS (the ceiling)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    seconds = median_seconds(lambda: np.matmul(a, b, out=out), repeat, warmup=1)
+    return 2 * n**3 / seconds / 1e9

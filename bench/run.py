@@ -1,0 +1,350 @@
+"""Side-by-side benchmark: numpyconvnext vs PyTorch eager vs ONNX Runtime on the CPU.
+
+    python bench/run.py [--variants atto,pico,tiny] [--quick] [--threads N] [--no-torch]
+
+Every figure is a median over repeated timings after warm-up, measured in a fresh child
+process per framework and task (so peak RSS is that task's own, and no framework's thread pool
+disturbs another's). Input: C_in=20, T=256, 3 classes, float32. Writes
+bench/results/<YYYY-MM-DD>.json and prints a Markdown table plus the command that reproduces it.
+torch / onnxruntime are optional (extra `bench`); without them (or with --no-torch) only our
+figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]
+
+C_IN, T, CLASSES = 20, 256, 3
+BATCH_INFER, BATCH_TRAIN = 256, 32
+
+
+# --- children: one task each, result as one JSON line on stdout ----------------------------------
+
+
+def _repeats(quick: bool, slow: bool) -> dict:
+    if quick:
+        return dict(b1=10, big=2, train=3, min_seconds=0.3)
+    return dict(b1=50, big=5 if slow else 10, train=8 if slow else 15, min_seconds=2.0)
+
+
+def child_ours(task: str, variant: str, quick: bool, threads: int) -> dict:
+    import numba
+    import numpy as np
+    from measure import median_seconds, peak_rss_mb
+
+    from numpyconvnext import ConvNeXt1D
+    from numpyconvnext.losses import cross_entropy
+    from numpyconvnext.optim import AdamW
+
+    numba.set_num_threads(threads)
+    reps = _repeats(quick, variant == "tiny")
+    rng = np.random.default_rng(0)
+    model = ConvNeXt1D.from_config(variant, C_IN, CLASSES)
+    if task == "infer":
+        model.eval()
+        x1 = rng.standard_normal((1, C_IN, T)).astype(np.float32)
+        xb = rng.standard_normal((BATCH_INFER, C_IN, T)).astype(np.float32)
+        b1 = median_seconds(lambda: model.predict(x1), reps["b1"], 5, reps["min_seconds"])
+        big = median_seconds(lambda: model.predict(xb), reps["big"], 1)
+        return {"b1_ms": b1 * 1e3, "b256_samples_s": BATCH_INFER / big}
+    x = rng.standard_normal((BATCH_TRAIN, C_IN, T)).astype(np.float32)
+    y = rng.integers(0, CLASSES, BATCH_TRAIN)
+    optimizer = AdamW.for_model(model, lr=1e-3, weight_decay=0.05)
+    model.train()
+
+    def step():
+        _, dlogits = cross_entropy(model.forward(x), y)
+        model.backward(dlogits)
+        optimizer.step()
+
+    seconds = median_seconds(step, reps["train"], 2)
+    return {"train_samples_s": BATCH_TRAIN / seconds, "train_peak_rss_mb": peak_rss_mb()}
+
+
+def child_torch(task: str, variant: str, quick: bool, threads: int) -> dict:
+    import numpy as np
+    import torch
+    from measure import median_seconds, peak_rss_mb
+    from torch_convnext import VARIANTS, ConvNeXt1DTorch, train_step_fn
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    reps = _repeats(quick, variant == "tiny")
+    model = ConvNeXt1DTorch(C_IN, CLASSES, *VARIANTS[variant])
+    if task == "train":
+        step = train_step_fn(model, BATCH_TRAIN, T, C_IN, CLASSES)
+        seconds = median_seconds(step, reps["train"], 2)
+        return {"train_samples_s": BATCH_TRAIN / seconds, "train_peak_rss_mb": peak_rss_mb()}
+    model.eval()
+    x1 = torch.randn(1, C_IN, T)
+    xb = torch.randn(BATCH_INFER, C_IN, T)
+    result = {}
+    with torch.inference_mode():
+        b1 = median_seconds(lambda: model(x1), reps["b1"], 5, reps["min_seconds"])
+        big = median_seconds(lambda: model(xb), reps["big"], 1)
+    result.update(b1_ms=b1 * 1e3, b256_samples_s=BATCH_INFER / big)
+    if task == "ort":
+        import onnxruntime as ort
+        from torch_convnext import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(model, str(Path(tmp) / "model.onnx"), T, C_IN)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        x1n, xbn = x1.numpy(), xb.numpy()
+        b1 = median_seconds(lambda: session.run(None, {"x": x1n}), reps["b1"], 5,
+                            reps["min_seconds"])
+        big = median_seconds(lambda: session.run(None, {"x": xbn}), reps["big"], 1)
+        result = {"b1_ms": b1 * 1e3, "b256_samples_s": BATCH_INFER / big}
+    del np
+    return result
+
+
+def child_kernels(quick: bool, threads: int) -> dict:
+    """Each Numba kernel against its plain-NumPy reference on tiny's stage-0 shapes, batch 32."""
+    import numba
+    import numpy as np
+    from measure import median_seconds
+
+    from kernels import adamw, dwconv, gelu, layernorm, reference, residual
+
+    numba.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    B, Tk, C = BATCH_TRAIN, T // 4, 96
+    f32 = np.float32
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(f32)
+
+    x, dy, w, b = r(B, Tk, C), r(B, Tk, C), r(7, C), r(C)
+    rows, drows, nw, nb = r(B * Tk, C), r(B * Tk, C), r(C), r(C)
+    h, dh, b4 = r(B * Tk, 4 * C), r(B * Tk, 4 * C), r(4 * C)
+    wl = r(4 * C, C)
+    keep = np.ones(B, f32)
+    n = 2_000_000
+    p, g, m, v = r(n), r(n), r(n), np.abs(r(n))
+    _, mean, rstd = layernorm.layernorm_forward(rows, nw, nb, 1e-6)
+    cases = {
+        "dwconv forward": (lambda: dwconv.dwconv_forward(x, w, b),
+                           lambda: reference.dwconv_forward(x, w, b)),
+        "dwconv backward": (lambda: dwconv.dwconv_backward(dy, x, w),
+                            lambda: reference.dwconv_backward(dy, x, w)),
+        "layernorm forward": (lambda: layernorm.layernorm_forward(rows, nw, nb, 1e-6),
+                              lambda: reference.layernorm_forward(rows, nw, nb, 1e-6)),
+        "layernorm backward": (lambda: layernorm.layernorm_backward(drows, rows, nw, mean, rstd),
+                               lambda: reference.layernorm_backward(drows, rows, nw, mean, rstd)),
+        "bias+gelu forward": (lambda: gelu.bias_gelu_forward_into(h.copy(), b4, dh),
+                              lambda: reference.bias_gelu_forward(h, b4)),
+        "bias+gelu backward": (lambda: gelu.bias_gelu_backward(dh.copy(), h),
+                               lambda: reference.bias_gelu_backward(dh, h)),
+        "linear forward (BLAS)": (lambda: np.matmul(rows, wl.T),
+                                  lambda: reference.linear_forward(rows, wl, b4)),
+        "residual forward": (lambda: residual.residual_forward(x, dy, b, keep),
+                             lambda: x + keep[:, None, None] * b * dy),
+        "adamw (2M params)": (lambda: adamw.adamw_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8,
+                                                         0.05, 3),
+                              lambda: reference.adamw_update(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8,
+                                                             0.05, 3)),
+    }
+    repeat = 5 if quick else 20
+    out = {}
+    for name, (ours, ref) in cases.items():
+        ours_s = median_seconds(ours, repeat, 2)
+        ref_s = median_seconds(ref, max(3, repeat // 4), 1)
+        out[name] = {"numba_us": ours_s * 1e6, "numpy_us": ref_s * 1e6, "speedup": ref_s / ours_s}
+    return out
+
+
+def child_matmul(threads: int) -> dict:
+    from measure import matmul_gflops
+
+    return {"matmul_gflops": matmul_gflops()}
+
+
+# --- parent ------------------------------------------------------------------------------------
+
+
+def run_child(args: list[str], threads: int) -> dict | None:
+    env = dict(os.environ)
+    # both pools sized like torch's; tests and CI never set these
+    env.update(OPENBLAS_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads),
+               OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, __file__, "--child", *args, "--threads", str(threads)],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        print(f"  [{' '.join(args)}] failed: {proc.stderr.strip().splitlines()[-1:]}",
+              file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+COLD_START = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+from numpyconvnext import load
+model = load({path!r})
+model.predict(np.zeros((1, {c}, {t}), np.float32))
+print(time.perf_counter() - t0)
+"""
+
+
+def cold_start(threads: int) -> dict:
+    """Wall time of a new process that loads a checkpoint and predicts one window (cache warm)."""
+    from numpyconvnext import ConvNeXt1D, save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "atto.npz")
+        save(ConvNeXt1D.from_config("atto", C_IN, CLASSES), path)
+        script = COLD_START.format(path=path, c=C_IN, t=T)
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+        walls = []
+        for _ in range(3):  # the first run warms Numba's cache if this checkout never compiled
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT, env=env,
+                           capture_output=True)
+            walls.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "cli.py", "--help"], check=True, cwd=ROOT, capture_output=True)
+    help_s = time.perf_counter() - t0
+    return {"load_predict_s": min(walls[1:]), "cli_help_s": help_s}
+
+
+def have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def fmt(value, digits=2):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        "| variant | ours b1 ms | torch b1 ms | ORT b1 ms | ORT/ours b1 | ours b256 /s | "
+        "torch b256 /s | ours/torch b256 | ours train /s | torch train /s | ours/torch train | "
+        "ours train RSS MB | torch train RSS MB | ours GFLOP/s (b256, train) |",
+        "|" + "---|" * 14,
+    ]
+    for v, r in results["variants"].items():
+        o, t, x = r["ours"], r.get("torch") or {}, r.get("ort") or {}
+        lines.append(
+            f"| {v} | {fmt(o.get('b1_ms'))} | {fmt(t.get('b1_ms'))} | {fmt(x.get('b1_ms'))} | "
+            f"{fmt(ratio(x.get('b1_ms'), o.get('b1_ms')))}x | {fmt(o.get('b256_samples_s'), 0)} | "
+            f"{fmt(t.get('b256_samples_s'), 0)} | "
+            f"{fmt(ratio(o.get('b256_samples_s'), t.get('b256_samples_s')))}x | "
+            f"{fmt(o.get('train_samples_s'), 0)} | {fmt(t.get('train_samples_s'), 0)} | "
+            f"{fmt(ratio(o.get('train_samples_s'), t.get('train_samples_s')))}x | "
+            f"{fmt(o.get('train_peak_rss_mb'), 0)} | {fmt(t.get('train_peak_rss_mb'), 0)} | "
+            f"{fmt(o.get('gflops_b256'), 0)}, {fmt(o.get('gflops_train'), 0)} |"
+        )
+    lines.append("")
+    lines.append(f"Large float32 matmul (NumPy BLAS): {fmt(results['matmul_gflops'], 0)} GFLOP/s. "
+                 f"Cold start (new process: load checkpoint + predict one window, Numba cache "
+                 f"warm): {fmt(results['cold_start'].get('load_predict_s'))} s; "
+                 f"`cli.py --help`: {fmt(results['cold_start'].get('cli_help_s'))} s.")
+    if results.get("kernels"):
+        lines += ["", "| kernel (B=32, T=64, C=96) | Numba us | NumPy reference us | speedup |",
+                  "|---|---|---|---|"]
+        for name, k in results["kernels"].items():
+            lines.append(f"| {name} | {k['numba_us']:.0f} | {k['numpy_us']:.0f} | "
+                         f"{k['speedup']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default="atto,pico,tiny")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-torch", action="store_true", help="hide torch and onnxruntime")
+    parser.add_argument("--no-kernels", action="store_true", help="skip per-kernel timings")
+    parser.add_argument("--out", default=None, help="JSON path (default bench/results/<date>.json)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        kind = args.child[0]
+        if kind == "kernels":
+            result = child_kernels(args.quick, args.threads)
+        elif kind == "matmul":
+            result = child_matmul(args.threads)
+        else:
+            framework, task = kind.split("-")
+            fn = child_ours if framework == "ours" else child_torch
+            result = fn(task, args.child[1], args.quick, args.threads)
+        print(json.dumps(result))
+        return
+
+    torch_ok = not args.no_torch and os.environ.get("BENCH_NO_TORCH") != "1" and have("torch")
+    ort_ok = torch_ok and have("onnxruntime") and have("onnx")
+    flag = " --quick" if args.quick else ""
+    command = (f"python bench/run.py --variants {args.variants} --threads {args.threads}{flag}"
+               + (" --no-torch" if args.no_torch else ""))
+    results: dict = {
+        "date": dt.date.today().isoformat(), "command": command, "threads": args.threads,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "load_avg_start": os.getloadavg(),
+                    "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+                    "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE")},
+        "shape": {"in_channels": C_IN, "T": T, "classes": CLASSES, "batch_infer": BATCH_INFER,
+                  "batch_train": BATCH_TRAIN},
+        "variants": {},
+    }
+    from numpyconvnext.model import CONFIGS, forward_flops
+
+    quick = ["--quick"] if args.quick else []
+    results["matmul_gflops"] = (run_child(["matmul", *quick], args.threads) or {}).get(
+        "matmul_gflops")
+    for variant in args.variants.split(","):
+        print(f"{variant}...", file=sys.stderr, flush=True)
+        flops = forward_flops(**CONFIGS[variant], in_channels=C_IN, num_classes=CLASSES, length=T)
+        ours = {}
+        for task in ("infer", "train"):
+            ours.update(run_child([f"ours-{task}", variant, *quick], args.threads) or {})
+        if "b256_samples_s" in ours:
+            ours["gflops_b256"] = ours["b256_samples_s"] * flops / 1e9
+        if "train_samples_s" in ours:
+            ours["gflops_train"] = ours["train_samples_s"] * 3 * flops / 1e9
+        entry = {"forward_gflop_per_sample": flops / 1e9, "ours": ours}
+        if torch_ok:
+            torch_r = run_child(["torch-infer", variant, *quick], args.threads) or {}
+            torch_r.update(run_child(["torch-train", variant, *quick], args.threads) or {})
+            entry["torch"] = torch_r
+        if ort_ok:
+            entry["ort"] = run_child(["torch-ort", variant, *quick], args.threads)
+        results["variants"][variant] = entry
+    if not args.no_kernels:
+        results["kernels"] = run_child(["kernels", *quick], args.threads)
+    results["cold_start"] = cold_start(args.threads)
+    results["machine"]["load_avg_end"] = os.getloadavg()
+
+    out = Path(args.out) if args.out else HERE / "results" / f"{results['date']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(results))
+    print(f"\nReproduce: `{command}`  (results: {out})")
+
+
+if __name__ == "__main__":
+    main()
