@@ -262,5 +262,240 @@ def _training_report(result) -> str:
     return "\n".join(lines)
 
 
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint (.npz) written by train.")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False),
+              help="Candle file (.csv/.json): backtest on all of it after warm-up.")
+@click.option("--symbol", help="Fetch this Bybit symbol and backtest on it (with --days).")
+@click.option("--interval", help="Interval for --symbol. [default: the model's]")
+@click.option("--days", type=click.FloatRange(min=0, min_open=True),
+              help="History to fetch for --symbol. [default: 90]")
+@click.option("--confidence", default=0.6, show_default=True, type=click.FloatRange(0, 1),
+              help="Minimum probability for a Long/Short signal.")
+@click.option("--fee-rate", type=click.FloatRange(0, 0.1), help="Per fill. [default: 0.00055, Bybit taker]")
+@click.option("--slippage", type=click.FloatRange(0, 0.1), help="Adverse, per fill. [default: 0.0002]")
+@click.option("--stop-loss", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="Stop distance in ATR(14) multiples, also the sizing's risk stop; 0 = none.")
+@click.option("--take-profit", type=click.FloatRange(min=0, min_open=True),
+              help="Take-profit in ATR multiples; sets Kelly's win/loss ratio to TP/SL. [default: none]")
+@click.option("--equity", default=10_000.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Folder for trades.csv, equity.csv, signals.csv, equity.png. "
+                   "[default: backtest_<time> next to the model]")
+@click.option("--base-url", default=None,
+              help="Bybit URL for --symbol (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
+@click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
+              show_default=True, help="Seconds to keep retrying Bybit before giving up.")
+def backtest(model_path, data_path, symbol, interval, days, confidence, fee_rate, slippage, stop_loss,
+             take_profit, equity, out_dir, base_url, retry_time_s) -> None:
+    """Backtest a model beside buy-and-hold, with fees, slippage and ATR stops.
+
+    By default on the held-out test period recorded in the checkpoint; with --data or --symbol
+    on that whole data (after the indicator warm-up). Decisions at a bar's close are filled at
+    the next bar's open.
+    """
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import numpy as np
+
+    from numpyconvnext import load
+    from numpyconvnext.checkpoint import CheckpointError
+    from numpyconvnext.trading.inference import DEFAULT_WIN_LOSS_RATIO, decide, preprocessing_of
+
+    if data_path and symbol:
+        raise UserError("use either --data FILE or --symbol (with --interval/--days), not both")
+    if (days is not None or interval) and not symbol:
+        raise UserError("--interval and --days go with --symbol")
+    try:
+        model = load(model_path)
+        prep = preprocessing_of(model)
+    except (CheckpointError, ValueError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    metadata = model.metadata
+    try:
+        candles, end_index, what = _backtest_data(
+            metadata, prep, data_path, symbol, interval, days, base_url, retry_time_s)
+        win_loss = (take_profit / stop_loss if take_profit and stop_loss else DEFAULT_WIN_LOSS_RATIO)
+        decisions = decide(model, candles, end_index, confidence=confidence, equity=equity,
+                           atr_multiple=stop_loss or None, win_loss_ratio=win_loss)
+        from numpyconvnext.trading.backtest import DEFAULT_FEE_RATE, DEFAULT_SLIPPAGE
+        from numpyconvnext.trading.backtest import backtest as run_backtest
+
+        fee_rate = DEFAULT_FEE_RATE if fee_rate is None else fee_rate
+        slippage = DEFAULT_SLIPPAGE if slippage is None else slippage
+        result = run_backtest(candles, decisions.signal_series(), size=decisions.fraction_series(),
+                              fee_rate=fee_rate, slippage=slippage, stop_loss=stop_loss or None,
+                              take_profit=take_profit, stop_mode="atr", initial_equity=equity)
+    except (ValueError, OSError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(out_dir) if out_dir else Path(model_path).resolve().parent / f"backtest_{stamp}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        result.trades.to_csv(out / "trades.csv", index=False)
+        result.equity_frame().to_csv(out / "equity.csv", index=False)
+        decisions.frame().to_csv(out / "signals.csv", index=False)
+    except OSError as error:
+        raise UserError(f"cannot write to {out}: {error.strerror or error}") from None
+    from numpyconvnext.plots import equity_and_drawdown
+
+    name = f"{metadata.get('symbol') or 'model'} {metadata.get('interval') or ''}".strip()
+    picture = equity_and_drawdown(
+        {"Model": result.equity, "Buy & hold": result.benchmark.equity}, out / "equity.png",
+        title=f"{name}, {what.split(',')[0]}: model vs buy & hold (after costs)")
+
+    kind = "regression" if prep.regression else "3 classes"
+    first, last = result.equity.index[0], result.equity.index[-1]
+    trades = result.trades
+    n_long = int((trades["side"] == "long").sum())
+    stops = (f"stop {stop_loss:g} ATR" if stop_loss else "no stop") + (
+        f", take-profit {take_profit:g} ATR" if take_profit else ", no take-profit")
+    lines = [
+        f"model    {model_path} ({metadata.get('variant', '?')}, {kind}, window {prep.window})",
+        f"data     {what}",
+        f"period   {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} UTC: {len(result.equity)} bars, "
+        f"{len(decisions)} decisions ({int(np.sum(decisions.signal != 2))} Long/Short)",
+        f"costs    fee {100 * fee_rate:.3f}%, slippage {100 * slippage:.3f}% per fill; {stops}",
+        f"signals  confidence >= {confidence:.2f}; half-Kelly sizes (win/loss {win_loss:g}), "
+        f"initial equity {equity:,.0f}",
+        "",
+        result.comparison_table(),
+        "",
+        f"trades   {len(trades)} ({n_long} long, {len(trades) - n_long} short), "
+        f"fees paid {result.total_fees:,.2f}",
+        f"wrote    {out}/ trades.csv equity.csv signals.csv" + (" equity.png" if picture else ""),
+    ]
+    click.echo("\n".join(lines))
+
+
+def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, retry_time_s):
+    """(candles, decision bar indices, description) for `backtest`'s three data modes."""
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from numpyconvnext.data.intervals import normalize_interval
+    from numpyconvnext.data.store import load_candles
+    from numpyconvnext.trading.inference import valid_decision_indices
+
+    model_interval = metadata.get("interval")
+    if data_path:
+        candles = load_candles(data_path)
+        what = f"{Path(data_path).name}, all bars after warm-up"
+    elif symbol:
+        from numpyconvnext.data.bybit import BybitClient, BybitError
+
+        if not symbol.strip().isalnum():
+            raise ValueError(f"bad symbol {symbol!r}: letters and digits only, e.g. BTCUSDT")
+        interval = normalize_interval(interval or model_interval or "1h")
+        days = 90.0 if days is None else days
+        client = BybitClient(base_url, max_retry_time_s=retry_time_s)
+        end = pd.Timestamp.now(tz="UTC")
+        try:
+            candles = client.get_klines(symbol, interval, end - pd.Timedelta(days=days), end)
+        except BybitError as error:
+            raise ValueError(f"cannot fetch {symbol} {interval}: {str(error).splitlines()[0]}") from None
+        what = f"Bybit {symbol.upper()} {interval} last {days:g} days, after warm-up"
+    else:
+        from numpyconvnext.data.source import load_source
+
+        source, split = metadata.get("data_source"), (metadata.get("split") or {}).get("test")
+        if not source or not split:
+            raise ValueError("the checkpoint records no data source or test period; "
+                             "pass --data FILE or --symbol")
+        try:
+            candles = load_source(source)
+        except (OSError, KeyError) as error:
+            raise ValueError(f"cannot reload the training data ({error}); pass --data FILE") from None
+        end_index = np.arange(int(split["first_index"]), int(split["last_index"]) + 1)
+        stamps = pd.DatetimeIndex(candles["timestamp"])
+        if (end_index[-1] >= len(candles) or stamps[end_index[0]] != pd.Timestamp(split["first_time"])
+                or stamps[end_index[-1]] != pd.Timestamp(split["last_time"])):
+            raise ValueError("the training data changed since the run: its test period no longer "
+                             "lines up; pass --data FILE")
+        return candles, end_index, "test period, held out in training"
+    if len(candles) < prep.min_candles + 1:
+        raise ValueError(f"{len(candles)} candles are too few: need more than {prep.min_candles} "
+                         f"(warm-up {prep.warmup_bars} + window {prep.window})")
+    if model_interval and len(candles) > 1:
+        from numpyconvnext.data.intervals import interval_to_timedelta
+
+        spacing = pd.DatetimeIndex(candles["timestamp"][:50]).to_series().diff().median()
+        if spacing != interval_to_timedelta(model_interval):
+            click.echo(f"warning: the model was trained on {model_interval} candles, these are "
+                       f"{spacing} apart", err=True)
+    return candles, valid_decision_indices(len(candles), prep), what
+
+
+@main.command()
+@click.option("--symbol", default="BTCUSDT", show_default=True, help="Bybit symbol.")
+@click.option("--interval", help="Candle interval. [default: the model's, else 1h]")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False),
+              help="Checkpoint (.npz). [default: the newest models/*/model.npz]")
+@click.option("--once", is_flag=True, help="One fetch, one line, exit.")
+@click.option("--base-url", default=None,
+              help="Bybit URL, or mainnet/testnet (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
+@click.option("--confidence", default=0.6, show_default=True, type=click.FloatRange(0, 1),
+              help="Minimum probability for a Long/Short signal.")
+@click.option("--equity", default=10_000.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Account equity the suggested size refers to.")
+@click.option("--stop-loss", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="Risk stop for sizing, in ATR(14) multiples; 0 = none.")
+@click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=60.0,
+              show_default=True, help="Seconds one request keeps retrying before the loop backs off.")
+def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_loss,
+         retry_time_s) -> None:
+    """Print a signal for every newly closed candle: one JSON line on stdout, a readable line on
+    stderr. Public market data only; places no orders. Ctrl-C stops.
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    from numpyconvnext import load
+    from numpyconvnext.checkpoint import CheckpointError
+    from numpyconvnext.data.bybit import BybitClient
+    from numpyconvnext.data.intervals import normalize_interval
+    from numpyconvnext.trading.inference import preprocessing_of
+    from numpyconvnext.trading.live import LiveError, LiveSettings, run_live
+
+    if not symbol.strip().isalnum():
+        raise UserError(f"bad symbol {symbol!r}: letters and digits only, e.g. BTCUSDT")
+    if model_path is None:
+        found = sorted(Path("models").glob("*/model.npz"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UserError("no --model given and no models/*/model.npz found; "
+                            "train one first: python cli.py train")
+        model_path = str(found[-1])
+    try:
+        model = load(model_path)
+        preprocessing_of(model)
+        model_interval = model.metadata.get("interval")
+        interval = normalize_interval(interval or model_interval or "1h")
+        client = BybitClient(base_url, max_retry_time_s=retry_time_s)
+    except (CheckpointError, ValueError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    if model_interval and normalize_interval(model_interval) != interval:
+        click.echo(f"warning: the model was trained on {model_interval} candles, not {interval}",
+                   err=True)
+    click.echo(f"live: {symbol.upper()} {interval} with {model_path}; public data only, no orders"
+               + ("" if once else "; Ctrl-C stops"), err=True)
+    settings = LiveSettings(confidence=confidence, equity=equity, atr_multiple=stop_loss or None)
+    try:
+        run_live(model, client, symbol, interval, settings=settings, once=once)
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    except BrokenPipeError:  # stdout closed (e.g. `| head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except ValueError as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    except LiveError as error:
+        raise click.ClickException(str(error)) from None
+
+
 if __name__ == "__main__":
     main()
