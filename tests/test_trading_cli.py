@@ -1,0 +1,326 @@
+"""Inference from a checkpoint (features, stored normaliser, signals, sizes), no look-ahead through
+inference + backtest, and `python cli.py backtest` end to end with its one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import numpyconvnext
+from cli import main
+from numpyconvnext.data.dataset import prepare_dataset
+from numpyconvnext.data.features import FEATURE_NAMES
+from numpyconvnext.data.labels import LabelConfig, label_threshold
+from numpyconvnext.data.source import resolve_candles
+from numpyconvnext.model import ConvNeXt1D
+from numpyconvnext.trading.backtest import backtest
+from numpyconvnext.trading.inference import (
+    IncompatibleModelError,
+    decide,
+    preprocessing_of,
+    valid_decision_indices,
+)
+
+WINDOW, HORIZON = 32, 4
+
+
+def make_checkpoint(out_dir: Path, *, regression: bool = False, bars: int = 1000,
+                    head_scale: float = 6.0) -> tuple[Path, pd.DataFrame]:
+    """A tiny atto checkpoint with the metadata the Trainer writes (synthetic source, split,
+    preprocessing), built without training: its head is scaled up so that its (random but
+    fixed) probabilities are decisive and the backtests below trade."""
+    candles, source = resolve_candles("synthetic", symbol="BTCUSDT", interval="1h", days=365,
+                                      last_bars=bars, notice=lambda message: None)
+    data = prepare_dataset(candles, window=WINDOW, label_config=LabelConfig(horizon=HORIZON))
+    model = ConvNeXt1D.from_config("atto", in_channels=len(FEATURE_NAMES),
+                                   num_classes=1 if regression else 3, seed=0)
+    model.state_dict()["head.weight"][...] *= head_scale
+    split = {name: {key: value.isoformat() if isinstance(value, pd.Timestamp) else value
+                    for key, value in bounds.items()}
+             for name, bounds in data.boundaries.items()}
+    metadata = {"variant": "atto", "symbol": source["symbol"], "interval": source["interval"],
+                "data_source": source, "kind": "numpyconvnext.train",
+                "preprocessing": data.preprocessing(), "split": split, "fold": data.fold.to_dict(),
+                "target_scale": 0.01 if regression else 1.0}
+    path = out_dir / "run" / "model.npz"
+    numpyconvnext.save(model, path, metadata=metadata)
+    return path, candles
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """(path, the candles it was 'trained' on)."""
+    return make_checkpoint(tmp_path_factory.mktemp("trading_cli"))
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return numpyconvnext.load(checkpoint[0])
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, needle: str = "") -> None:
+    """Exit 2 and one "Error: ..." line (click adds its usage lines above a bad flag's)."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines()
+             if line.strip() and not line.startswith(("Usage: ", "Try '"))]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    assert needle.lower() in lines[0].lower(), lines[0]
+
+
+# --- inference ---------------------------------------------------------------------------------
+
+
+def test_inference_rebuilds_the_training_inputs_exactly(model, checkpoint):
+    _, candles = checkpoint
+    data = prepare_dataset(candles, window=WINDOW, label_config=LabelConfig(horizon=HORIZON))
+    decisions = decide(model, candles, data.test.end_index, confidence=0.5)
+    np.testing.assert_allclose(decisions.probabilities, model.predict_proba(data.test.X),
+                               rtol=1e-6, atol=1e-7)
+    # the normaliser is the stored one, not refitted on the candles given: a changed stored
+    # mean changes the probabilities
+    shifted = numpyconvnext.load(checkpoint[0])
+    shifted.metadata["preprocessing"]["normalizer"]["mean"][0] += 1.0
+    other = decide(shifted, candles, data.test.end_index, confidence=0.5)
+    assert np.abs(other.probabilities - decisions.probabilities).max() > 1e-4
+
+
+def test_signals_follow_the_threshold_and_sizes_are_finite_and_non_negative(model, checkpoint):
+    _, candles = checkpoint
+    every = valid_decision_indices(len(candles), preprocessing_of(model))
+    assert every[0] == 230 and every[-1] == len(candles) - 1  # warm-up 199 + window 32 - 1
+    decisions = decide(model, candles, every[::3], confidence=0.6, equity=25_000.0)
+    p, signal = decisions.probabilities, decisions.signal
+    assert set(np.unique(signal)) == {0, 1, 2}  # a decisive model: all three occur
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(decisions.confidence, p.max(axis=1))
+    directional = signal != 2
+    assert (decisions.confidence[directional] >= 0.6).all()
+    assert (p.argmax(axis=1)[directional] == signal[directional]).all()
+    for values in (decisions.fraction, decisions.units, decisions.confidence):
+        assert np.isfinite(values).all() and (values >= 0).all()
+    assert (decisions.fraction <= 1.0).all()
+    assert (decisions.fraction[~directional] == 0).all()
+    assert (decisions.fraction[directional] > 0).any()
+    np.testing.assert_allclose(decisions.units, decisions.fraction * 25_000.0 / decisions.close)
+    # half Kelly (b = 2) capped by 2% risk at a 2-ATR stop
+    kelly = 0.5 * np.maximum(decisions.confidence - (1 - decisions.confidence) / 2.0, 0.0)
+    cap = 0.02 * decisions.close / (2.0 * decisions.atr)
+    expected = np.where(directional, np.minimum(np.minimum(kelly, cap), 1.0), 0.0)
+    np.testing.assert_allclose(decisions.fraction, expected, rtol=1e-12)
+
+
+def test_regression_checkpoint_signals_on_the_sign_beyond_the_label_threshold(tmp_path):
+    path, candles = make_checkpoint(tmp_path, regression=True, head_scale=30.0)
+    model = numpyconvnext.load(path)
+    decisions = decide(model, candles, np.arange(300, len(candles), 4))
+    assert decisions.probabilities is None
+    r, signal = decisions.predicted_return, decisions.signal
+    threshold = label_threshold(candles["close"].to_numpy(), LabelConfig(horizon=HORIZON))
+    threshold = threshold[decisions.end_index]
+    np.testing.assert_array_equal(signal, np.where(r > threshold, 0, np.where(r < -threshold, 1, 2)))
+    assert {0, 1} <= set(np.unique(signal))
+    for values in (decisions.fraction, decisions.units, decisions.confidence):
+        assert np.isfinite(values).all() and (values >= 0).all()
+    assert (decisions.confidence < 1).all()
+    assert (decisions.fraction[signal == 2] == 0).all() and (decisions.fraction <= 0.5).all()
+    fixed = decide(model, candles, decisions.end_index[:40], regression_threshold=1.0)  # never 100%
+    assert (fixed.signal == 2).all() and (fixed.fraction == 0).all()
+
+
+def test_incompatible_checkpoints_are_refused_with_a_clear_message(model):
+    bare = ConvNeXt1D.from_config("atto", in_channels=len(FEATURE_NAMES), num_classes=3)
+    bare.metadata = {}
+    with pytest.raises(IncompatibleModelError, match="no preprocessing"):
+        preprocessing_of(bare)
+    other = ConvNeXt1D.from_config("atto", in_channels=len(FEATURE_NAMES), num_classes=3)
+    other.metadata = json.loads(json.dumps(model.metadata))
+    other.metadata["preprocessing"]["feature_names"][3] = "log_ret_256"
+    with pytest.raises(IncompatibleModelError, match="different features.*log_ret_64"):
+        preprocessing_of(other)
+    five = ConvNeXt1D.from_config("atto", in_channels=len(FEATURE_NAMES), num_classes=5)
+    five.metadata = model.metadata
+    with pytest.raises(IncompatibleModelError, match="5 outputs"):
+        preprocessing_of(five)
+
+
+def test_too_few_candles_is_a_value_error(model, checkpoint):
+    _, candles = checkpoint
+    need = preprocessing_of(model).min_candles
+    with pytest.raises(ValueError, match=f"too few: the model needs {need}"):
+        decide(model, candles.iloc[: need - 1])
+    with pytest.raises(ValueError, match="decision bars must lie"):
+        decide(model, candles, [need - 2])
+
+
+# --- no look-ahead -----------------------------------------------------------------------------
+
+
+def test_no_look_ahead_through_inference_and_backtest(model, checkpoint):
+    """Prices after bar t change no decision at or before t, no equity up to t and no trade
+    entered by t; a live-style call on candles that end at t agrees too."""
+    _, candles = checkpoint
+    first = preprocessing_of(model).first_decision_index
+    end_index = np.arange(first, first + 160)
+    t = int(end_index[100])
+
+    future = candles.copy()
+    rng = np.random.default_rng(0)
+    factor = np.exp(np.cumsum(rng.normal(0.0, 0.02, len(candles) - t - 1)))
+    for column in ("open", "high", "low", "close"):
+        future.loc[t + 1 :, column] = candles[column].to_numpy()[t + 1 :] * factor
+    future.loc[t + 1 :, "volume"] = candles["volume"].to_numpy()[t + 1 :] * rng.uniform(
+        0.2, 5.0, len(candles) - t - 1)
+
+    def run(frame):
+        decisions = decide(model, frame, end_index, confidence=0.5)
+        result = backtest(frame, decisions.signal_series(), size=decisions.fraction_series(),
+                          stop_loss=2.0, take_profit=3.0, stop_mode="atr")
+        return decisions, result
+
+    (base, base_bt), (moved, moved_bt) = run(candles), run(future)
+    upto = end_index <= t
+    for name in ("signal", "confidence", "fraction", "units", "atr"):
+        np.testing.assert_array_equal(getattr(base, name)[upto], getattr(moved, name)[upto])
+    np.testing.assert_array_equal(base.probabilities[upto], moved.probabilities[upto])
+    assert not np.array_equal(base.probabilities[~upto], moved.probabilities[~upto])
+
+    bars = base_bt.equity.index <= candles["timestamp"].iloc[t]
+    np.testing.assert_array_equal(base_bt.equity[bars], moved_bt.equity[bars])
+    assert not np.array_equal(base_bt.equity.to_numpy(), moved_bt.equity.to_numpy())
+    entered = base_bt.trades["entry_time"] <= candles["timestamp"].iloc[t]
+    assert entered.sum() >= 3  # the check below is not vacuous
+    columns = ["side", "entry_time", "entry_price", "size"]
+    pd.testing.assert_frame_equal(base_bt.trades.loc[entered, columns].reset_index(drop=True),
+                                  moved_bt.trades[columns].iloc[: int(entered.sum())]
+                                  .reset_index(drop=True))
+
+    # live sees only candles up to t: the same decision as the backtest's at t
+    # (equal up to float32 rounding: BLAS may sum in another order for a batch of one)
+    live = decide(model, candles.iloc[: t + 1], [t], confidence=0.5)
+    np.testing.assert_allclose(live.probabilities[0], base.probabilities[upto][-1], rtol=1e-5)
+    assert live.signal[0] == base.signal[upto][-1]
+    np.testing.assert_allclose(live.fraction[0], base.fraction[upto][-1], rtol=1e-5)
+
+
+# --- python cli.py backtest --------------------------------------------------------------------
+
+
+def test_backtest_cli_on_the_checkpoint_test_period(checkpoint, model, tmp_path):
+    path, candles = checkpoint
+    out = tmp_path / "bt"
+    result = run_cli("backtest", "--model", path, "--confidence", "0.5", "--out", out)
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "Metric" in text and "Model" in text and "Buy & hold" in text
+    for row in ("Total return", "Sharpe", "Max drawdown", "Win rate", "Trades"):
+        assert row in text
+    split = model.metadata["split"]["test"]
+    first = pd.Timestamp(split["first_time"])
+    assert f"period   {first:%Y-%m-%d %H:%M} .. " in text
+    trades = pd.read_csv(out / "trades.csv")
+    equity = pd.read_csv(out / "equity.csv", parse_dates=["timestamp"])
+    assert f"trades   {len(trades)} (" in text and len(trades) > 0
+    # decisions at the test window ends, the last one filled on the next bar
+    assert len(equity) == split["last_index"] - split["first_index"] + 2
+    assert equity["timestamp"].iloc[0] == first
+    assert list(equity.columns) == ["timestamp", "equity", "position", "benchmark_equity"]
+    assert {"side", "entry_time", "exit_time", "pnl", "fees", "exit_reason"} <= set(trades.columns)
+    np.testing.assert_allclose(equity["equity"].iloc[-1] - 10_000.0, trades["pnl"].sum(), rtol=1e-9)
+    signals = pd.read_csv(out / "signals.csv")
+    assert len(signals) == split["last_index"] - split["first_index"] + 1
+    pytest.importorskip("matplotlib")
+    assert (out / "equity.png").stat().st_size > 10_000
+
+
+def test_backtest_cli_default_out_dir_is_next_to_the_model(checkpoint):
+    path, _ = checkpoint
+    result = run_cli("backtest", "--model", path, "--stop-loss", "0", "--fee-rate", "0",
+                     "--slippage", "0")
+    assert result.exit_code == 0, result.output
+    folders = sorted(path.parent.glob("backtest_*"))
+    assert folders and (folders[-1] / "trades.csv").exists() and (folders[-1] / "equity.csv").exists()
+    assert "fee 0.000%, slippage 0.000% per fill; no stop" in result.stdout
+
+
+def test_backtest_cli_on_a_data_file(checkpoint, model, tmp_path):
+    from numpyconvnext.data import save_candles, synthetic_candles
+
+    path, _ = checkpoint
+    candles = synthetic_candles(400, "1h", seed=11, start="2022-03-01")
+    data = tmp_path / "ETHUSDT_1h.csv"
+    save_candles(candles, data)
+    result = run_cli("backtest", "--model", path, "--data", data, "--confidence", "0.5",
+                     "--take-profit", "3", "--out", tmp_path / "bt")
+    assert result.exit_code == 0, result.output
+    assert "ETHUSDT_1h.csv, all bars after warm-up" in result.stdout
+    assert "win/loss 1.5" in result.stdout  # take-profit / stop-loss = 3 / 2
+    equity = pd.read_csv(tmp_path / "bt" / "equity.csv", parse_dates=["timestamp"])
+    first = preprocessing_of(model).first_decision_index
+    assert equity["timestamp"].iloc[0] == candles["timestamp"].iloc[first]
+    assert equity["timestamp"].iloc[-1] == candles["timestamp"].iloc[-1]
+    assert len(equity) == len(valid_decision_indices(len(candles), preprocessing_of(model)))
+
+
+def test_backtest_cli_on_bybit_candles(checkpoint, tmp_path):
+    from bybit_server import FakeBybit
+
+    from numpyconvnext.data import synthetic_candles
+
+    start = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=799)).floor("h")
+    with FakeBybit(synthetic_candles(800, "1h", seed=5, start=start)) as fake:
+        result = run_cli("backtest", "--model", checkpoint[0], "--symbol", "BTCUSDT", "--days", "15",
+                         "--base-url", fake.url, "--out", tmp_path / "bt")
+        bad = run_cli("backtest", "--model", checkpoint[0], "--symbol", "NOPEUSDT", "--days", "15",
+                      "--base-url", fake.url)
+    assert result.exit_code == 0, result.output
+    assert "Bybit BTCUSDT 1h last 15 days" in result.stdout
+    equity = pd.read_csv(tmp_path / "bt" / "equity.csv", parse_dates=["timestamp"])
+    # 15 days of closed 1h candles minus warm-up and window (230 bars); the newest is closed
+    assert 15 * 24 - 232 <= len(equity) <= 15 * 24 - 230
+    assert equity["timestamp"].iloc[-1] == pd.Timestamp(fake.now_ms, unit="ms", tz="UTC").floor("h") \
+        - pd.Timedelta(hours=1)
+    assert_one_line_error(bad, "Symbol Invalid")
+
+
+def test_backtest_cli_errors_are_one_line(checkpoint, tmp_path):
+    path, candles = checkpoint
+    assert_one_line_error(run_cli("backtest", "--model", tmp_path / "missing.npz"), "no such checkpoint")
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weights=np.ones(3))
+    assert_one_line_error(run_cli("backtest", "--model", foreign), "not a numpyconvnext checkpoint")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert_one_line_error(run_cli("backtest", "--model", truncated), "truncated")
+    bare = tmp_path / "bare.npz"
+    numpyconvnext.save(ConvNeXt1D.from_config("atto", len(FEATURE_NAMES), 3), bare)
+    assert_one_line_error(run_cli("backtest", "--model", bare), "no preprocessing")
+
+    assert_one_line_error(run_cli("backtest", "--model", path, "--data", tmp_path / "none.csv"),
+                          "no candle file")
+    from numpyconvnext.data import save_candles
+
+    broken = tmp_path / "broken.csv"
+    save_candles(candles, broken)
+    lines = broken.read_text().splitlines()
+    fields = lines[300].split(",")
+    fields[2] = str(float(fields[1]) * 0.5)  # high below open
+    lines[300] = ",".join(fields)
+    broken.write_text("\n".join(lines) + "\n")
+    assert_one_line_error(run_cli("backtest", "--model", path, "--data", broken), "invalid candle")
+    short = tmp_path / "short.csv"
+    save_candles(candles.iloc[:200], short)
+    assert_one_line_error(run_cli("backtest", "--model", path, "--data", short), "too few")
+    assert_one_line_error(run_cli("backtest", "--model", path, "--data", short, "--symbol", "BTCUSDT"),
+                          "either --data")
+    assert_one_line_error(run_cli("backtest", "--model", path, "--days", "5"), "--symbol")
+    assert_one_line_error(run_cli("backtest", "--model", path, "--confidence", "1.5"), "confidence")
