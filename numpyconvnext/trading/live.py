@@ -14,9 +14,10 @@ The loop (``run_live``):
 
 Network trouble never ends the loop: the client already retries a request with backoff; when it
 gives up, the loop logs one line and tries again after ``retry_min_s * 2^k`` seconds (capped at
-``retry_max_s``). A parameter error (unknown symbol or interval) is not transient and raises
-``LiveError``. ``clock`` (epoch seconds) and ``sleep`` are injectable, so tests run several
-candle closes instantly against a fake server whose clock they advance.
+``retry_max_s``). A parameter error (unknown symbol or interval) or a market younger than the
+history the model needs is not transient and raises ``LiveParameterError``. ``clock`` (epoch
+seconds) and ``sleep`` are injectable, so tests run several candle closes instantly against a
+fake server whose clock they advance.
 
 History: features need ``WARMUP_BARS`` (EMA 200) plus one window; on top we fetch
 ``HISTORY_MARGIN_BARS`` so that the exponential averages, seeded at the start of the fetched
@@ -65,7 +66,11 @@ DEFAULT_CLOSE_DELAY_S = 3.0
 
 
 class LiveError(RuntimeError):
-    """A problem retrying cannot fix (bad symbol, too little history); one readable line."""
+    """``once`` could not fetch its candles (the network or Bybit failed); one readable line."""
+
+
+class LiveParameterError(ValueError):
+    """A mistake retrying cannot fix (unknown symbol or interval, too little history)."""
 
 
 @dataclass(frozen=True)
@@ -189,8 +194,9 @@ def run_live(
 ) -> int:
     """Emit one JSON line per newly closed candle until interrupted; returns the lines emitted.
 
-    ``once``: one fetch, one line (the newest closed candle), return; a network failure raises
-    ``LiveError`` instead of retrying. ``max_lines`` stops after that many lines (tests).
+    ``once``: one fetch, one line (the newest closed candle), return; a network failure (after
+    the client's own retries) raises ``LiveError`` instead of waiting for another round.
+    ``max_lines`` stops after that many lines (tests).
     ``clock`` (epoch seconds, default ``time.time``) and ``sleep`` (default ``time.sleep``) drive
     all waiting; ``poll_s`` is the wait when an expected candle is late (default: a sixtieth of
     the interval, 2..30 s). ``KeyboardInterrupt`` propagates (the CLI turns it into exit 0).
@@ -210,7 +216,7 @@ def run_live(
         try:
             candles = fetch_closed_candles(client, symbol, name, count, clock())
         except BybitParameterError as error:
-            raise LiveError(f"Bybit rejected {symbol} {name}: {error}") from None
+            raise LiveParameterError(f"Bybit rejected {symbol} {name}: {error}") from None
         except (BybitError, BybitResponseError, OSError) as error:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             if once:
@@ -222,7 +228,7 @@ def run_live(
             continue
         failures = 0
         if len(candles) < prep.min_candles:
-            raise LiveError(f"Bybit has only {len(candles)} closed {symbol} {name} candles; the "
+            raise LiveParameterError(f"Bybit has only {len(candles)} closed {symbol} {name} candles; the "
                             f"model needs {prep.min_candles} (warm-up {prep.warmup_bars} + window "
                             f"{prep.window})")
         stamps = pd.DatetimeIndex(candles["timestamp"])
