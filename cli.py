@@ -440,7 +440,8 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
 @click.option("--base-url", default=None,
               help="Bybit URL, or mainnet/testnet (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
 @click.option("--confidence", default=0.6, show_default=True, type=click.FloatRange(0, 1),
-              help="Minimum probability for a Long/Short signal.")
+              help="Minimum probability for a Long/Short signal (classifiers; a regression model "
+                   "signals beyond its label threshold).")
 @click.option("--equity", default=10_000.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Account equity the suggested size refers to.")
 @click.option("--stop-loss", default=2.0, show_default=True, type=click.FloatRange(min=0),

@@ -157,6 +157,24 @@ def test_a_late_candle_is_polled_for_not_skipped(model):
     assert sim.sleeps[1:] == [10.0, 10.0]  # two polls until the candle showed up
 
 
+def test_regression_checkpoint_lines_carry_the_predicted_return(tmp_path):
+    path, _ = make_checkpoint(tmp_path, regression=True, head_scale=30.0)
+    model = numpyconvnext.load(path)
+    candles = synthetic_candles(1000, "1h", seed=3, start="2023-01-01")
+    lines, logs = [], []
+    with FakeBybit(candles) as fake:
+        run_live(model, BybitClient(fake.url), "BTCUSDT", "1h", once=True, emit=lines.append,
+                 log=logs.append, clock=lambda: fake.now_ms / 1000)
+    (record,) = [json.loads(line) for line in lines]
+    assert set(record) == FIELDS and record["probabilities"] is None
+    history = candles.iloc[-1 - history_bars(model) : -1].reset_index(drop=True)
+    expected = decide(model, history, [len(history) - 1])
+    assert record["predicted_return"] == pytest.approx(expected.predicted_return[0], rel=1e-5)
+    assert record["signal"] == ["LONG", "SHORT", "HOLD"][int(expected.signal[0])]
+    assert 0 <= record["confidence"] < 1 and 0 <= record["size"]["fraction"] <= 0.5
+    assert "predicted return" in logs[0]
+
+
 def test_unknown_symbol_is_a_parameter_error_not_a_retry(model):
     candles = synthetic_candles(400, "1h", seed=3, start="2023-01-01")
     with FakeBybit(candles) as fake:
