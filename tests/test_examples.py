@@ -59,3 +59,41 @@ def test_train_model_on_a_json_file(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "model saved to models/" in result.stdout
     assert list((tmp_path / "models").glob("*/model.npz"))
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    from numpyconvnext.config import TrainingConfig
+    from numpyconvnext.workflow import train_run
+
+    folder = tmp_path_factory.mktemp("models")
+    candles = synthetic_candles(1400, seed=5)
+    source = {"kind": "synthetic", "symbol": "SYN", "interval": "1h", "seed": 5}
+    config = TrainingConfig(window=32, horizon=4, epochs=1, variant="atto", batch_size=64)
+    return train_run(candles, source, config, out_dir=folder, quiet=True).best_path
+
+
+def json_lines(text: str) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_live_signals_once_from_the_loopback_server(tmp_path, trained_model):
+    with FakeBybit(recent_candles(1200)) as fake:
+        result = example("live_signals.py", "--symbol", "BTCUSDT", "--interval", "1h", "--once",
+                         "--model", str(trained_model), "--base-url", fake.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [record] = json_lines(result.stdout)
+    assert record["signal"] in ("LONG", "SHORT", "HOLD") and record["symbol"] == "BTCUSDT"
+    assert abs(sum(record["probabilities"].values()) - 1) < 1e-4
+
+
+def test_live_signals_offline_replays_with_a_notice(tmp_path, trained_model):
+    models = tmp_path / "models" / "run"
+    models.mkdir(parents=True)
+    (models / "model.npz").write_bytes(trained_model.read_bytes())
+    result = example("live_signals.py", "--base-url", "http://127.0.0.1:9", "--retry-time", "0.2",
+                     "--bars", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "SYNTHETIC" in result.stderr and len(json_lines(result.stdout)) == 5
