@@ -113,8 +113,9 @@ class Trainer:
         self.quiet = quiet
         self.on_batch_end = on_batch_end
         self.stop_requested = False
-        self.optimizer = AdamW(model.state_dict(), lr=config.learning_rate,
-                               weight_decay=config.weight_decay)
+        # two fused updates over the model's flat buffer (matrices decay, 1-D parameters do not)
+        self.optimizer = AdamW.for_model(model, lr=config.learning_rate,
+                                         weight_decay=config.weight_decay)
         self.steps_per_epoch = math.ceil(len(data.train) / config.batch_size)
         total_steps = config.epochs * self.steps_per_epoch
         # a run shorter than its warm-up warms up over its first half instead
@@ -234,12 +235,11 @@ class Trainer:
                 f"checkpoint is {self.last_path if self.last_path.exists() else 'not written yet'}"
                 " — lower the learning rate and resume or restart")
         model.backward(dlogits)
-        grads = model.grads()
         if config.grad_clip_norm > 0:
-            norm = clip_grad_norm(grads, config.grad_clip_norm)
+            norm = clip_grad_norm({"all": model.flat_grads}, config.grad_clip_norm)
             if not math.isfinite(norm):
                 raise TrainingDivergedError(f"gradient norm became {norm} at epoch {epoch + 1}")
-        self.optimizer.step(grads, lr=self.schedule(self.state.step))
+        self.optimizer.step(lr=self.schedule(self.state.step))
         if config.regression:
             correct = int(np.sum(np.sign(logits[:, 0]) == np.sign(data.train.forward_return[index])))
         else:
