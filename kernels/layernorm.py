@@ -32,6 +32,18 @@ def layernorm_forward(x, w, b, eps):
     return y, mean, rstd
 
 
+@njit(cache=True)
+def layernorm_forward_serial(x, w, b, eps):
+    """`layernorm_forward` in one thread, for few rows (no OpenMP fork/join); same results."""
+    N, C = x.shape
+    y = np.empty_like(x)
+    mean = np.empty(N, dtype=x.dtype)
+    rstd = np.empty(N, dtype=x.dtype)
+    for n in range(N):
+        mean[n], rstd[n] = _normalize_row(x[n], w, b, eps, y[n])
+    return y, mean, rstd
+
+
 @njit(cache=True, parallel=True)
 def layernorm_backward(dy, x, w, mean, rstd):
     """dy, x [N, C], w [C], mean, rstd [N] -> dx [N, C], dw [C], db [C]."""

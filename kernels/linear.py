@@ -12,18 +12,28 @@ rearranged to w2[C_out, s*C_in] (tap-major) the conv is one matmul:
 
     y[b, t, :] = x.reshape(B*T/s, s*C_in) @ w2.T + b
 
-Matmuls go to BLAS through NumPy (nothing to gain from Numba here); these functions take an
-optional `out=` so the model can reuse buffers between steps.
+Matmuls go to BLAS through NumPy; these functions take an optional `out=` so the model can
+reuse buffers between steps. Two exceptions for small inputs: `linear_forward` on at most
+`SMALL_ROWS` rows (batch-1 inference) calls the serial register-blocked `matmul_rows`
+(kernels/block.py; BLAS is slow on so few rows), and `patchify_forward` rearranges whichever
+of x and w is smaller (same product, fewer bytes copied).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from kernels.block import SMALL_ROWS, matmul_rows
+
 
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out=None) -> np.ndarray:
     """y = x @ w.T (+ b): x [N, C_in], w [C_out, C_in], b [C_out] or None -> y [N, C_out]."""
-    y = np.matmul(x, w.T, out=out)
+    if (out is None and x.shape[0] <= SMALL_ROWS and x.dtype == w.dtype
+            and x.dtype in (np.float32, np.float64)
+            and x.flags.c_contiguous and w.flags.c_contiguous):
+        y = matmul_rows(x, w, np.empty((x.shape[0], w.shape[0]), dtype=x.dtype))
+    else:
+        y = np.matmul(x, w.T, out=out)
     if b is not None:
         y += b
     return y
@@ -49,8 +59,13 @@ def patchify_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """x [B, T, C_in] (contiguous), w [C_out, C_in, s], b [C_out] -> y [B, T/s, C_out]."""
     B, T, C = x.shape
     s = w.shape[2]
-    patches = x.reshape(B * (T // s), s * C)
-    return linear_forward(patches, patch_weight(w), b).reshape(B, T // s, w.shape[0])
+    if x.size < w.size:  # rearrange the patches to channel-major instead of the weight
+        patches = np.ascontiguousarray(x.reshape(B * (T // s), s, C).transpose(0, 2, 1))
+        weight = np.ascontiguousarray(w).reshape(w.shape[0], C * s)
+    else:
+        patches, weight = x.reshape(B * (T // s), s * C), patch_weight(w)
+    return linear_forward(patches.reshape(B * (T // s), -1), weight, b).reshape(
+        B, T // s, w.shape[0])
 
 
 def patchify_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, need_dx: bool = True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.block import SMALL_ROWS, block_forward_rows
 from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward, dwconv_layernorm_forward_into
 from kernels.gelu import (
     bias_gelu_backward,
@@ -17,7 +18,7 @@ from kernels.gelu import (
     bias_gelu_forward_into,
     gelu_forward_into,
 )
-from kernels.layernorm import layernorm_backward, layernorm_forward
+from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
 from kernels.linear import linear_backward, linear_forward, patchify_backward, patchify_forward
 from kernels.residual import bias_residual_forward, residual_backward, residual_forward
 
@@ -66,9 +67,18 @@ class Layer:
         return cache
 
 
+# below this many elements a LayerNorm runs serially (an OpenMP fork/join costs more)
+SERIAL_ELEMENTS = 1 << 14
+
+
+def _layernorm(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray):
+    fn = layernorm_forward_serial if rows.size <= SERIAL_ELEMENTS else layernorm_forward
+    return fn(rows, weight, bias, LAYERNORM_EPS)
+
+
 def _layernorm_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray):
     rows = x.reshape(-1, x.shape[-1])
-    y, mean, rstd = layernorm_forward(rows, weight, bias, LAYERNORM_EPS)
+    y, mean, rstd = _layernorm(rows, weight, bias)
     return y.reshape(x.shape), mean, rstd
 
 
@@ -169,7 +179,9 @@ class Block(Layer):
         _, z, _, _ = dwconv_layernorm_forward(
             x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS
         )
-        pre = np.matmul(z.reshape(B * T, C), p["pwconv1.weight"].T)
+        # linear_forward takes the same few-row kernel as block_forward_rows, so that forward()
+        # in eval mode and predict() give the same bits
+        pre = linear_forward(z.reshape(B * T, C), p["pwconv1.weight"], None)
         a, pre = bias_gelu_forward(pre, p["pwconv1.bias"])
         branch = linear_forward(a, p["pwconv2.weight"], p["pwconv2.bias"]).reshape(B, T, C)
         out = residual_forward(x, branch, p["gamma"], keep)
@@ -180,15 +192,21 @@ class Block(Layer):
         p, ws = self.params, self.workspace
         B, T, C = x.shape
         w_taps = np.ascontiguousarray(p["dwconv.weight"][:, 0, :].T)
-        _, z, _, _ = self._norm_input(x, w_taps)
         wide = (B * T, 4 * C)
+        out = ws.get("out0", x.shape, x.dtype)
+        if np.shares_memory(out, x):  # ping-pong so that out never aliases x
+            out = ws.get("out1", x.shape, x.dtype)
+        if B * T <= SMALL_ROWS:  # few rows: one serial call, no BLAS packing or thread wake-ups
+            return block_forward_rows(
+                x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
+                p["pwconv1.weight"], p["pwconv1.bias"], p["pwconv2.weight"], p["pwconv2.bias"],
+                p["gamma"], keep, ws.get("z", (B * T, C), x.dtype), ws.get("a", wide, x.dtype), out,
+            )
+        _, z, _, _ = self._norm_input(x, w_taps)
         pre = np.matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
         a, _ = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
         branch = ws.get("branch", (B, T, C), x.dtype)
         np.matmul(a, p["pwconv2.weight"].T, out=branch.reshape(B * T, C))
-        out = ws.get("out0", x.shape, x.dtype)
-        if np.shares_memory(out, x):  # ping-pong so that out never aliases x
-            out = ws.get("out1", x.shape, x.dtype)
         return bias_residual_forward(x, branch, p["pwconv2.bias"], p["gamma"], keep, out)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
@@ -223,7 +241,7 @@ class Head(Layer):
     def forward(self, x: np.ndarray, cache: bool = True) -> np.ndarray:
         p = self.params
         pooled = x.mean(axis=1)
-        z, mean, rstd = layernorm_forward(pooled, p["norm.weight"], p["norm.bias"], LAYERNORM_EPS)
+        z, mean, rstd = _layernorm(pooled, p["norm.weight"], p["norm.bias"])
         logits = linear_forward(z, p["head.weight"], p["head.bias"])
         if cache:
             self._cache = (x.shape, pooled, z, mean, rstd)
