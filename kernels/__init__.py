@@ -11,3 +11,34 @@ import os
 # a training step gets ~20x slower on 2 cores (measured: 1400 ms vs 67 ms for an atto step).
 # Passive waiting must be chosen before the OpenMP runtime loads, i.e. before any kernel runs.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _load_numba_without_scipy_probe() -> None:
+    """Import Numba's NumPy support without its scipy.linalg probe (~0.4 s of a cold start).
+
+    `numba.np.arraymath` calls `ensure_blas()` at import, which imports scipy.linalg only to
+    set a flag (`_HAVE_BLAS`, read when typing np.correlate/np.convolve). No kernel here calls
+    BLAS from Numba, so the probe is skipped and the flag set from whether scipy is installed;
+    jitted np.dot / np.linalg still import scipy.linalg themselves when first compiled.
+    """
+    import importlib.util
+    import sys
+
+    if "numba.np.arraymath" in sys.modules:
+        return
+    import numba.np.linalg as numba_linalg
+
+    probe = numba_linalg.ensure_blas
+
+    def skip() -> None:
+        raise ImportError("probe skipped by kernels/__init__.py")
+
+    numba_linalg.ensure_blas = skip
+    try:
+        import numba.np.arraymath as arraymath
+    finally:
+        numba_linalg.ensure_blas = probe
+    arraymath._HAVE_BLAS = importlib.util.find_spec("scipy") is not None
+
+
+_load_numba_without_scipy_probe()
