@@ -181,8 +181,11 @@ def child_matmul(threads: int) -> dict:
 
 def run_child(args: list[str], threads: int) -> dict | None:
     env = dict(os.environ)
-    # both pools sized like torch's; tests and CI never set these
-    env.update(OPENBLAS_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads),
+    # every pool sized like torch's; tests and CI never set these. Our children run OpenBLAS
+    # single-threaded: kernels.linear.matmul splits big products across `threads` Python
+    # threads itself (OpenBLAS's own threads collapse on a loaded machine, see NOTES.md)
+    blas = "1" if args[0].startswith("ours") or args[0] == "kernels" else str(threads)
+    env.update(OPENBLAS_NUM_THREADS=blas, NUMBA_NUM_THREADS=str(threads),
                OMP_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, __file__, "--child", *args, "--threads", str(threads)],
                           capture_output=True, text=True, env=env, cwd=ROOT)
@@ -212,7 +215,7 @@ def cold_start(threads: int) -> dict:
         path = str(Path(tmp) / "atto.npz")
         save(ConvNeXt1D.from_config("atto", C_IN, CLASSES), path)
         script = COLD_START.format(path=path, c=C_IN, t=T)
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads))
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS=str(threads))
         walls = []
         for _ in range(3):  # the first run warms Numba's cache if this checkout never compiled
             t0 = time.perf_counter()

@@ -21,9 +21,71 @@ of x and w is smaller (same product, fewer bytes copied).
 
 from __future__ import annotations
 
+import glob
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 
 from kernels.block import SMALL_ROWS, matmul_rows
+
+# products below this many FLOPs are not split across threads (a hand-off costs ~20-50 us)
+SPLIT_FLOPS = 8_000_000
+_pool: ThreadPoolExecutor | None = None
+_blas_threads_cache: list[int | None] = []
+
+
+def blas_threads() -> int | None:
+    """OpenBLAS's thread count as NumPy's bundled OpenBLAS reports it (None if not found)."""
+    if not _blas_threads_cache:
+        import ctypes
+
+        count = None
+        libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs",
+                                      "*openblas*"))
+        for path in libs:
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            for name in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                         "openblas_get_num_threads64_", "openblas_get_num_threads"):
+                if hasattr(lib, name):
+                    count = int(getattr(lib, name)())
+                    break
+            if count is not None:
+                break
+        _blas_threads_cache.append(count)
+    return _blas_threads_cache[0]
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`np.matmul(a, b, out=out)` for 2-D operands, split by rows of the result across
+    `numba.get_num_threads()` Python threads when BLAS itself runs single-threaded and the
+    product is big enough (NumPy releases the GIL inside BLAS).
+
+    Why: OpenBLAS's own threads synchronise inside every call and spin-wait; on a loaded
+    machine a descheduled partner stalls them all (measured 3-10x slower than one thread).
+    Independent row blocks with one join per call degrade gracefully instead.
+    """
+    global _pool
+    threads = numba.get_num_threads()
+    rows = a.shape[0]
+    if (threads < 2 or rows < 2 * threads or 2 * rows * a.shape[1] * b.shape[1] < SPLIT_FLOPS
+            or blas_threads() != 1):
+        return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
+    if _pool is None or _pool._max_workers < threads - 1:
+        _pool = ThreadPoolExecutor(max(threads - 1, 1), thread_name_prefix="numpyconvnext-matmul")
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    futures = [_pool.submit(np.matmul, a[lo:hi], b, out=out[lo:hi])
+               for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True)]
+    np.matmul(a[: bounds[1]], b, out=out[: bounds[1]])
+    for future in futures:
+        future.result()
+    return out
 
 
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out=None) -> np.ndarray:
@@ -33,7 +95,7 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out=None)
             and x.flags.c_contiguous and w.flags.c_contiguous):
         y = matmul_rows(x, w, np.empty((x.shape[0], w.shape[0]), dtype=x.dtype))
     else:
-        y = np.matmul(x, w.T, out=out)
+        y = matmul(x, w.T, out=out)
     if b is not None:
         y += b
     return y
@@ -41,8 +103,8 @@ def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out=None)
 
 def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, need_dx: bool = True):
     """dy [N, C_out], x [N, C_in], w [C_out, C_in] -> (dx [N, C_in] or None, dw, db)."""
-    dx = dy @ w if need_dx else None
-    return dx, dy.T @ x, dy.sum(axis=0)
+    dx = matmul(dy, w) if need_dx else None
+    return dx, matmul(dy.T, x), dy.sum(axis=0)
 
 
 def patch_weight(w: np.ndarray) -> np.ndarray:

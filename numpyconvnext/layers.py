@@ -19,7 +19,13 @@ from kernels.gelu import (
     gelu_forward_into,
 )
 from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
-from kernels.linear import linear_backward, linear_forward, patchify_backward, patchify_forward
+from kernels.linear import (
+    linear_backward,
+    linear_forward,
+    matmul,
+    patchify_backward,
+    patchify_forward,
+)
 from kernels.residual import bias_residual_forward, residual_backward, residual_forward
 
 LAYERNORM_EPS = 1e-6
@@ -203,10 +209,10 @@ class Block(Layer):
                 p["gamma"], keep, ws.get("z", (B * T, C), x.dtype), ws.get("a", wide, x.dtype), out,
             )
         _, z, _, _ = self._norm_input(x, w_taps)
-        pre = np.matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
+        pre = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
         a, _ = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
         branch = ws.get("branch", (B, T, C), x.dtype)
-        np.matmul(a, p["pwconv2.weight"].T, out=branch.reshape(B * T, C))
+        matmul(a, p["pwconv2.weight"].T, out=branch.reshape(B * T, C))
         return bias_residual_forward(x, branch, p["pwconv2.bias"], p["gamma"], keep, out)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
@@ -216,13 +222,13 @@ class Block(Layer):
         a = gelu_forward_into(pre, ws.get("a", pre.shape, x.dtype))
         dbranch, g["gamma"][...] = residual_backward(dout, branch, p["gamma"], keep)
         dbranch = dbranch.reshape(B * T, C)
-        np.matmul(dbranch.T, a, out=g["pwconv2.weight"])
+        matmul(dbranch.T, a, out=g["pwconv2.weight"])
         np.sum(dbranch, axis=0, out=g["pwconv2.bias"])
-        da = np.matmul(dbranch, p["pwconv2.weight"], out=ws.get("a", pre.shape, x.dtype))
+        da = matmul(dbranch, p["pwconv2.weight"], out=ws.get("a", pre.shape, x.dtype))
         dpre, g["pwconv1.bias"][...] = bias_gelu_backward(da, pre)
         y, z, mean, rstd = self._norm_input(x, w_taps)
-        np.matmul(dpre.T, z.reshape(B * T, C), out=g["pwconv1.weight"])
-        dz = np.matmul(dpre, p["pwconv1.weight"], out=ws.get("dz", (B * T, C), x.dtype))
+        matmul(dpre.T, z.reshape(B * T, C), out=g["pwconv1.weight"])
+        dz = matmul(dpre, p["pwconv1.weight"], out=ws.get("dz", (B * T, C), x.dtype))
         dy, g["norm.weight"][...], g["norm.bias"][...] = layernorm_backward(
             dz, y.reshape(B * T, C), p["norm.weight"], mean.reshape(-1), rstd.reshape(-1)
         )

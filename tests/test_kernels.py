@@ -267,3 +267,28 @@ def test_layernorm_serial_equals_parallel(dtype, n, c, seed):
     for a, r in zip(layernorm.layernorm_forward_serial(x, w, b, 1e-6),
                     layernorm.layernorm_forward(x, w, b, 1e-6), strict=True):
         np.testing.assert_array_equal(a, r)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(m=st.integers(1, 30), k=st.integers(1, 20), n=st.integers(1, 20), transposed=st.booleans(),
+       seed=st.integers(0, 2**16))
+@SETTINGS
+def test_matmul_split_across_threads_matches_numpy(dtype, m, k, n, transposed, seed):
+    import numba
+
+    a, b = arrays(seed, (k, m) if transposed else (m, k), (k, n), dtype=dtype)
+    a = a.T if transposed else a
+    saved = (linear.SPLIT_FLOPS, list(linear._blas_threads_cache), numba.get_num_threads())
+    try:
+        linear.SPLIT_FLOPS = 0
+        linear._blas_threads_cache[:] = [1]
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        out = np.full((m, n), np.nan, dtype=dtype)
+        got = linear.matmul(a, b, out=out)
+        fresh = linear.matmul(a, b)
+    finally:
+        linear.SPLIT_FLOPS, linear._blas_threads_cache[:] = saved[0], saved[1]
+        numba.set_num_threads(saved[2])
+    assert got is out
+    np.testing.assert_allclose(out, a @ b, **TOL[dtype])
+    np.testing.assert_allclose(fresh, a @ b, **TOL[dtype])
