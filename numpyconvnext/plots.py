@@ -65,7 +65,11 @@ def training_curves(history: list[dict], path: str | Path, title: str = "") -> P
 
 
 def equity_and_drawdown(curves: dict[str, pd.Series], path: str | Path, title: str = "") -> Path | None:
-    """Equity curves (name -> Series indexed by time) on top, their drawdowns below."""
+    """Equity curves (name -> Series indexed by time) on top, their drawdowns below.
+
+    When the curves span more than a factor of 4 the equity axis is logarithmic, so a curve that
+    stays near its start stays readable beside one that grows sevenfold.
+    """
     plt = _pyplot()
     if plt is None or not curves:
         return None
@@ -76,11 +80,16 @@ def equity_and_drawdown(curves: dict[str, pd.Series], path: str | Path, title: s
         equity_ax.plot(equity.index, equity.to_numpy(), label=name, linewidth=1.2)
         drawdown = equity / equity.cummax() - 1.0
         drawdown_ax.plot(drawdown.index, 100 * drawdown.to_numpy(), label=name, linewidth=1.0)
-    equity_ax.set(ylabel="equity", title=title or "Equity")
+    values = np.concatenate([pd.Series(c).astype(float).to_numpy() for c in curves.values()])
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) and values.max() / values.min() > 4:
+        equity_ax.set_yscale("log")
+    equity_ax.set(ylabel="equity" + (" (log scale)" if equity_ax.get_yscale() == "log" else ""),
+                  title=title or "Equity")
     drawdown_ax.set(ylabel="drawdown (%)", xlabel="time (UTC)")
     for ax in (equity_ax, drawdown_ax):
         ax.grid(alpha=0.3)
-    equity_ax.legend(loc="upper left")
+    equity_ax.legend(loc="best", fontsize="small")
     fig.autofmt_xdate()
     result = _save(fig, path)
     plt.close(fig)
