@@ -60,7 +60,7 @@ def dwconv_backward(dy, x, w):
     return dx, total[:K].copy(), total[K].copy()
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)  # a wrapper: the parallel loop is in the _into kernel
 def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps):
     """Fused y = dwconv(x); z = LayerNorm(y) over C. Returns (y, z, mean, rstd).
 

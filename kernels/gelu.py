@@ -125,7 +125,7 @@ def gelu_forward_into(x, y):
     return y
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)  # a wrapper: the parallel loop is in the _into kernel
 def bias_gelu_forward(h, b):
     """h [N, C], b [C] -> (y, pre) with pre = h + b written into h (in place), y = GELU(pre)."""
     return bias_gelu_forward_into(h, b, np.empty_like(h))
