@@ -15,7 +15,7 @@ so results match BLAS to rounding, not bit for bit.
 
 from __future__ import annotations
 
-from numba import njit
+from numba import njit, prange
 
 from kernels.dwconv import _conv_row
 from kernels.gelu import gelu_scalar
@@ -94,26 +94,31 @@ def matmul_rows(x, w, out):
     return _matmul_rows(x, w, out)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, gamma, keep,
                        z, a, out):
-    """A whole block's inference in one serial call, for few rows.
+    """A whole block's inference in one call, for few rows, on one thread.
 
     x [B, T, C], w_taps [K, C], dw_bias, norm_w, norm_b, b2, gamma [C], w1 [4C, C], b1 [4C],
     w2 [C, 4C], keep [B]; scratch z [B*T, C], a [B*T, 4C]; writes out [B, T, C] (must not
     alias x) and returns it. Same math as the training path:
 
         z = LN(dwconv(x)); a = GELU(z W1^T + b1); out = x + keep * gamma * (a W2^T + b2)
+
+    The elementwise loops are `prange` loops run with one thread: Numba compiles a prange body
+    with its arrays marked non-aliasing, so LLVM vectorises it (GELU: 11 us instead of 70 us
+    for 10K elements as a plain loop). Call it with `numba.set_num_threads(1)` (the Block
+    does): a fork/join costs more than the work. (Setting the thread count in here would make
+    the function uncacheable: Numba reaches it through a ctypes pointer.)
     """
     B, T, C = x.shape
-    for bi in range(B):
-        for t in range(T):
-            row = z[bi * T + t]
-            _conv_row(x, w_taps, dw_bias, bi, t, row)
-            _normalize_row(row, norm_w, norm_b, eps, row)  # in place: reads x[c] before out[c]
+    for r in prange(B * T):
+        row = z[r]
+        _conv_row(x, w_taps, dw_bias, r // T, r % T, row)
+        _normalize_row(row, norm_w, norm_b, eps, row)  # in place: reads x[c] before out[c]
     _matmul_rows(z, w1, a)
     H = a.shape[1]
-    for m in range(B * T):
+    for m in prange(B * T):
         for j in range(H):
             a[m, j] = gelu_scalar(a[m, j] + b1[j])
     flat = out.reshape(B * T, C)

@@ -60,7 +60,7 @@ def dwconv_backward(dy, x, w):
     return dx, total[:K].copy(), total[K].copy()
 
 
-@njit(cache=True)  # a wrapper: the parallel loop is in the _into kernel
+@njit(cache=True, parallel=True)
 def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps):
     """Fused y = dwconv(x); z = LayerNorm(y) over C. Returns (y, z, mean, rstd).
 
@@ -71,7 +71,15 @@ def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps):
     z = np.empty_like(x)
     mean = np.empty((B, T), dtype=x.dtype)
     rstd = np.empty((B, T), dtype=x.dtype)
-    return dwconv_layernorm_forward_into(x, w, b, norm_w, norm_b, eps, y, z, mean, rstd)
+    # the loop of dwconv_layernorm_forward_into, not a call to it: a function without its own
+    # parallel loop gets a NumbaPerformanceWarning with parallel=True, and without parallel=True
+    # it crashes (SIGSEGV) when loaded from the cache, since nothing then starts the threads
+    for row in prange(B * T):
+        bi = row // T
+        t = row % T
+        _conv_row(x, w, b, bi, t, y[bi, t])
+        mean[bi, t], rstd[bi, t] = _normalize_row(y[bi, t], norm_w, norm_b, eps, z[bi, t])
+    return y, z, mean, rstd
 
 
 @njit(cache=True, parallel=True)

@@ -125,10 +125,18 @@ def gelu_forward_into(x, y):
     return y
 
 
-@njit(cache=True)  # a wrapper: the parallel loop is in the _into kernel
+@njit(cache=True, parallel=True)
 def bias_gelu_forward(h, b):
     """h [N, C], b [C] -> (y, pre) with pre = h + b written into h (in place), y = GELU(pre)."""
-    return bias_gelu_forward_into(h, b, np.empty_like(h))
+    # the loop of bias_gelu_forward_into, not a call to it (see dwconv_layernorm_forward)
+    N, C = h.shape
+    y = np.empty_like(h)
+    for n in prange(N):
+        for c in range(C):
+            p = h[n, c] + b[c]
+            h[n, c] = p
+            y[n, c] = gelu_scalar(p)
+    return y, h
 
 
 @njit(cache=True, parallel=True)

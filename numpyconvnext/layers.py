@@ -8,6 +8,7 @@ nothing is kept and backward is unavailable.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from kernels.block import SMALL_ROWS, block_forward_rows
@@ -202,12 +203,18 @@ class Block(Layer):
         out = ws.get("out0", x.shape, x.dtype)
         if np.shares_memory(out, x):  # ping-pong so that out never aliases x
             out = ws.get("out1", x.shape, x.dtype)
-        if B * T <= SMALL_ROWS:  # few rows: one serial call, no BLAS packing or thread wake-ups
-            return block_forward_rows(
-                x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
-                p["pwconv1.weight"], p["pwconv1.bias"], p["pwconv2.weight"], p["pwconv2.bias"],
-                p["gamma"], keep, ws.get("z", (B * T, C), x.dtype), ws.get("a", wide, x.dtype), out,
-            )
+        if B * T <= SMALL_ROWS:  # few rows: one single-threaded call, no BLAS packing
+            threads = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                return block_forward_rows(
+                    x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
+                    p["pwconv1.weight"], p["pwconv1.bias"], p["pwconv2.weight"],
+                    p["pwconv2.bias"], p["gamma"], keep, ws.get("z", (B * T, C), x.dtype),
+                    ws.get("a", wide, x.dtype), out,
+                )
+            finally:
+                numba.set_num_threads(threads)
         _, z, _, _ = self._norm_input(x, w_taps)
         pre = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
         a, _ = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
