@@ -28,7 +28,9 @@ def _load_numba_without_scipy_probe() -> None:
         return
     import numba.np.linalg as numba_linalg
 
-    probe = numba_linalg.ensure_blas
+    probe = getattr(numba_linalg, "ensure_blas", None)
+    if probe is None:  # another Numba version: import it the ordinary way
+        return
 
     def skip() -> None:
         raise ImportError("probe skipped by kernels/__init__.py")
@@ -38,7 +40,8 @@ def _load_numba_without_scipy_probe() -> None:
         import numba.np.arraymath as arraymath
     finally:
         numba_linalg.ensure_blas = probe
-    arraymath._HAVE_BLAS = importlib.util.find_spec("scipy") is not None
+    if hasattr(arraymath, "_HAVE_BLAS"):
+        arraymath._HAVE_BLAS = importlib.util.find_spec("scipy") is not None
 
 
 _load_numba_without_scipy_probe()

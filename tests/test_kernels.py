@@ -87,7 +87,10 @@ def test_layernorm_matches_reference(dtype, n, c, seed):
         np.testing.assert_allclose(a, r, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
 
 
-@given(n=st.integers(1, 20), c=st.integers(2, 16), seed=st.integers(0, 2**16),
+# >= 3 channels: over 2 the normalised output jumps from -1 to +1 within sqrt(eps) of equal
+# values, a curvature no central difference follows (the forward/backward equalities above
+# cover 2 channels against the reference)
+@given(n=st.integers(1, 20), c=st.integers(3, 16), seed=st.integers(0, 2**16),
        eps=st.sampled_from([1e-6, 1e-3]))
 @SETTINGS
 def test_layernorm_backward_finite_differences(n, c, seed, eps):

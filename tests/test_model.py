@@ -53,8 +53,11 @@ def check_layer(forward, backward, x, params, grads, out_shape, rng):
         elementwise_check(loss, p, snapshot[name], rng, samples=3)
 
 
-@given(B=st.integers(1, 3), T=st.sampled_from([4, 8, 16]), C=st.integers(1, 6),
-       C_out=st.integers(1, 6), seed=st.integers(0, 2**16))
+# LayerNorm over 2 channels is sharply curved where the two values meet (its output jumps from
+# -1 to +1 over a width of sqrt(eps)), beyond what a central difference can follow: the checks
+# through a LayerNorm use >= 3 channels (the kernels' own tests cover C = 1 and 2 exactly).
+@given(B=st.integers(1, 3), T=st.sampled_from([4, 8, 16]), C=st.integers(3, 6),
+       C_out=st.integers(3, 6), seed=st.integers(0, 2**16))
 @settings(max_examples=8, deadline=None)
 def test_stem_and_downsample_backward(B, T, C, C_out, seed):
     rng = np.random.default_rng(seed)
@@ -71,7 +74,7 @@ def test_stem_and_downsample_backward(B, T, C, C_out, seed):
     check_layer(down.forward, down.backward, x, p, g, (B, T // 2, C_out), rng)
 
 
-@given(B=st.integers(1, 3), T=st.integers(1, 12), C=st.integers(1, 6), seed=st.integers(0, 2**16))
+@given(B=st.integers(1, 3), T=st.integers(1, 12), C=st.integers(3, 6), seed=st.integers(0, 2**16))
 @settings(max_examples=10, deadline=None)
 def test_block_backward_with_layer_scale_and_drop_path(B, T, C, seed):
     rng = np.random.default_rng(seed)
@@ -85,7 +88,7 @@ def test_block_backward_with_layer_scale_and_drop_path(B, T, C, seed):
     check_layer(lambda a: block.forward(a, keep), block.backward, x, p, g, (B, T, C), rng)
 
 
-@given(B=st.integers(1, 3), T=st.integers(1, 8), C=st.integers(2, 6), K=st.integers(1, 4),
+@given(B=st.integers(1, 3), T=st.integers(1, 8), C=st.integers(3, 6), K=st.integers(1, 4),
        seed=st.integers(0, 2**16))
 @settings(max_examples=8, deadline=None)
 def test_head_backward(B, T, C, K, seed):
