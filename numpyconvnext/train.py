@@ -284,7 +284,8 @@ class Trainer:
         else:
             state.bad_epochs += 1
             if state.bad_epochs >= config.patience:
-                state.finished = state.stopped_early = True
+                state.finished = True
+                state.stopped_early = state.epoch < config.epochs
         self._write_history()
         self._save(self.last_path)
 
