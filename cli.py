@@ -163,6 +163,42 @@ def _model_summary(model, path: str) -> str:
     return "\n".join(lines)
 
 
+def _source_options(days: float, bars: int | None):
+    """The data-source flags `train` and `evaluate` share (see numpyconvnext.data.source)."""
+    options = [
+        click.option("--data", "data_path", type=click.Path(dir_okay=False),
+                     help="Candle file (.csv or .json); overrides --source."),
+        click.option("--source", type=click.Choice(["auto", "bybit", "synthetic"]), default="auto",
+                     show_default=True, help="auto: data/ cache, else Bybit, else the synthetic market."),
+        click.option("--symbol", default="BTCUSDT", show_default=True),
+        click.option("--interval", default="1h", show_default=True),
+        click.option("--days", default=days, show_default=True, type=click.FloatRange(min=1),
+                     help="History to fetch (Bybit) or generate (synthetic)."),
+        click.option("--bars", default=bars, show_default=bars is not None, type=click.IntRange(min=1),
+                     help="Use only the most recent N candles."),
+    ]
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
+def _bybit_options(command):
+    """--cache-dir, --base-url and --retry-time, for commands that may fetch from Bybit."""
+    for option in reversed([
+        click.option("--cache-dir", default="data", show_default=True, type=click.Path(file_okay=False)),
+        click.option("--base-url", default=None,
+                     help="Bybit URL (default $NUMPYCONVNEXT_BYBIT_URL or mainnet)."),
+        click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
+                     show_default=True, help="Seconds to keep retrying Bybit before giving up."),
+    ]):
+        command = option(command)
+    return command
+
+
 # The default run must finish in minutes on a 2-core laptop (see README for the measured time);
 # TrainingConfig keeps the spec's defaults (epochs 100) for --config files and the library.
 CLI_DEFAULT_VARIANT = "atto"
@@ -170,14 +206,7 @@ CLI_DEFAULT_EPOCHS = 12
 
 
 @main.command()
-@click.option("--data", "data_path", type=click.Path(dir_okay=False),
-              help="Candle file (.csv or .json); overrides --source.")
-@click.option("--source", type=click.Choice(["auto", "bybit", "synthetic"]), default="auto",
-              show_default=True, help="auto: data/ cache, else Bybit, else the synthetic market.")
-@click.option("--symbol", default="BTCUSDT", show_default=True)
-@click.option("--interval", default="1h", show_default=True)
-@click.option("--days", default=365.0, show_default=True, type=click.FloatRange(min=1))
-@click.option("--bars", type=click.IntRange(min=1), help="Use only the most recent N candles.")
+@_source_options(days=365.0, bars=None)
 @click.option("--model", "variant", help=f"Variant (atto ... base). [default: {CLI_DEFAULT_VARIANT}]")
 @click.option("--epochs", type=click.IntRange(min=1), help=f"[default: {CLI_DEFAULT_EPOCHS}]")
 @click.option("--batch-size", type=click.IntRange(min=1))
@@ -190,10 +219,7 @@ CLI_DEFAULT_EPOCHS = 12
               help="TOML or JSON file of training settings; flags override it.")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False))
 @click.option("--resume", "resume_path", type=click.Path(), help="last.npz (or run folder) to continue.")
-@click.option("--cache-dir", default="data", show_default=True, type=click.Path(file_okay=False))
-@click.option("--base-url", default=None, help="Bybit URL (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
-@click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
-              show_default=True, help="Seconds to keep retrying Bybit before giving up.")
+@_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def train(data_path, source, symbol, interval, days, bars, variant, epochs, batch_size, learning_rate,
           window, horizon, loss, seed, config_path, out_dir, resume_path, cache_dir, base_url,
@@ -510,16 +536,7 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
 
 
 @main.command()
-@click.option("--data", "data_path", type=click.Path(dir_okay=False),
-              help="Candle file (.csv or .json); overrides --source.")
-@click.option("--source", type=click.Choice(["auto", "bybit", "synthetic"]), default="auto",
-              show_default=True, help="auto: data/ cache, else Bybit, else the synthetic market.")
-@click.option("--symbol", default="BTCUSDT", show_default=True)
-@click.option("--interval", default="1h", show_default=True)
-@click.option("--days", default=1095.0, show_default=True, type=click.FloatRange(min=1),
-              help="History to fetch (Bybit) or generate (synthetic).")
-@click.option("--bars", default=EVALUATE_DEFAULT_BARS, show_default=True, type=click.IntRange(min=1),
-              help="Use only the most recent N candles.")
+@_source_options(days=1095.0, bars=EVALUATE_DEFAULT_BARS)
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--model", "variant", default="atto", show_default=True, help="Variant (atto ... base).")
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1))
@@ -538,10 +555,7 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
               help="Adverse slippage per fill [default: 0.0002].")
 @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Parent folder of the report folder <symbol>_<interval>_<last date>.")
-@click.option("--cache-dir", default="data", show_default=True, type=click.Path(file_okay=False))
-@click.option("--base-url", default=None, help="Bybit URL (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
-@click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
-              show_default=True, help="Seconds to keep retrying Bybit before giving up.")
+@_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bar or per-fold lines.")
 def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, epochs, window, horizon,
              confidence, seed, trials, fee_rate, slippage, out_dir, cache_dir, base_url, retry_time_s,

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernels import reference
 from kernels.adamw import adamw_update
 from numpyconvnext.optim import (
     DEFAULT_MIN_LR,
@@ -18,21 +19,7 @@ from numpyconvnext.optim import (
     cosine_lr,
 )
 
-try:  # the plain-NumPy oracle lives in kernels/reference.py when that module provides it
-    import kernels.reference as _reference
-
-    adamw_reference = (getattr(_reference, "adamw_update_reference", None)
-                       or _reference.adamw_update)
-except (ImportError, AttributeError):
-
-    def adamw_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
-        """One AdamW step in plain NumPy; returns new (p, m, v). ``step`` is 1-based."""
-        p = p * (1.0 - lr * weight_decay)
-        m = beta1 * m + (1.0 - beta1) * g
-        v = beta2 * v + (1.0 - beta2) * g * g
-        m_hat = m / (1.0 - beta1**step)
-        v_hat = v / (1.0 - beta2**step)
-        return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+adamw_reference = reference.adamw_update  # the plain-NumPy oracle
 
 
 def torch_adamw_by_hand(p, grads_per_step, lr, beta1, beta2, eps, weight_decay):
