@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from kernels.block import SMALL_ROWS, block_forward_rows
+from kernels.block import BLOCK_ROWS, SPLIT_WEIGHTS, block_forward_rows, matmul_rows
 from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward, dwconv_layernorm_forward_into
 from kernels.gelu import (
     bias_gelu_backward,
@@ -146,6 +146,11 @@ class Downsample(Layer):
         return dx
 
 
+def _rows_kernel_fits(x: np.ndarray, w: np.ndarray) -> bool:
+    return (x.dtype == w.dtype and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous
+            and w.flags.c_contiguous)
+
+
 class Block(Layer):
     """x + drop_path(gamma * pwconv2(GELU(pwconv1(LayerNorm(dwconv7(x)))))) on [B, T, C].
 
@@ -186,11 +191,19 @@ class Block(Layer):
         _, z, _, _ = dwconv_layernorm_forward(
             x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS
         )
-        # linear_forward takes the same few-row kernel as block_forward_rows, so that forward()
-        # in eval mode and predict() give the same bits
-        pre = linear_forward(z.reshape(B * T, C), p["pwconv1.weight"], None)
-        a, pre = bias_gelu_forward(pre, p["pwconv1.bias"])
-        branch = linear_forward(a, p["pwconv2.weight"], p["pwconv2.bias"]).reshape(B, T, C)
+        # few rows: the same matmul kernel as block_forward_rows, so that forward() in eval mode
+        # and predict() give the same bits
+        if B * T <= BLOCK_ROWS and _rows_kernel_fits(z, p["pwconv1.weight"]):
+            pre = matmul_rows(z.reshape(B * T, C), p["pwconv1.weight"],
+                              np.empty((B * T, 4 * C), x.dtype))
+            a, pre = bias_gelu_forward(pre, p["pwconv1.bias"])
+            branch = matmul_rows(a, p["pwconv2.weight"], np.empty((B * T, C), x.dtype))
+            branch += p["pwconv2.bias"]
+            branch = branch.reshape(B, T, C)
+        else:
+            pre = linear_forward(z.reshape(B * T, C), p["pwconv1.weight"], None)
+            a, pre = bias_gelu_forward(pre, p["pwconv1.bias"])
+            branch = linear_forward(a, p["pwconv2.weight"], p["pwconv2.bias"]).reshape(B, T, C)
         out = residual_forward(x, branch, p["gamma"], keep)
         self._cache = (x, w_taps, pre, branch, keep)
         return out
@@ -203,18 +216,21 @@ class Block(Layer):
         out = ws.get("out0", x.shape, x.dtype)
         if np.shares_memory(out, x):  # ping-pong so that out never aliases x
             out = ws.get("out1", x.shape, x.dtype)
-        if B * T <= SMALL_ROWS:  # few rows: one single-threaded call, no BLAS packing
+        if B * T <= BLOCK_ROWS:  # few rows: one call, big matmuls split by columns over threads
             threads = numba.get_num_threads()
-            numba.set_num_threads(1)
+            parts = threads if p["pwconv1.weight"].size >= SPLIT_WEIGHTS else 1
+            if parts < threads:  # small block: no fork/join at all (it costs more than it saves)
+                numba.set_num_threads(parts)
             try:
                 return block_forward_rows(
                     x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
                     p["pwconv1.weight"], p["pwconv1.bias"], p["pwconv2.weight"],
                     p["pwconv2.bias"], p["gamma"], keep, ws.get("z", (B * T, C), x.dtype),
-                    ws.get("a", wide, x.dtype), out,
+                    ws.get("a", wide, x.dtype), out, parts,
                 )
             finally:
-                numba.set_num_threads(threads)
+                if parts < threads:
+                    numba.set_num_threads(threads)
         _, z, _, _ = self._norm_input(x, w_taps)
         pre = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
         a, _ = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", wide, x.dtype))

@@ -295,3 +295,30 @@ def test_matmul_split_across_threads_matches_numpy(dtype, m, k, n, transposed, s
     assert got is out
     np.testing.assert_allclose(out, a @ b, **TOL[dtype])
     np.testing.assert_allclose(fresh, a @ b, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(shape=shapes, seed=st.integers(0, 2**16))
+@SETTINGS
+def test_block_forward_rows_split_by_columns_has_same_bits(dtype, shape, seed):
+    import numba
+
+    from kernels.block import block_forward_rows
+
+    B, T, C, K = shape
+    args = arrays(seed, (B, T, C), (K, C), (C,), (C,), (C,), (4 * C, C), (4 * C,), (C, 4 * C),
+                  (C,), (C,), dtype=dtype)
+    keep = np.array([1.0, 0.0, 1.25], dtype=dtype)[:B]
+
+    def run(parts):
+        return block_forward_rows(*args[:5], 1e-6, *args[5:], keep, np.empty((B * T, C), dtype),
+                                  np.empty((B * T, 4 * C), dtype), np.empty_like(args[0]), parts)
+
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        split = [run(parts) for parts in (2, 3)]
+    finally:
+        numba.set_num_threads(saved)
+    for out in split:
+        np.testing.assert_array_equal(out, run(1))
