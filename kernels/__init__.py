@@ -13,6 +13,39 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _single_threaded_openblas() -> None:
+    """Run NumPy's OpenBLAS on one thread; `kernels.linear.matmul` then splits big products
+    across Numba's threads itself.
+
+    OpenBLAS's own threads synchronise and spin inside every call: with a second busy process on
+    2 cores a pico training step fell from 85 to 21 samples/s and a warm start grew from 1.4 s to
+    11 s (bench/NOTES.md). This is process-wide, so it is done once here and can be refused:
+    an explicit OPENBLAS_NUM_THREADS, or NUMPYCONVNEXT_KEEP_BLAS_THREADS=1, leaves BLAS alone.
+    """
+    if os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("NUMPYCONVNEXT_KEEP_BLAS_THREADS"):
+        return
+    import ctypes
+    import glob
+
+    import numpy
+
+    libs = os.path.join(os.path.dirname(numpy.__file__), os.pardir, "numpy.libs", "*openblas*")
+    for path in glob.glob(libs):
+        try:
+            lib = ctypes.CDLL(path)  # the library NumPy already loaded: same handle
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(1)
+                return
+
+
+_single_threaded_openblas()
+
+
 def _load_numba_without_scipy_probe() -> None:
     """Import Numba's NumPy support without its scipy.linalg probe (~0.4 s of a cold start).
 
