@@ -6,14 +6,7 @@ Heavy modules (numba, pandas, the model) are imported inside each command so tha
 
 from __future__ import annotations
 
-import os
-
 import click
-
-# The kernels split big matmuls across Numba's threads when OpenBLAS runs single-threaded: on a
-# busy 2-core machine OpenBLAS's own spinning threads were measured 3-10x slower (bench/NOTES.md),
-# and bench/ measures this configuration. Set before NumPy loads; an explicit value wins.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 class UserError(click.ClickException):
