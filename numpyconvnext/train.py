@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import signal
 import threading
@@ -382,7 +381,3 @@ def read_history(path: str | Path) -> list[dict]:
     with open(path, newline="") as handle:
         return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
                 for row in csv.DictReader(handle)]
-
-
-def dumps_metrics(metrics: dict) -> str:
-    return json.dumps(metrics, indent=2, default=str)
