@@ -139,12 +139,18 @@ def torch_reference():
         return {k: f[k] for k in f.files}
 
 
-def test_pytorch_parity_eval(torch_reference):
-    ref = torch_reference
+def reference_model(ref: dict, dtype) -> ConvNeXt1D:
+    """The fixture's architecture (drop-path rates included) holding its PyTorch weights."""
     cfg = json.loads(str(ref["config_json"]))
     model = ConvNeXt1D(cfg["dims"], cfg["depths"], cfg["in_channels"], cfg["num_classes"],
-                       drop_path_rate=cfg["dp_rate_max"], dtype=np.float64)
+                       drop_path_rate=cfg["dp_rate_max"], dtype=dtype)
     model.load_state_dict({k[6:]: v for k, v in ref.items() if k.startswith("param/")})
+    return model
+
+
+def test_pytorch_parity_eval(torch_reference):
+    ref = torch_reference
+    model = reference_model(ref, np.float64)
     model.eval()
     np.testing.assert_allclose(model.forward(ref["x"]), ref["logits"], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(model.backward(ref["loss_weights"]), ref["dx"], rtol=1e-9,
@@ -157,9 +163,7 @@ def test_pytorch_parity_eval(torch_reference):
 def test_pytorch_parity_drop_path(torch_reference):
     ref = torch_reference
     cfg = json.loads(str(ref["config_json"]))
-    model = ConvNeXt1D(cfg["dims"], cfg["depths"], cfg["in_channels"], cfg["num_classes"],
-                       drop_path_rate=cfg["dp_rate_max"], dtype=np.float64)
-    model.load_state_dict({k[6:]: v for k, v in ref.items() if k.startswith("param/")})
+    model = reference_model(ref, np.float64)
     np.testing.assert_allclose([b.drop_path_rate for b in model.blocks], ref["dp_rates"])
     masks = [ref["dp_masks/" + k] for k in cfg["dp_block_order"]]
     model.train()
@@ -174,9 +178,7 @@ def test_pytorch_parity_drop_path(torch_reference):
 
 def test_float32_model_close_to_float64_reference(torch_reference):
     ref = torch_reference
-    cfg = json.loads(str(ref["config_json"]))
-    model = ConvNeXt1D(cfg["dims"], cfg["depths"], cfg["in_channels"], cfg["num_classes"])
-    model.load_state_dict({k[6:]: v for k, v in ref.items() if k.startswith("param/")})
+    model = reference_model(ref, np.float32)
     model.eval()
     logits = model.forward(ref["x"])
     assert logits.dtype == np.float32
