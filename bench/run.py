@@ -1,13 +1,16 @@
 """Side-by-side benchmark: numpyconvnext vs PyTorch eager vs ONNX Runtime on the CPU.
 
-    python bench/run.py [--variants atto,pico,tiny] [--quick] [--threads N] [--no-torch]
+    python bench/run.py [--variants atto,pico,tiny] [--quick] [--threads N] [--rounds R]
+                        [--no-torch]
 
 Every figure is a median over repeated timings after warm-up, measured in a fresh child
 process per framework and task (so peak RSS is that task's own, and no framework's thread pool
-disturbs another's). Input: C_in=20, T=256, 3 classes, float32. Writes
-bench/results/<YYYY-MM-DD>.json and prints a Markdown table plus the command that reproduces it.
-torch / onnxruntime are optional (extra `bench`); without them (or with --no-torch) only our
-figures are printed.
+disturbs another's). The frameworks take turns for R rounds (default 3): the table gives the
+median of each figure over the rounds and, for each ratio, the median of the ratios measured
+within a round, so a load that drifts during the run does not decide a comparison.
+Input: C_in=20, T=256, 3 classes, float32. Writes bench/results/<YYYY-MM-DD>.json and prints
+a Markdown table plus the command that reproduces it. torch / onnxruntime are optional (extra
+`bench`); without them (or with --no-torch) only our figures are printed.
 """
 
 from __future__ import annotations
@@ -242,6 +245,35 @@ def fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def combine_rounds(rounds: list[dict]) -> dict:
+    """Per framework, the median of each figure over the rounds (peak RSS: the largest); the
+    ratios are the medians of the ratios measured within each round."""
+    entry: dict = {"rounds": rounds}
+    for framework in ("ours", "torch", "ort"):
+        keys = sorted({k for row in rounds for k in row.get(framework, {})})
+        if not keys:
+            continue
+        entry[framework] = {}
+        for key in keys:
+            values = [row[framework][key] for row in rounds if key in row.get(framework, {})]
+            entry[framework][key] = max(values) if key.endswith("rss_mb") else median(values)
+    pairs = {"ort_over_ours_b1": ("ort", "b1_ms", "ours", "b1_ms"),
+             "ours_over_torch_b256": ("ours", "b256_samples_s", "torch", "b256_samples_s"),
+             "ours_over_torch_train": ("ours", "train_samples_s", "torch", "train_samples_s")}
+    entry["ratios"] = {}
+    for name, (fa, ka, fb, kb) in pairs.items():
+        values = [ratio(row.get(fa, {}).get(ka), row.get(fb, {}).get(kb)) for row in rounds]
+        values = [v for v in values if v is not None]
+        entry["ratios"][name] = median(values) if values else None
+    return entry
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def markdown(results: dict) -> str:
     lines = [
         "| variant | ours b1 ms | torch b1 ms | ORT b1 ms | ORT/ours b1 | ours b256 /s | "
@@ -251,13 +283,14 @@ def markdown(results: dict) -> str:
     ]
     for v, r in results["variants"].items():
         o, t, x = r["ours"], r.get("torch") or {}, r.get("ort") or {}
+        q = r.get("ratios") or {}
         lines.append(
             f"| {v} | {fmt(o.get('b1_ms'))} | {fmt(t.get('b1_ms'))} | {fmt(x.get('b1_ms'))} | "
-            f"{fmt(ratio(x.get('b1_ms'), o.get('b1_ms')))}x | {fmt(o.get('b256_samples_s'), 0)} | "
+            f"{fmt(q.get('ort_over_ours_b1'))}x | {fmt(o.get('b256_samples_s'), 0)} | "
             f"{fmt(t.get('b256_samples_s'), 0)} | "
-            f"{fmt(ratio(o.get('b256_samples_s'), t.get('b256_samples_s')))}x | "
+            f"{fmt(q.get('ours_over_torch_b256'))}x | "
             f"{fmt(o.get('train_samples_s'), 0)} | {fmt(t.get('train_samples_s'), 0)} | "
-            f"{fmt(ratio(o.get('train_samples_s'), t.get('train_samples_s')))}x | "
+            f"{fmt(q.get('ours_over_torch_train'))}x | "
             f"{fmt(o.get('train_peak_rss_mb'), 0)} | {fmt(t.get('train_peak_rss_mb'), 0)} | "
             f"{fmt(o.get('gflops_b256'), 0)}, {fmt(o.get('gflops_train'), 0)} |"
         )
@@ -278,13 +311,19 @@ def markdown(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="atto,pico,tiny")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, one round")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="rounds in which the frameworks take turns (default 3, --quick 1)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-torch", action="store_true", help="hide torch and onnxruntime")
     parser.add_argument("--no-kernels", action="store_true", help="skip per-kernel timings")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/<date>.json)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     if args.child:
         kind = args.child[0]
@@ -302,7 +341,8 @@ def main() -> None:
     torch_ok = not args.no_torch and os.environ.get("BENCH_NO_TORCH") != "1" and have("torch")
     ort_ok = torch_ok and have("onnxruntime") and have("onnx")
     flag = " --quick" if args.quick else ""
-    command = (f"python bench/run.py --variants {args.variants} --threads {args.threads}{flag}"
+    command = (f"python bench/run.py --variants {args.variants} --threads {args.threads}"
+               f" --rounds {args.rounds}{flag}"
                + (" --no-torch" if args.no_torch else ""))
     results: dict = {
         "date": dt.date.today().isoformat(), "command": command, "threads": args.threads,
@@ -322,20 +362,24 @@ def main() -> None:
     for variant in args.variants.split(","):
         print(f"{variant}...", file=sys.stderr, flush=True)
         flops = forward_flops(**CONFIGS[variant], in_channels=C_IN, num_classes=CLASSES, length=T)
-        ours = {}
-        for task in ("infer", "train"):
-            ours.update(run_child([f"ours-{task}", variant, *quick], args.threads) or {})
+        rounds = []
+        for _ in range(args.rounds):  # frameworks take turns, so drifting load hits all alike
+            row: dict = {"ours": {}}
+            for task in ("infer", "train"):
+                row["ours"].update(run_child([f"ours-{task}", variant, *quick], args.threads) or {})
+                if torch_ok:
+                    row.setdefault("torch", {}).update(
+                        run_child([f"torch-{task}", variant, *quick], args.threads) or {})
+            if ort_ok:
+                row["ort"] = run_child(["torch-ort", variant, *quick], args.threads) or {}
+            rounds.append(row)
+        entry = combine_rounds(rounds)
+        ours = entry["ours"]
         if "b256_samples_s" in ours:
             ours["gflops_b256"] = ours["b256_samples_s"] * flops / 1e9
         if "train_samples_s" in ours:
             ours["gflops_train"] = ours["train_samples_s"] * 3 * flops / 1e9
-        entry = {"forward_gflop_per_sample": flops / 1e9, "ours": ours}
-        if torch_ok:
-            torch_r = run_child(["torch-infer", variant, *quick], args.threads) or {}
-            torch_r.update(run_child(["torch-train", variant, *quick], args.threads) or {})
-            entry["torch"] = torch_r
-        if ort_ok:
-            entry["ort"] = run_child(["torch-ort", variant, *quick], args.threads)
+        entry["forward_gflop_per_sample"] = flops / 1e9
         results["variants"][variant] = entry
     if not args.no_kernels:
         results["kernels"] = run_child(["kernels", *quick], args.threads)

@@ -173,3 +173,38 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     m_hat = m / (1.0 - beta1**step)
     v_hat = v / (1.0 - beta2**step)
     return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+
+
+# --- the whole network (inference), from the functions above ------------------------------------
+
+
+def convnext_forward(state: dict[str, np.ndarray], depths, x: np.ndarray, eps: float = 1e-6):
+    """Logits [B, classes] of a 1D ConvNeXt for x [B, T, C_in] (channels-last), with `state` the
+    official state dict (`downsample_layers.*`, `stages.i.j.*`, `norm.*`, `head.*`):
+
+        h = LN(patchify_4(x));  for stage i: h = patchify_2(LN(h)) if i > 0, then per block
+        h = h + gamma * (GELU(LN(dwconv(h)) W1^T + b1) W2^T + b2);
+        logits = LN(mean_t h) W^T + b
+    """
+    def ln(h, prefix):
+        rows = h.reshape(-1, h.shape[-1])
+        return layernorm_forward(rows, state[prefix + "weight"], state[prefix + "bias"],
+                                 eps)[0].reshape(h.shape)
+
+    def linear(h, prefix):
+        rows = h.reshape(-1, h.shape[-1])
+        out = linear_forward(rows, state[prefix + "weight"], state[prefix + "bias"])
+        return out.reshape(h.shape[:-1] + (out.shape[-1],))
+
+    h = patchify_forward(x, state["downsample_layers.0.0.weight"], state["downsample_layers.0.0.bias"])
+    h = ln(h, "downsample_layers.0.1.")
+    for i, depth in enumerate(depths):
+        if i > 0:
+            p = f"downsample_layers.{i}."
+            h = patchify_forward(ln(h, p + "0."), state[p + "1.weight"], state[p + "1.bias"])
+        for j in range(depth):
+            p = f"stages.{i}.{j}."
+            y = dwconv_forward(h, state[p + "dwconv.weight"][:, 0, :].T, state[p + "dwconv.bias"])
+            a = gelu_forward(linear(ln(y, p + "norm."), p + "pwconv1."))
+            h = h + state[p + "gamma"] * linear(a, p + "pwconv2.")
+    return linear(ln(h.mean(axis=1), "norm."), "head.")

@@ -17,9 +17,20 @@ import json
 import math
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 
-from numpyconvnext.layers import Block, Downsample, Head, Stem, Workspace, drop_path_keep
+from kernels.block import BLOCK_ROWS
+from kernels.network import network_forward_rows
+from numpyconvnext.layers import (
+    LAYERNORM_EPS,
+    Block,
+    Downsample,
+    Head,
+    Stem,
+    Workspace,
+    drop_path_keep,
+)
 
 CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "atto": {"dims": (40, 80, 160, 320), "depths": (2, 2, 6, 2)},
@@ -153,11 +164,13 @@ class ConvNeXt1D:
         self._params: dict[str, np.ndarray] = {}
         self._grads: dict[str, np.ndarray] = {}
         offset = 0
-        views = {}
+        views: dict[str, tuple[int, int]] = {}
         for name in order:
             end = offset + sizes[name]
             views[name] = (offset, end)
             offset = end
+        # (start, end) of each parameter in the official order, for the one-call inference
+        self._spans = np.array([views[name] for name in shapes], dtype=np.int64)
         for name in shapes:  # dicts keep the official order
             start, end = views[name]
             self._params[name] = self.flat_params[start:end].reshape(shapes[name])
@@ -289,8 +302,20 @@ class ConvNeXt1D:
         return self._run(self.check_input(x), cache=True, drop_path_masks=drop_path_masks)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Inference: logits [B, num_classes] with no drop path and nothing kept for backward."""
-        return self._run(self.check_input(x), cache=False, drop_path_masks=None, inference=True)
+        """Inference: logits [B, num_classes] with no drop path and nothing kept for backward.
+
+        Few rows (batch * T / 4 <= 64, e.g. one window of 256 bars) run the whole network in
+        one compiled call (`kernels.network`); larger batches go layer by layer.
+        """
+        x = self.check_input(x)
+        if x.shape[0] * x.shape[2] // STEM_STRIDE <= BLOCK_ROWS:
+            config = self.config
+            return network_forward_rows(
+                np.ascontiguousarray(x.transpose(0, 2, 1)), self.flat_params, self._spans,
+                np.array(config["dims"], dtype=np.int64), np.array(config["depths"], dtype=np.int64),
+                DWCONV_KERNEL, LAYERNORM_EPS, numba.get_num_threads(),
+            )
+        return self._run(x, cache=False, drop_path_masks=None, inference=True)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities [B, num_classes] (softmax of `predict`)."""

@@ -25,3 +25,24 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert {"b1_ms", "b256_samples_s", "train_samples_s", "train_peak_rss_mb"} <= set(ours)
     assert "torch" not in results["variants"]["atto"]
     assert "| atto |" in proc.stdout
+
+
+def test_rounds_combine_to_medians_and_per_round_ratios():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rounds = [
+        {"ours": {"b1_ms": 2.0, "train_peak_rss_mb": 300.0}, "ort": {"b1_ms": 3.0}},
+        {"ours": {"b1_ms": 4.0, "train_peak_rss_mb": 310.0}, "ort": {"b1_ms": 4.0}},
+        {"ours": {"b1_ms": 1.0, "train_peak_rss_mb": 305.0}, "ort": {"b1_ms": 3.0}},
+    ]
+    entry = bench.combine_rounds(rounds)
+    assert entry["ours"]["b1_ms"] == 2.0 and entry["ort"]["b1_ms"] == 3.0
+    assert entry["ours"]["train_peak_rss_mb"] == 310.0  # the largest peak, not a median
+    # per-round ratios 1.5, 1.0, 3.0 -> 1.5
+    assert entry["ratios"]["ort_over_ours_b1"] == 1.5
+    rounds[0]["ort"]["b1_ms"] = 10.0  # ratios 5, 1, 3 -> 3; medians 2 and 4 would give 2
+    assert bench.combine_rounds(rounds)["ratios"]["ort_over_ours_b1"] == 3.0
+    assert bench.combine_rounds(rounds)["ratios"]["ours_over_torch_train"] is None

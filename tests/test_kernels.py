@@ -322,3 +322,43 @@ def test_block_forward_rows_split_by_columns_has_same_bits(dtype, shape, seed):
         numba.set_num_threads(saved)
     for out in split:
         np.testing.assert_array_equal(out, run(1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(dims=st.lists(st.integers(1, 12), min_size=4, max_size=4),
+       depths=st.lists(st.integers(0, 2), min_size=4, max_size=4), c_in=st.integers(1, 5),
+       classes=st.integers(1, 4), batch_steps=st.sampled_from([(1, 32), (1, 64), (2, 64), (1, 256)]),
+       seed=st.integers(0, 2**16))
+@SETTINGS
+def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, classes, batch_steps,
+                                                seed):
+    import numba
+
+    from kernels.network import network_forward_rows
+    from numpyconvnext import ConvNeXt1D
+
+    model = ConvNeXt1D(dims, depths, c_in, classes, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for name, p in model.state_dict().items():  # off the init: every parameter matters
+        scale = 1.0 / np.sqrt(np.prod(p.shape[1:])) if p.ndim > 1 else 0.3
+        p[...] = rng.standard_normal(p.shape) * scale + (1.0 if name.endswith("gamma") else 0.0)
+    B, T = batch_steps
+    x = rng.standard_normal((B, T, c_in)).astype(dtype)
+    expected = reference.convnext_forward(model.state_dict(), depths, x)
+
+    def run(parts):
+        return network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
+                                    np.array(depths), 7, 1e-6, parts)
+
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        split = run(2)
+    finally:
+        numba.set_num_threads(saved)
+    whole = run(1)
+    assert whole.shape == (B, classes) and whole.dtype == dtype
+    np.testing.assert_array_equal(split, whole)  # the thread count does not change a bit
+    # LayerNorm of a nearly constant row amplifies float32 rounding (dims of 1 are constant)
+    tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(whole, expected, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)

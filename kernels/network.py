@@ -1,0 +1,132 @@
+"""The whole ConvNeXt forward for few rows (batch-1 inference) in one call.
+
+At batch 1 and T=256 the four stages have 64, 32, 16 and 8 rows. Layer by layer from Python,
+each of the ~40 kernel calls pays for the interpreter, Numba's argument unboxing and a few
+small copies (the stem, downsamples and head alone took 0.35 ms of an atto predict's 2-3 ms).
+Here the same computation runs as one compiled function over the model's flat parameter buffer:
+
+    h = LN(patchify_4(x))                                          stem
+    for stage i: h = patchify_2(LN(h)) (i > 0); h = block(h) for each block
+    logits = LN(mean_t h) W^T + b                                  head
+
+where patchify_s(x)[t] = b + sum_{c, j} w[:, c, j] x[s t + j, c] (Conv1d, kernel = stride = s),
+computed as one product of the patches, rearranged channel-major [rows, C*s], with w viewed as
+[C_out, C*s]; each block is `kernels.block.block_forward_rows` (its two matmuls split by output
+columns over `parts` threads). Parameters are read in place: `spans[i]` = (start, end) of the
+i-th parameter of the official state-dict order in `flat`.
+
+Layout: x [B, T, C_in] channels-last, C-contiguous. Results equal the layer-by-layer path to
+rounding (the products are reassociated), not bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from kernels.block import _matmul_cols, block_forward_rows
+from kernels.layernorm import _normalize_row
+
+
+@njit(cache=True)
+def _param(flat, spans, i):
+    return flat[spans[i, 0]:spans[i, 1]]
+
+
+@njit(cache=True)
+def _layernorm_rows_inplace(h, w, b, eps):
+    """LayerNorm over the last axis of every row of h [R, C], in place."""
+    for r in range(h.shape[0]):
+        row = h[r]
+        _normalize_row(row, w, b, eps, row)
+
+
+@njit(cache=True)
+def _patchify_rows(x, w, b, out):
+    """out[B*T/s, C_out] = patchify_s(x) for x [B, T, C], w [C_out, C*s] (Conv1d weight
+    [C_out, C, s] flattened), b [C_out]."""
+    B, T, C = x.shape
+    s = w.shape[1] // C
+    steps = T // s
+    patches = np.empty((B * steps, C * s), dtype=x.dtype)
+    for r in range(B * steps):
+        bi = r // steps
+        t0 = (r % steps) * s
+        row = patches[r]
+        for j in range(s):
+            xs = x[bi, t0 + j]
+            for c in range(C):
+                row[c * s + j] = xs[c]
+    _matmul_cols(patches, w, out, 0, w.shape[0])
+    for r in range(out.shape[0]):
+        orow = out[r]
+        for o in range(orow.shape[0]):
+            orow[o] += b[o]
+    return out
+
+
+@njit(cache=True)
+def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts):
+    """Logits [B, classes] of the ConvNeXt whose parameters `flat`/`spans` hold, for x
+    [B, T, C_in] (channels-last); dims, depths int64 [4]; kernel = dwconv taps; parts = threads
+    for each block's matmuls."""
+    B, T, C_in = x.shape
+    dt = x.dtype
+    d = dims[0]
+    steps = T // 4
+    h = np.empty((B, steps, d), dtype=dt)
+    _patchify_rows(x, _param(flat, spans, 0).reshape((d, C_in * 4)), _param(flat, spans, 1),
+                   h.reshape((B * steps, d)))
+    _layernorm_rows_inplace(h.reshape((B * steps, d)), _param(flat, spans, 2),
+                            _param(flat, spans, 3), eps)
+    keep = np.ones(B, dtype=dt)
+    block_param = 4 + 4 * (dims.shape[0] - 1)  # first block parameter after all downsamples
+    for i in range(dims.shape[0]):
+        if i > 0:
+            first = 4 + 4 * (i - 1)
+            _layernorm_rows_inplace(h.reshape((B * steps, d)), _param(flat, spans, first),
+                                    _param(flat, spans, first + 1), eps)
+            c_prev = d
+            d = dims[i]
+            steps //= 2
+            nxt = np.empty((B, steps, d), dtype=dt)
+            _patchify_rows(h, _param(flat, spans, first + 2).reshape((d, c_prev * 2)),
+                           _param(flat, spans, first + 3), nxt.reshape((B * steps, d)))
+            h = nxt
+        rows = B * steps
+        taps = np.empty((kernel, d), dtype=dt)
+        z = np.empty((rows, d), dtype=dt)
+        a = np.empty((rows, 4 * d), dtype=dt)
+        other = np.empty_like(h)
+        for _ in range(depths[i]):
+            k = block_param
+            w_dw = _param(flat, spans, k).reshape((d, kernel))
+            for c in range(d):
+                for j in range(kernel):
+                    taps[j, c] = w_dw[c, j]
+            block_forward_rows(
+                h, taps, _param(flat, spans, k + 1), _param(flat, spans, k + 2),
+                _param(flat, spans, k + 3), eps,
+                _param(flat, spans, k + 4).reshape((4 * d, d)), _param(flat, spans, k + 5),
+                _param(flat, spans, k + 6).reshape((d, 4 * d)), _param(flat, spans, k + 7),
+                _param(flat, spans, k + 8), keep, z, a, other, parts,
+            )
+            h, other = other, h
+            block_param += 9
+    pooled = np.empty((B, d), dtype=dt)
+    for bi in range(B):
+        for c in range(d):
+            s = 0.0
+            for t in range(steps):
+                s += h[bi, t, c]
+            pooled[bi, c] = s / steps
+    k = block_param
+    _layernorm_rows_inplace(pooled, _param(flat, spans, k), _param(flat, spans, k + 1), eps)
+    classes = (spans[k + 2, 1] - spans[k + 2, 0]) // d
+    logits = np.empty((B, classes), dtype=dt)
+    _matmul_cols(pooled, _param(flat, spans, k + 2).reshape((classes, d)), logits, 0, classes)
+    bias = _param(flat, spans, k + 3)
+    for bi in range(B):
+        for o in range(classes):
+            logits[bi, o] += bias[o]
+    return logits
