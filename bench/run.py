@@ -56,6 +56,11 @@ def child_ours(task: str, variant: str, quick: bool, threads: int) -> dict:
     reps = _repeats(quick, variant == "tiny")
     rng = np.random.default_rng(0)
     model = ConvNeXt1D.from_config(variant, C_IN, CLASSES)
+    if task == "b1":
+        model.eval()
+        x1 = rng.standard_normal((1, C_IN, T)).astype(np.float32)
+        b1 = median_seconds(lambda: model.predict(x1), reps["b1"], 5, reps["min_seconds"])
+        return {"b1_ms": b1 * 1e3}
     if task == "infer":
         model.eval()
         x1 = rng.standard_normal((1, C_IN, T)).astype(np.float32)
@@ -182,14 +187,19 @@ def child_matmul(threads: int) -> dict:
 # --- parent ------------------------------------------------------------------------------------
 
 
-def run_child(args: list[str], threads: int) -> dict | None:
-    env = dict(os.environ)
+# OpenMP threads that spin briefly before sleeping (GNU OpenMP) instead of our passive default:
+# kernels/__init__.py leaves the wait policy alone when GOMP_SPINCOUNT is set
+SPIN_ENV = {"GOMP_SPINCOUNT": "300"}
+
+
+def run_child(args: list[str], threads: int, extra_env: dict | None = None) -> dict | None:
+    env = {k: v for k, v in os.environ.items() if not extra_env or k != "OMP_WAIT_POLICY"}
     # every pool sized like torch's; tests and CI never set these. Our children run OpenBLAS
     # single-threaded: kernels.linear.matmul splits big products across `threads` Python
     # threads itself (OpenBLAS's own threads collapse on a loaded machine, see NOTES.md)
     blas = "1" if args[0].startswith("ours") or args[0] == "kernels" else str(threads)
     env.update(OPENBLAS_NUM_THREADS=blas, NUMBA_NUM_THREADS=str(threads),
-               OMP_NUM_THREADS=str(threads))
+               OMP_NUM_THREADS=str(threads), **(extra_env or {}))
     proc = subprocess.run([sys.executable, __file__, "--child", *args, "--threads", str(threads)],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -249,7 +259,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
     """Per framework, the median of each figure over the rounds (peak RSS: the largest); the
     ratios are the medians of the ratios measured within each round."""
     entry: dict = {"rounds": rounds}
-    for framework in ("ours", "torch", "ort"):
+    for framework in ("ours", "ours_spin", "torch", "ort"):
         keys = sorted({k for row in rounds for k in row.get(framework, {})})
         if not keys:
             continue
@@ -258,6 +268,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
             values = [row[framework][key] for row in rounds if key in row.get(framework, {})]
             entry[framework][key] = max(values) if key.endswith("rss_mb") else median(values)
     pairs = {"ort_over_ours_b1": ("ort", "b1_ms", "ours", "b1_ms"),
+             "ort_over_ours_spin_b1": ("ort", "b1_ms", "ours_spin", "b1_ms"),
              "ours_over_torch_b256": ("ours", "b256_samples_s", "torch", "b256_samples_s"),
              "ours_over_torch_train": ("ours", "train_samples_s", "torch", "train_samples_s")}
     entry["ratios"] = {}
@@ -276,17 +287,20 @@ def median(values: list[float]) -> float:
 
 def markdown(results: dict) -> str:
     lines = [
-        "| variant | ours b1 ms | torch b1 ms | ORT b1 ms | ORT/ours b1 | ours b256 /s | "
+        "| variant | ours b1 ms | ours b1 ms, spin | torch b1 ms | ORT b1 ms | ORT/ours b1 | "
+        "ORT/ours b1, spin | ours b256 /s | "
         "torch b256 /s | ours/torch b256 | ours train /s | torch train /s | ours/torch train | "
         "ours train RSS MB | torch train RSS MB | ours GFLOP/s (b256, train) |",
-        "|" + "---|" * 14,
+        "|" + "---|" * 16,
     ]
     for v, r in results["variants"].items():
         o, t, x = r["ours"], r.get("torch") or {}, r.get("ort") or {}
+        spin = r.get("ours_spin") or {}
         q = r.get("ratios") or {}
         lines.append(
-            f"| {v} | {fmt(o.get('b1_ms'))} | {fmt(t.get('b1_ms'))} | {fmt(x.get('b1_ms'))} | "
-            f"{fmt(q.get('ort_over_ours_b1'))}x | {fmt(o.get('b256_samples_s'), 0)} | "
+            f"| {v} | {fmt(o.get('b1_ms'))} | {fmt(spin.get('b1_ms'))} | {fmt(t.get('b1_ms'))} | "
+            f"{fmt(x.get('b1_ms'))} | {fmt(q.get('ort_over_ours_b1'))}x | "
+            f"{fmt(q.get('ort_over_ours_spin_b1'))}x | {fmt(o.get('b256_samples_s'), 0)} | "
             f"{fmt(t.get('b256_samples_s'), 0)} | "
             f"{fmt(q.get('ours_over_torch_b256'))}x | "
             f"{fmt(o.get('train_samples_s'), 0)} | {fmt(t.get('train_samples_s'), 0)} | "
@@ -298,7 +312,10 @@ def markdown(results: dict) -> str:
     lines.append(f"Large float32 matmul (NumPy BLAS): {fmt(results['matmul_gflops'], 0)} GFLOP/s. "
                  f"Cold start (new process: load checkpoint + predict one window, Numba cache "
                  f"warm): {fmt(results['cold_start'].get('load_predict_s'))} s; "
-                 f"`cli.py --help`: {fmt(results['cold_start'].get('cli_help_s'))} s.")
+                 f"`cli.py --help`: {fmt(results['cold_start'].get('cli_help_s'))} s. "
+                 f"\"spin\": our batch-1 figure with GOMP_SPINCOUNT={SPIN_ENV['GOMP_SPINCOUNT']} "
+                 f"(OpenMP threads spin briefly between parallel loops, as ONNX Runtime's do by "
+                 f"default) instead of the passive waiting we default to.")
     if results.get("kernels"):
         lines += ["", "| kernel (B=32, T=64, C=96) | Numba us | NumPy reference us | speedup |",
                   "|---|---|---|---|"]
@@ -370,6 +387,7 @@ def main() -> None:
                 if torch_ok:
                     row.setdefault("torch", {}).update(
                         run_child([f"torch-{task}", variant, *quick], args.threads) or {})
+            row["ours_spin"] = run_child(["ours-b1", variant, *quick], args.threads, SPIN_ENV) or {}
             if ort_ok:
                 row["ort"] = run_child(["torch-ort", variant, *quick], args.threads) or {}
             rounds.append(row)

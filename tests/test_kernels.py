@@ -362,3 +362,22 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
     # LayerNorm of a nearly constant row amplifies float32 rounding (dims of 1 are constant)
     tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(whole, expected, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+
+
+@pytest.mark.parametrize(
+    "env, policy",
+    [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"), ({"GOMP_SPINCOUNT": "300"}, None)],
+)
+def test_openmp_wait_policy_default_and_overrides(env, policy):
+    """Passive waiting unless the user chose a policy or a spin count (kernels/__init__.py)."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run(
+        [sys.executable, "-c", "import os, kernels; print(os.environ.get('OMP_WAIT_POLICY'))"],
+        env={**clean, **env}, capture_output=True, text=True, check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    ).stdout.strip()
+    assert out == str(policy)
