@@ -46,3 +46,16 @@ def test_rounds_combine_to_medians_and_per_round_ratios():
     rounds[0]["ort"]["b1_ms"] = 10.0  # ratios 5, 1, 3 -> 3; medians 2 and 4 would give 2
     assert bench.combine_rounds(rounds)["ratios"]["ort_over_ours_b1"] == 3.0
     assert bench.combine_rounds(rounds)["ratios"]["ours_over_torch_train"] is None
+
+
+def test_batch1_ab_runs_configurations_in_turn():
+    proc = subprocess.run(
+        [sys.executable, "bench/batch1_ab.py", "--variants", "atto", "--rounds", "2",
+         "--config", "a:NUMBA_NUM_THREADS=1", "--config", "b:NUMBA_NUM_THREADS=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[1].split()[0] == "a:" and lines[2].split()[0] == "b:"
+    assert "atto" in lines[2] and lines[1].endswith("(1.000x)")  # a / a is 1 in every round
+    assert lines[-1].startswith("Reproduce: python bench/batch1_ab.py")
