@@ -124,14 +124,17 @@ def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, 
     """A whole block's inference in one call, for few rows.
 
     x [B, T, C], w_taps [K, C], dw_bias, norm_w, norm_b, b2, gamma [C], w1 [4C, C], b1 [4C],
-    w2 [C, 4C], keep [B]; scratch z [B*T, C], a [B*T, 4C]; writes out [B, T, C] (must not
-    alias x) and returns it. Same math as the training path:
+    w2 [C, 4C], keep [B]; scratch z [parts, B*T, C], a [B*T, 4C]; writes out [B, T, C] (must
+    not alias x) and returns it. Same math as the training path:
 
         z = LN(dwconv(x)); a = GELU(z W1^T + b1); out = x + keep * gamma * (a W2^T + b2)
 
     Each matmul is split by output columns into `parts` pieces (cut at multiples of 4, so the
     bits do not depend on `parts`), one `prange` iteration each, with GELU resp. the residual
-    done by the same iteration on its columns: three fork/joins per block in all. Call it with
+    done by the same iteration on its columns: two fork/joins per block in all (each piece
+    computes dwconv + LayerNorm of every row into its own z[p], a few microseconds, instead of
+    a third parallel loop whose wake-up of the sleeping threads costs about as much: 4-10 %
+    faster at batch 1, bench/NOTES.md round 4). Call it with
     Numba's thread count = parts (the Block does; with one thread it runs serially). At batch 1
     the weights are streamed from memory once per predict, so a second core adds bandwidth.
 
@@ -143,14 +146,15 @@ def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, 
     B, T, C = x.shape
     R = B * T
     H = a.shape[1]
-    for r in prange(R):
-        row = z[r]
-        _conv_row(x, w_taps, dw_bias, r // T, r % T, row)
-        _normalize_row(row, norm_w, norm_b, eps, row)  # in place: reads x[c] before out[c]
     for p in prange(parts):
+        zp = z[p]  # each piece normalises every row itself: one fork/join less per block
+        for r in range(R):
+            row = zp[r]
+            _conv_row(x, w_taps, dw_bias, r // T, r % T, row)
+            _normalize_row(row, norm_w, norm_b, eps, row)  # in place: reads x[c] before out[c]
         n0 = _split(H, parts, p)
         n1 = _split(H, parts, p + 1)
-        _matmul_cols(z, w1, a, n0, n1)
+        _matmul_cols(zp, w1, a, n0, n1)
         bias = b1[n0:n1]
         for m in range(R):
             row = a[m, n0:n1]  # slices: indices from 0 (no negative-index wraparound)

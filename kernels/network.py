@@ -95,7 +95,7 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts):
             h = nxt
         rows = B * steps
         taps = np.empty((kernel, d), dtype=dt)
-        z = np.empty((rows, d), dtype=dt)
+        z = np.empty((parts, rows, d), dtype=dt)
         a = np.empty((rows, 4 * d), dtype=dt)
         other = np.empty_like(h)
         for _ in range(depths[i]):

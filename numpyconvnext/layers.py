@@ -225,7 +225,7 @@ class Block(Layer):
                 return block_forward_rows(
                     x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
                     p["pwconv1.weight"], p["pwconv1.bias"], p["pwconv2.weight"],
-                    p["pwconv2.bias"], p["gamma"], keep, ws.get("z", (B * T, C), x.dtype),
+                    p["pwconv2.bias"], p["gamma"], keep, ws.get("z", (parts, B * T, C), x.dtype),
                     ws.get("a", wide, x.dtype), out, parts,
                 )
             finally:

@@ -251,7 +251,7 @@ def test_block_forward_rows_matches_reference(dtype, shape, seed):
         dtype=dtype)
     keep = np.array([1.0, 0.0, 1.25], dtype=dtype)[:B]
     out = block_forward_rows(x, wt, dwb, nw, nb, 1e-6, w1, b1, w2, b2, gamma, keep,
-                             np.empty((B * T, C), dtype), np.empty((B * T, 4 * C), dtype),
+                             np.empty((1, B * T, C), dtype), np.empty((B * T, 4 * C), dtype),
                              np.empty_like(x))
     z, _, _ = reference.layernorm_forward(reference.dwconv_forward(x, wt, dwb), nw, nb, 1e-6)
     a = reference.gelu_forward(reference.linear_forward(z.reshape(B * T, C), w1, b1))
@@ -311,7 +311,8 @@ def test_block_forward_rows_split_by_columns_has_same_bits(dtype, shape, seed):
     keep = np.array([1.0, 0.0, 1.25], dtype=dtype)[:B]
 
     def run(parts):
-        return block_forward_rows(*args[:5], 1e-6, *args[5:], keep, np.empty((B * T, C), dtype),
+        return block_forward_rows(*args[:5], 1e-6, *args[5:], keep,
+                                  np.empty((parts, B * T, C), dtype),
                                   np.empty((B * T, 4 * C), dtype), np.empty_like(args[0]), parts)
 
     saved = numba.get_num_threads()
