@@ -28,6 +28,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# the environment as the user gave it: importing numpyconvnext below sets OpenMP variables in
+# os.environ (kernels/__init__.py), which must not reach torch's or ORT's children
+USER_ENV = dict(os.environ)
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 C_IN, T, CLASSES = 20, 256, 3
@@ -193,7 +196,7 @@ SPIN_ENV = {"GOMP_SPINCOUNT": "300"}
 
 
 def run_child(args: list[str], threads: int, extra_env: dict | None = None) -> dict | None:
-    env = {k: v for k, v in os.environ.items() if not extra_env or k != "OMP_WAIT_POLICY"}
+    env = dict(USER_ENV)
     # every pool sized like torch's; tests and CI never set these. Our children run OpenBLAS
     # single-threaded: kernels.linear.matmul splits big products across `threads` Python
     # threads itself (OpenBLAS's own threads collapse on a loaded machine, see NOTES.md)
@@ -228,7 +231,7 @@ def cold_start(threads: int) -> dict:
         path = str(Path(tmp) / "atto.npz")
         save(ConvNeXt1D.from_config("atto", C_IN, CLASSES), path)
         script = COLD_START.format(path=path, c=C_IN, t=T)
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS=str(threads))
+        env = dict(USER_ENV, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS=str(threads))
         walls = []
         for _ in range(3):  # the first run warms Numba's cache if this checkout never compiled
             t0 = time.perf_counter()

@@ -10,9 +10,10 @@ import os
 # With OpenMP's default active waiting, each side's idle threads spin while the other works and
 # a training step gets ~20x slower on 2 cores (measured: 1400 ms vs 67 ms for an atto step).
 # Passive waiting must be chosen before the OpenMP runtime loads, i.e. before any kernel runs.
-# A short spin instead (GNU OpenMP's GOMP_SPINCOUNT, e.g. 300) makes batch-1 inference 13-24 %
-# faster on an otherwise idle machine and 6-22 % slower when another process holds a core
-# (bench/NOTES.md, round 4): set GOMP_SPINCOUNT yourself to choose it; then no policy is set here.
+# A short spin instead (GNU OpenMP's GOMP_SPINCOUNT=300) makes batch-1 inference 2-16 % faster
+# on an otherwise idle machine and 5-20 % slower when another process holds a core (training
+# unchanged; bench/NOTES.md, round 4): set GOMP_SPINCOUNT yourself to choose it, and no policy
+# is set here.
 if "GOMP_SPINCOUNT" not in os.environ:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
