@@ -190,9 +190,9 @@ def child_matmul(threads: int) -> dict:
 # --- parent ------------------------------------------------------------------------------------
 
 
-# OpenMP threads that spin briefly before sleeping (GNU OpenMP) instead of our passive default:
-# kernels/__init__.py leaves the wait policy alone when GOMP_SPINCOUNT is set
-SPIN_ENV = {"GOMP_SPINCOUNT": "300"}
+# OpenMP threads that sleep as soon as they are idle, instead of our default short spin
+# (kernels/__init__.py leaves any OMP_WAIT_POLICY of the user's alone)
+PASSIVE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def run_child(args: list[str], threads: int, extra_env: dict | None = None) -> dict | None:
@@ -262,7 +262,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
     """Per framework, the median of each figure over the rounds (peak RSS: the largest); the
     ratios are the medians of the ratios measured within each round."""
     entry: dict = {"rounds": rounds}
-    for framework in ("ours", "ours_spin", "torch", "ort"):
+    for framework in ("ours", "ours_passive", "torch", "ort"):
         keys = sorted({k for row in rounds for k in row.get(framework, {})})
         if not keys:
             continue
@@ -271,7 +271,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
             values = [row[framework][key] for row in rounds if key in row.get(framework, {})]
             entry[framework][key] = max(values) if key.endswith("rss_mb") else median(values)
     pairs = {"ort_over_ours_b1": ("ort", "b1_ms", "ours", "b1_ms"),
-             "ort_over_ours_spin_b1": ("ort", "b1_ms", "ours_spin", "b1_ms"),
+             "ort_over_ours_passive_b1": ("ort", "b1_ms", "ours_passive", "b1_ms"),
              "ours_over_torch_b256": ("ours", "b256_samples_s", "torch", "b256_samples_s"),
              "ours_over_torch_train": ("ours", "train_samples_s", "torch", "train_samples_s")}
     entry["ratios"] = {}
@@ -290,20 +290,20 @@ def median(values: list[float]) -> float:
 
 def markdown(results: dict) -> str:
     lines = [
-        "| variant | ours b1 ms | ours b1 ms, spin | torch b1 ms | ORT b1 ms | ORT/ours b1 | "
-        "ORT/ours b1, spin | ours b256 /s | "
+        "| variant | ours b1 ms | ours b1 ms, passive | torch b1 ms | ORT b1 ms | ORT/ours b1 | "
+        "ORT/ours b1, passive | ours b256 /s | "
         "torch b256 /s | ours/torch b256 | ours train /s | torch train /s | ours/torch train | "
         "ours train RSS MB | torch train RSS MB | ours GFLOP/s (b256, train) |",
         "|" + "---|" * 16,
     ]
     for v, r in results["variants"].items():
         o, t, x = r["ours"], r.get("torch") or {}, r.get("ort") or {}
-        spin = r.get("ours_spin") or {}
+        passive = r.get("ours_passive") or {}
         q = r.get("ratios") or {}
         lines.append(
-            f"| {v} | {fmt(o.get('b1_ms'))} | {fmt(spin.get('b1_ms'))} | {fmt(t.get('b1_ms'))} | "
+            f"| {v} | {fmt(o.get('b1_ms'))} | {fmt(passive.get('b1_ms'))} | {fmt(t.get('b1_ms'))} | "
             f"{fmt(x.get('b1_ms'))} | {fmt(q.get('ort_over_ours_b1'))}x | "
-            f"{fmt(q.get('ort_over_ours_spin_b1'))}x | {fmt(o.get('b256_samples_s'), 0)} | "
+            f"{fmt(q.get('ort_over_ours_passive_b1'))}x | {fmt(o.get('b256_samples_s'), 0)} | "
             f"{fmt(t.get('b256_samples_s'), 0)} | "
             f"{fmt(q.get('ours_over_torch_b256'))}x | "
             f"{fmt(o.get('train_samples_s'), 0)} | {fmt(t.get('train_samples_s'), 0)} | "
@@ -316,9 +316,8 @@ def markdown(results: dict) -> str:
                  f"Cold start (new process: load checkpoint + predict one window, Numba cache "
                  f"warm): {fmt(results['cold_start'].get('load_predict_s'))} s; "
                  f"`cli.py --help`: {fmt(results['cold_start'].get('cli_help_s'))} s. "
-                 f"\"spin\": our batch-1 figure with GOMP_SPINCOUNT={SPIN_ENV['GOMP_SPINCOUNT']} "
-                 f"(OpenMP threads spin briefly between parallel loops, as ONNX Runtime's do by "
-                 f"default) instead of the passive waiting we default to.")
+                 f"\"passive\": our batch-1 figure with OMP_WAIT_POLICY=PASSIVE (idle OpenMP "
+                 f"threads sleep at once) instead of our default short spin (GOMP_SPINCOUNT=300).")
     if results.get("kernels"):
         lines += ["", "| kernel (B=32, T=64, C=96) | Numba us | NumPy reference us | speedup |",
                   "|---|---|---|---|"]
@@ -390,7 +389,8 @@ def main() -> None:
                 if torch_ok:
                     row.setdefault("torch", {}).update(
                         run_child([f"torch-{task}", variant, *quick], args.threads) or {})
-            row["ours_spin"] = run_child(["ours-b1", variant, *quick], args.threads, SPIN_ENV) or {}
+            row["ours_passive"] = run_child(["ours-b1", variant, *quick], args.threads,
+                                            PASSIVE_ENV) or {}
             if ort_ok:
                 row["ort"] = run_child(["torch-ort", variant, *quick], args.threads) or {}
             rounds.append(row)

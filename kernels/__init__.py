@@ -6,16 +6,18 @@ arrays out (or written into a caller's buffer), no state.
 
 import os
 
-# Numba's parallel loops (OpenMP layer) and OpenBLAS's matmuls take turns on the same cores.
-# With OpenMP's default active waiting, each side's idle threads spin while the other works and
-# a training step gets ~20x slower on 2 cores (measured: 1400 ms vs 67 ms for an atto step).
-# Passive waiting must be chosen before the OpenMP runtime loads, i.e. before any kernel runs.
-# A short spin instead (GNU OpenMP's GOMP_SPINCOUNT=300) makes batch-1 inference 2-16 % faster
-# on an otherwise idle machine and 5-20 % slower when another process holds a core (training
-# unchanged; bench/NOTES.md, round 4): set GOMP_SPINCOUNT yourself to choose it, and no policy
-# is set here.
-if "GOMP_SPINCOUNT" not in os.environ:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# How idle OpenMP threads (Numba's parallel loops) wait, chosen before the OpenMP runtime loads,
+# i.e. before any kernel runs. OpenMP's default active waiting (GNU: 300,000 spins; Intel/LLVM:
+# 200 ms) made a training step ~20x slower on 2 cores, the spinning threads taking turns with the
+# matmul threads (measured: 1400 ms vs 67 ms for an atto step). Sleeping at once (passive) costs
+# a wake-up (~10 us on our VM) at each of the ~24 parallel loops of a batch-1 predict. Default
+# here: GNU OpenMP spins 300 times (~10 us) before sleeping; Intel/LLVM OpenMP sleep at once.
+# Measured against passive (bench/NOTES.md, round 4): batch 1 2-16 % faster on an idle machine,
+# 5-20 % slower while another process holds a core; training and batch 256 unchanged. A policy
+# or spin count of your own (OMP_WAIT_POLICY, GOMP_SPINCOUNT, KMP_BLOCKTIME) is left alone.
+if not any(os.environ.get(name) for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")):
+    os.environ["GOMP_SPINCOUNT"] = "300"
+    os.environ["KMP_BLOCKTIME"] = "0"
 
 
 def _single_threaded_openblas() -> None:

@@ -366,19 +366,23 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
 
 
 @pytest.mark.parametrize(
-    "env, policy",
-    [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"), ({"GOMP_SPINCOUNT": "300"}, None)],
+    "env, expected",
+    [({}, (None, "300", "0")),
+     ({"OMP_WAIT_POLICY": "PASSIVE"}, ("PASSIVE", None, None)),
+     ({"GOMP_SPINCOUNT": "1000"}, (None, "1000", None)),
+     ({"KMP_BLOCKTIME": "5"}, (None, None, "5"))],
 )
-def test_openmp_wait_policy_default_and_overrides(env, policy):
-    """Passive waiting unless the user chose a policy or a spin count (kernels/__init__.py)."""
+def test_openmp_wait_default_and_overrides(env, expected):
+    """A short spin by default; any OpenMP wait setting of the user's is left alone."""
     import os
     import subprocess
     import sys
 
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    names = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+    clean = {k: v for k, v in os.environ.items() if k not in names}
+    code = f"import os, kernels; print([os.environ.get(n) for n in {names!r}])"
     out = subprocess.run(
-        [sys.executable, "-c", "import os, kernels; print(os.environ.get('OMP_WAIT_POLICY'))"],
-        env={**clean, **env}, capture_output=True, text=True, check=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+        check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     ).stdout.strip()
-    assert out == str(policy)
+    assert out == str(list(expected))
