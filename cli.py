@@ -156,6 +156,22 @@ def _model_summary(model, path: str) -> str:
     return "\n".join(lines)
 
 
+def _notice(message: str) -> None:
+    """A progress or status line for the user, on stderr (stdout stays for results)."""
+    click.echo(message, err=True)
+
+
+def _resolve_candles(source: str, **options):
+    """Candles from the chosen source (`numpyconvnext.data.source.resolve_candles`), and one
+    line on stderr saying which: (candles, description)."""
+    from numpyconvnext.data.source import resolve_candles
+
+    candles, description = resolve_candles(source, notice=_notice, **options)
+    _notice(f"data: {description['symbol']} {description['interval']}, {description['bars']} "
+            f"candles {description['first'][:16]} .. {description['last'][:16]}")
+    return candles, description
+
+
 def _source_options(days: float, bars: int | None):
     """The data-source flags `train` and `evaluate` share (see numpyconvnext.data.source)."""
     options = [
@@ -225,13 +241,9 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
 
     from numpyconvnext.checkpoint import CheckpointError
     from numpyconvnext.config import TrainingConfig
-    from numpyconvnext.data.source import resolve_candles
     from numpyconvnext.model import CONFIGS
     from numpyconvnext.train import TrainingDivergedError
     from numpyconvnext.workflow import resume_run, train_run
-
-    def notice(message: str) -> None:
-        click.echo(message, err=True)
 
     try:
         if resume_path:
@@ -247,19 +259,16 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
                 config = config.with_overrides(**overrides)
             if config.variant not in CONFIGS:
                 raise ValueError(f"unknown model {config.variant!r}; choose from {', '.join(CONFIGS)}")
-            candles, description = resolve_candles(
+            candles, description = _resolve_candles(
                 source, path=data_path, symbol=symbol, interval=interval, days=days,
-                cache_dir=cache_dir, base_url=base_url, retry_time_s=retry_time_s, last_bars=bars,
-                notice=notice)
-            notice(f"data: {description['symbol']} {description['interval']}, {description['bars']} "
-                   f"candles {description['first'][:16]} .. {description['last'][:16]}")
+                cache_dir=cache_dir, base_url=base_url, retry_time_s=retry_time_s, last_bars=bars)
             result = train_run(candles, description, config, out_dir, quiet=quiet)
     except (ValueError, CheckpointError, OSError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     except TrainingDivergedError as error:
         raise click.ClickException(str(error)) from None
     if result.interrupted:
-        notice(f"interrupted; continue with: python cli.py train --resume {result.last_path}")
+        _notice(f"interrupted; continue with: python cli.py train --resume {result.last_path}")
         sys.exit(130)
     click.echo(_training_report(result))
 
@@ -563,34 +572,28 @@ def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, ep
     import sys
 
     from numpyconvnext.checkpoint import CheckpointError
-    from numpyconvnext.data.source import resolve_candles
     from numpyconvnext.evaluate import EvaluationConfig
     from numpyconvnext.evaluate import evaluate as run_evaluation
     from numpyconvnext.train import TrainingDivergedError
-
-    def notice(message: str) -> None:
-        click.echo(message, err=True)
 
     costs = {k: v for k, v in (("fee_rate", fee_rate), ("slippage", slippage)) if v is not None}
     try:
         config = EvaluationConfig(folds=folds, variant=variant, epochs=epochs, window=window,
                                   horizon=horizon, confidence=confidence, seed=seed, trials=trials,
                                   **costs)
-        candles, description = resolve_candles(
+        candles, description = _resolve_candles(
             source, path=data_path, symbol=symbol, interval=interval, days=days, cache_dir=cache_dir,
-            base_url=base_url, retry_time_s=retry_time_s, last_bars=bars, notice=notice)
-        notice(f"data: {description['symbol']} {description['interval']}, {description['bars']} "
-               f"candles {description['first'][:16]} .. {description['last'][:16]}")
+            base_url=base_url, retry_time_s=retry_time_s, last_bars=bars)
         result = run_evaluation(candles, description, config, out_dir, quiet=quiet)
     except (ValueError, CheckpointError, OSError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     except TrainingDivergedError as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
-        notice("interrupted; rerun the same command to resume at the next unfinished fold")
+        _notice("interrupted; rerun the same command to resume at the next unfinished fold")
         sys.exit(130)
     if result.interrupted:
-        notice(f"interrupted after {result.folds_done} of {result.folds_total} folds; rerun the same "
+        _notice(f"interrupted after {result.folds_done} of {result.folds_total} folds; rerun the same "
                "command to resume")
         sys.exit(130)
     click.echo(result.report["verdict"]["text"])
