@@ -25,20 +25,12 @@ import numpy as np
 from numba import njit
 
 from kernels.block import _matmul_cols, block_forward_rows
-from kernels.layernorm import _normalize_row
+from kernels.layernorm import layernorm_forward_serial
 
 
 @njit(cache=True)
 def _param(flat, spans, i):
     return flat[spans[i, 0]:spans[i, 1]]
-
-
-@njit(cache=True)
-def _layernorm_rows_inplace(h, w, b, eps):
-    """LayerNorm over the last axis of every row of h [R, C], in place."""
-    for r in range(h.shape[0]):
-        row = h[r]
-        _normalize_row(row, w, b, eps, row)
 
 
 @njit(cache=True)
@@ -58,10 +50,7 @@ def _patchify_rows(x, w, b, out):
             for c in range(C):
                 row[c * s + j] = xs[c]
     _matmul_cols(patches, w, out, 0, w.shape[0])
-    for r in range(out.shape[0]):
-        orow = out[r]
-        for o in range(orow.shape[0]):
-            orow[o] += b[o]
+    out += b
     return out
 
 
@@ -74,25 +63,24 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts):
     dt = x.dtype
     d = dims[0]
     steps = T // 4
-    h = np.empty((B, steps, d), dtype=dt)
-    _patchify_rows(x, _param(flat, spans, 0).reshape((d, C_in * 4)), _param(flat, spans, 1),
-                   h.reshape((B * steps, d)))
-    _layernorm_rows_inplace(h.reshape((B * steps, d)), _param(flat, spans, 2),
-                            _param(flat, spans, 3), eps)
+    stem = np.empty((B * steps, d), dtype=dt)
+    _patchify_rows(x, _param(flat, spans, 0).reshape((d, C_in * 4)), _param(flat, spans, 1), stem)
+    h = layernorm_forward_serial(stem, _param(flat, spans, 2), _param(flat, spans, 3),
+                                 eps)[0].reshape((B, steps, d))
     keep = np.ones(B, dtype=dt)
     block_param = 4 + 4 * (dims.shape[0] - 1)  # first block parameter after all downsamples
     for i in range(dims.shape[0]):
         if i > 0:
             first = 4 + 4 * (i - 1)
-            _layernorm_rows_inplace(h.reshape((B * steps, d)), _param(flat, spans, first),
-                                    _param(flat, spans, first + 1), eps)
+            normed = layernorm_forward_serial(h.reshape((B * steps, d)), _param(flat, spans, first),
+                                              _param(flat, spans, first + 1), eps)[0]
             c_prev = d
             d = dims[i]
+            h = np.empty((B, steps // 2, d), dtype=dt)
+            _patchify_rows(normed.reshape((B, steps, c_prev)),
+                           _param(flat, spans, first + 2).reshape((d, c_prev * 2)),
+                           _param(flat, spans, first + 3), h.reshape((B * (steps // 2), d)))
             steps //= 2
-            nxt = np.empty((B, steps, d), dtype=dt)
-            _patchify_rows(h, _param(flat, spans, first + 2).reshape((d, c_prev * 2)),
-                           _param(flat, spans, first + 3), nxt.reshape((B * steps, d)))
-            h = nxt
         rows = B * steps
         taps = np.empty((kernel, d), dtype=dt)
         z = np.empty((parts, rows, d), dtype=dt)
@@ -121,12 +109,10 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts):
                 s += h[bi, t, c]
             pooled[bi, c] = s / steps
     k = block_param
-    _layernorm_rows_inplace(pooled, _param(flat, spans, k), _param(flat, spans, k + 1), eps)
+    normed = layernorm_forward_serial(pooled, _param(flat, spans, k), _param(flat, spans, k + 1),
+                                      eps)[0]
     classes = (spans[k + 2, 1] - spans[k + 2, 0]) // d
     logits = np.empty((B, classes), dtype=dt)
-    _matmul_cols(pooled, _param(flat, spans, k + 2).reshape((classes, d)), logits, 0, classes)
-    bias = _param(flat, spans, k + 3)
-    for bi in range(B):
-        for o in range(classes):
-            logits[bi, o] += bias[o]
+    _matmul_cols(normed, _param(flat, spans, k + 2).reshape((classes, d)), logits, 0, classes)
+    logits += _param(flat, spans, k + 3)
     return logits
