@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,12 +53,6 @@ def parse_config(text: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="atto,pico,tiny")
@@ -81,8 +76,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             order = list(zip(configs, roots, strict=True))
             for (name, extra), root in (order if round_ % 2 == 0 else order[::-1]):
-                env = {k: v for k, v in os.environ.items() if k not in extra}
-                env.update(OPENBLAS_NUM_THREADS="1", PYTHONPATH=root, **extra)
+                env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=root, **extra)
                 if "GOMP_SPINCOUNT" in extra:
                     env.pop("OMP_WAIT_POLICY", None)
                 out = subprocess.run([sys.executable, "-c", CHILD, args.variants], env=env,

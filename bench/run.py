@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -59,16 +60,13 @@ def child_ours(task: str, variant: str, quick: bool, threads: int) -> dict:
     reps = _repeats(quick, variant == "tiny")
     rng = np.random.default_rng(0)
     model = ConvNeXt1D.from_config(variant, C_IN, CLASSES)
-    if task == "b1":
+    if task in ("b1", "infer"):  # b1: the batch-1 figure only
         model.eval()
         x1 = rng.standard_normal((1, C_IN, T)).astype(np.float32)
         b1 = median_seconds(lambda: model.predict(x1), reps["b1"], 5, reps["min_seconds"])
-        return {"b1_ms": b1 * 1e3}
-    if task == "infer":
-        model.eval()
-        x1 = rng.standard_normal((1, C_IN, T)).astype(np.float32)
+        if task == "b1":
+            return {"b1_ms": b1 * 1e3}
         xb = rng.standard_normal((BATCH_INFER, C_IN, T)).astype(np.float32)
-        b1 = median_seconds(lambda: model.predict(x1), reps["b1"], 5, reps["min_seconds"])
         big = median_seconds(lambda: model.predict(xb), reps["big"], 1)
         return {"b1_ms": b1 * 1e3, "b256_samples_s": BATCH_INFER / big}
     x = rng.standard_normal((BATCH_TRAIN, C_IN, T)).astype(np.float32)
@@ -280,12 +278,6 @@ def combine_rounds(rounds: list[dict]) -> dict:
         values = [v for v in values if v is not None]
         entry["ratios"][name] = median(values) if values else None
     return entry
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def markdown(results: dict) -> str:
