@@ -1,7 +1,10 @@
-"""Small timing helpers for the benchmark: medians with warm-up, peak memory, matmul ceiling."""
+"""Small timing helpers for the benchmarks: medians with warm-up, peak memory, matmul ceiling,
+and the machine a figure was measured on."""
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
 import sys
 import time
@@ -44,3 +47,35 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     out = np.empty((n, n), dtype=np.float32)
     seconds = median_seconds(lambda: np.matmul(a, b, out=out), repeat, warmup=1)
     return 2 * n**3 / seconds / 1e9
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
+def machine_info() -> dict:
+    """CPU model, the ISA extensions that matter for float32 kernels, core count, Python.
+
+    Every benchmark records this beside its figures: the same cloud machine type may be AVX2
+    one day and AVX-512 the next.
+    """
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"cpu": model, "isa": [flag for flag in ISA_FLAGS if flag in flags],
+            "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def machine_line(info: dict) -> str:
+    """One line naming the machine, for printed results."""
+    isa = "/".join(info["isa"]) or "no AVX2"
+    return f"{info['cpu']} ({isa}), {info['cpu_count']} cores, Python {info['python']}"

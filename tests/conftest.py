@@ -1,6 +1,56 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the hypothesis seed every run prints."""
+
+import os
+import random
+import subprocess
+from pathlib import Path
 
 import pytest
+
+
+def _run_seed() -> tuple[int, str]:
+    """The seed all property tests of this run draw from, and where it came from.
+
+    HYPOTHESIS_SEED wins; otherwise the checked-out commit decides, so rerunning a commit
+    replays exactly the same examples (a failure is never a one-off) while every new commit
+    explores new ones; outside a git checkout, a random seed.
+    """
+    if os.environ.get("HYPOTHESIS_SEED"):
+        return int(os.environ["HYPOTHESIS_SEED"]), "HYPOTHESIS_SEED"
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = ""
+    if head:
+        return int(head[:8], 16), f"commit {head[:10]}"
+    return random.SystemRandom().randrange(2**32), "random"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # before hypothesis's own pytest_configure reads the option
+    if config.getoption("hypothesis_seed", default=None) is None:
+        seed, origin = _run_seed()
+        config.option.hypothesis_seed = str(seed)
+        config._hypothesis_seed_origin = origin
+    else:
+        config._hypothesis_seed_origin = "--hypothesis-seed"
+
+
+def _seed_line(config) -> str:
+    seed = config.getoption("hypothesis_seed")
+    return (f"hypothesis seed: {seed} (from {config._hypothesis_seed_origin}; "
+            f"replay with HYPOTHESIS_SEED={seed} or --hypothesis-seed={seed})")
+
+
+def pytest_report_header(config):
+    return _seed_line(config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if exitstatus != 0:
+        terminalreporter.write_line(_seed_line(config))
 
 
 # --- data layer: a fake Bybit server (see tests/bybit_server.py) -----------------------------

@@ -14,11 +14,14 @@ from bybit_server import FakeBybit
 from numpyconvnext.data import load_candles, save_candles, synthetic_candles
 
 ROOT = Path(__file__).resolve().parents[1]
+# a child may compile every kernel first (an empty Numba cache): about a minute on an idle
+# 2-core machine, several times that on a busy one
+CHILD_TIMEOUT_S = 900
 
 
 def example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
 
 
 def recent_candles(n: int) -> pd.DataFrame:
