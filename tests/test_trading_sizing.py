@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from numpyconvnext.trading.sizing import (
@@ -63,12 +63,20 @@ def test_invalid_settings_raise():
     risk=st.floats(0.0, 0.2, allow_subnormal=False), cap=st.floats(0.0, 5.0, allow_subnormal=False),
     kf=st.floats(0.0, 1.0, allow_subnormal=False),
 )
+@example(p=1.0, b=1.0, equity=1.0, price=18924.0, stop=1.0, risk=0.125, cap=1.0,
+         kf=2.2250738585072014e-308)  # units underflow to a subnormal (seed 107)
 def test_bounded_by_risk_and_exposure(p, b, equity, price, stop, risk, cap, kf):
     units = position_size(equity, price, p, b, stop, risk, cap, kf)
     assert math.isfinite(units) and units >= 0.0
-    assert units * price <= cap * equity * (1 + 1e-12)  # exposure
-    assert units * stop <= risk * equity * (1 + 1e-12)  # loss if the stop is hit
-    assert units * price <= max(kf * kelly_criterion(p, b), 0.0) * equity * (1 + 1e-12)
+
+    def at_most(units_times: float, bound: float) -> bool:
+        # relative rounding, plus the absolute rounding of `units` once it is subnormal (at
+        # most the spacing of subnormals, 2^-1074, times the price or stop it is multiplied by)
+        return units * units_times <= bound * (1 + 1e-12) + units_times * 2.0**-1074
+
+    assert at_most(price, cap * equity)  # exposure
+    assert at_most(stop, risk * equity)  # loss if the stop is hit
+    assert at_most(price, max(kf * kelly_criterion(p, b), 0.0) * equity)
 
 
 @settings(max_examples=100, deadline=None)
