@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kernels import dwconv, gelu, layernorm, linear, reference, residual
@@ -75,16 +75,23 @@ def test_dwconv_layernorm_fused_matches_composition(dtype, shape, seed):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(n=st.integers(1, 40), c=st.integers(2, 24), seed=st.integers(0, 2**16))
 @SETTINGS
+@example(n=5, c=2, seed=3933)  # a row of two values 0.001 apart (seed 131)
 def test_layernorm_matches_reference(dtype, n, c, seed):
     x, w, b, dy = arrays(seed, (n, c), (c,), (c,), (n, c), dtype=dtype)
     ours = layernorm.layernorm_forward(x, w, b, 1e-6)
     ref = reference.layernorm_forward(x, w, b, 1e-6)
+    # x - mean loses the digits the rows share: a relative error of about eps * |x| / std,
+    # magnified by rstd. Such rows (a spread of 1e-3 around 1.5) are where the two differ
+    # most, so the tolerance grows with that condition number instead of excluding them.
+    condition = float(np.max(np.abs(x) * ref[2][:, None])) * float(np.max(np.abs(w), initial=1.0))
+    slack = max(1.0, 4 * np.finfo(dtype).eps * condition / TOL[dtype]["atol"])
+    rtol, atol = TOL[dtype]["rtol"] * slack, TOL[dtype]["atol"] * slack
     for a, r in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(a, r, **TOL[dtype])
+        np.testing.assert_allclose(a, r, rtol=rtol, atol=atol)
     y, mean, rstd = ours
     for a, r in zip(layernorm.layernorm_backward(dy, x, w, mean, rstd),
                     reference.layernorm_backward(dy, x, w, mean, rstd), strict=True):
-        np.testing.assert_allclose(a, r, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+        np.testing.assert_allclose(a, r, rtol=rtol * 10, atol=atol * 10)
 
 
 # >= 3 channels: over 2 the normalised output jumps from -1 to +1 within sqrt(eps) of equal
