@@ -65,14 +65,17 @@ def test_invalid_settings_raise():
 )
 @example(p=1.0, b=1.0, equity=1.0, price=18924.0, stop=1.0, risk=0.125, cap=1.0,
          kf=2.2250738585072014e-308)  # units underflow to a subnormal (seed 107)
+@example(p=1.0, b=1.0, equity=5.0, price=1.25, stop=35439.0, risk=2.2250738585072014e-308,
+         cap=1.0, kf=1.0)  # the fraction of equity underflows, then is scaled up (seed 150)
 def test_bounded_by_risk_and_exposure(p, b, equity, price, stop, risk, cap, kf):
     units = position_size(equity, price, p, b, stop, risk, cap, kf)
     assert math.isfinite(units) and units >= 0.0
+    # below the normal range a result is rounded to a multiple of 2^-1074, not relatively:
+    # the fraction of equity (then scaled by equity / price) and the units themselves
+    subnormal_units = 2.0**-1074 * (1.0 + equity / price)
 
     def at_most(units_times: float, bound: float) -> bool:
-        # relative rounding, plus the absolute rounding of `units` once it is subnormal (at
-        # most the spacing of subnormals, 2^-1074, times the price or stop it is multiplied by)
-        return units * units_times <= bound * (1 + 1e-12) + units_times * 2.0**-1074
+        return units * units_times <= bound * (1 + 1e-12) + units_times * subnormal_units
 
     assert at_most(price, cap * equity)  # exposure
     assert at_most(stop, risk * equity)  # loss if the stop is hit
