@@ -383,9 +383,9 @@ class BybitClient:
 
         Backwards (default): newest page first, each page ending just before the previous one,
         stopping at ``start`` or when Bybit has nothing older (a market's first candle).
-        ``ascending``: windows of 1000 bars from ``start`` upwards, so the candles yielded so
-        far always form one unbroken stretch after ``start`` (an interrupted forward fetch
-        leaves no hole). Pages never overlap. ``skip_open_ms``: open times of rows to drop
+        ``ascending``: windows of 999 bars from ``start`` upwards, one page each, so the candles
+        yielded so far always form one unbroken stretch after ``start`` (an interrupted forward
+        fetch leaves no hole). Pages never overlap. ``skip_open_ms``: open times of rows to drop
         before validation (a bad upstream row given up on). ``progress`` gets each page's
         row count.
         """
@@ -398,6 +398,7 @@ class BybitClient:
         if start_ms > end_ms:
             raise ValueError(f"start {start} is after end {end}")
         skip = frozenset(int(t) for t in skip_open_ms)
+        shortest_bar_ms = 28 * 86_400_000 if name == "1M" else step_ms
 
         def page(lo_ms: int, hi_ms: int, limit: int = MAX_LIMIT) -> tuple[pd.DataFrame, list[int]]:
             params = {"category": self.category, "symbol": symbol,
@@ -424,27 +425,30 @@ class BybitClient:
             now = int(server_ms) if isinstance(server_ms, (int, float)) else now_ms
             return candles[_closed_mask(timestamps_ms(candles), name, now)], opens
 
-        if ascending:
-            lo = start_ms
-            while lo <= end_ms:
-                hi = min(end_ms, lo + MAX_LIMIT * step_ms - 1)
-                candles, opens = page(lo, hi)
+        def backwards(lo_ms: int, hi_ms: int) -> Iterator[pd.DataFrame]:
+            while hi_ms >= lo_ms:
+                candles, opens = page(lo_ms, hi_ms)
                 if len(candles):
                     yield candles.reset_index(drop=True)
-                elif hi < end_ms and not page(hi + 1, end_ms, 1)[1]:
-                    return  # an empty window and nothing after it: the market ends here
-                lo = hi + 1
+                if not opens or len(opens) < MAX_LIMIT or min(opens) - shortest_bar_ms < lo_ms:
+                    return  # short page, or no whole bar fits before its oldest candle
+                if min(opens) - 1 >= hi_ms:  # the server ignored `end`: stop rather than loop
+                    raise BybitResponseError(f"{symbol} {name}: paging made no progress at {hi_ms}")
+                hi_ms = min(opens) - 1
+
+        if not ascending:
+            yield from backwards(start_ms, end_ms)
             return
-        hi = end_ms
-        while hi >= start_ms:
-            candles, opens = page(start_ms, hi)
-            if len(candles):
-                yield candles.reset_index(drop=True)
-            if not opens or len(opens) < MAX_LIMIT or min(opens) <= start_ms:
-                return
-            if min(opens) - 1 >= hi:  # the server ignored `end`: stop rather than loop
-                raise BybitResponseError(f"{symbol} {name}: paging made no progress at {hi}")
-            hi = min(opens) - 1
+        lo = start_ms
+        while lo <= end_ms:
+            # one bar short of the limit, so a server that adds a border row still fits a page
+            hi = min(end_ms, lo + (MAX_LIMIT - 1) * step_ms - 1)
+            window = list(backwards(lo, hi))  # one request unless the server holds more
+            if window:
+                yield pd.concat(window[::-1], ignore_index=True)
+            elif hi < end_ms and not page(hi + 1, end_ms, 1)[1]:
+                return  # an empty window and nothing after it: the market ends here
+            lo = hi + 1
 
     def get_klines(
         self,
