@@ -15,17 +15,43 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one `warning: ...` line on stderr (the CLI owns its process)."""
+    click.echo(f"warning: {message}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ConvNeXt for 1D market data: fetch candles, train, backtest, run live signals."""
+    import warnings
+
+    warnings.showwarning = _show_warning
+
+
+def _check_symbol(ctx, param, value: str | None) -> str | None:
+    """--symbol for every command: exchange symbol characters only (see data/symbols.py)."""
+    if value is None:
+        return None
+    from numpyconvnext.data.symbols import validate_symbol
+
+    try:
+        return validate_symbol(value)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def _symbol_option(default: str | None = "BTCUSDT", help: str = "Bybit symbol, e.g. BTCUSDT."):
+    return click.option("--symbol", default=default, show_default=default is not None,
+                        callback=_check_symbol, help=help)
 
 
 @main.command()
-@click.option("--symbol", default="BTCUSDT", show_default=True, help="Bybit symbol.")
+@_symbol_option()
 @click.option("--interval", default="1h", show_default=True,
               help="1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d 1w 1M, or Bybit's 1..720 D W M.")
 @click.option("--days", default=365.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="History for a new file.")
+              type=click.FloatRange(min=0, min_open=True),
+              help="History wanted: a new file gets this much, a shorter one is extended back.")
 @click.option("--out", "out_dir", default="data", show_default=True,
               type=click.Path(file_okay=False), help="Folder of the candle file.")
 @click.option("--base-url", default=None,
@@ -36,26 +62,28 @@ def main() -> None:
               show_default=True)
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=120.0,
               show_default=True, help="Seconds to keep retrying a failing request.")
+@click.option("--repair", is_flag=True,
+              help="Sort and de-duplicate a damaged existing file first (see `repair`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str | None,
-          category: str, fmt: str, retry_time_s: float, quiet: bool) -> None:
+          category: str, fmt: str, retry_time_s: float, repair: bool, quiet: bool) -> None:
     """Download closed candles from Bybit into OUT/SYMBOL_INTERVAL.csv.
 
-    An existing file is extended with the candles after its last one (incremental).
+    An existing file gets the candles closed after its last one, and older ones when it holds
+    less than --days. Progress is saved as pages arrive: after an interruption or a failure,
+    rerun the same command and it continues where it stopped.
     """
     import contextlib
     import sys
 
     from numpyconvnext.data.bybit import BybitClient, BybitError, BybitResponseError
     from numpyconvnext.data.intervals import interval_to_timedelta, normalize_interval
-    from numpyconvnext.data.store import CandleFileError, update_cache
+    from numpyconvnext.data.store import CandleFileError, cache_path, update_cache
 
     try:
         name = normalize_interval(interval)
     except ValueError as error:
         raise UserError(str(error)) from None
-    if not symbol.strip().isalnum():
-        raise UserError(f"bad symbol {symbol!r}: letters and digits only, e.g. BTCUSDT")
     client = BybitClient(base_url, category, max_retry_time_s=retry_time_s)
     expected_bars = max(1, int(days * 86_400 / interval_to_timedelta(name).total_seconds()))
     with contextlib.ExitStack() as stack:
@@ -70,10 +98,35 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
             bars[0].update(n_candles)
 
         try:
-            result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress)
+            result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress,
+                                  notice=_notice, repair=repair)
         except (ValueError, BybitError, BybitResponseError, CandleFileError, OSError) as error:
             raise UserError(str(error).splitlines()[0]) from None
+        except KeyboardInterrupt:
+            _notice(f"interrupted; the candles fetched so far are in "
+                    f"{cache_path(out_dir, symbol, name, fmt)}: rerun the same command to continue")
+            sys.exit(130)
     click.echo(f"{result.path}: {len(result.candles)} candles, {result.n_new} new", err=True)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="Write the repaired candles here. [default: replace PATH, keeping PATH.bak]")
+@click.option("--no-backup", is_flag=True, help="Replace PATH without keeping PATH.bak.")
+def repair(path: str, out_path: str | None, no_backup: bool) -> None:
+    """Sort a candle file by time and drop duplicate timestamps (the later line wins).
+
+    Reports what it changed, and the gaps and off-grid rows that remain. Rows that are wrong
+    on their own (a bad number, high below low, ...) are an error: fix those by hand.
+    """
+    from numpyconvnext.data.store import CandleFileError, repair_candles
+
+    try:
+        report = repair_candles(path, out_path, backup=not no_backup)
+    except (CandleFileError, OSError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    click.echo(report.summary())
 
 
 @main.command()
@@ -178,8 +231,10 @@ def _source_options(days: float, bars: int | None):
         click.option("--data", "data_path", type=click.Path(dir_okay=False),
                      help="Candle file (.csv or .json); overrides --source."),
         click.option("--source", type=click.Choice(["auto", "bybit", "synthetic"]), default="auto",
-                     show_default=True, help="auto: data/ cache, else Bybit, else the synthetic market."),
-        click.option("--symbol", default="BTCUSDT", show_default=True),
+                     show_default=True,
+                     help="auto: Bybit through the data/ cache; the synthetic market only when "
+                          "Bybit cannot be reached and there is no cache."),
+        _symbol_option(),
         click.option("--interval", default="1h", show_default=True),
         click.option("--days", default=days, show_default=True, type=click.FloatRange(min=1),
                      help="History to fetch (Bybit) or generate (synthetic)."),
@@ -302,7 +357,7 @@ def _training_report(result) -> str:
               help="Checkpoint (.npz) written by train.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False),
               help="Candle file (.csv/.json): backtest on all of it after warm-up.")
-@click.option("--symbol", help="Fetch this Bybit symbol and backtest on it (with --days).")
+@_symbol_option(None, "Fetch this Bybit symbol and backtest on it (with --days).")
 @click.option("--interval", help="Interval for --symbol. [default: the model's]")
 @click.option("--days", type=click.FloatRange(min=0, min_open=True),
               help="History to fetch for --symbol. [default: 90]")
@@ -424,8 +479,6 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
     elif symbol:
         from numpyconvnext.data.bybit import BybitClient, BybitError
 
-        if not symbol.strip().isalnum():
-            raise ValueError(f"bad symbol {symbol!r}: letters and digits only, e.g. BTCUSDT")
         interval = normalize_interval(interval or model_interval or "1h")
         days = 90.0 if days is None else days
         client = BybitClient(base_url, max_retry_time_s=retry_time_s)
@@ -467,7 +520,7 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
 
 
 @main.command()
-@click.option("--symbol", default="BTCUSDT", show_default=True, help="Bybit symbol.")
+@_symbol_option()
 @click.option("--interval", help="Candle interval. [default: the model's, else 1h]")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
               help="Checkpoint (.npz). [default: the newest models/*/model.npz]")
@@ -499,8 +552,6 @@ def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_
     from numpyconvnext.trading.inference import preprocessing_of
     from numpyconvnext.trading.live import LiveError, LiveSettings, run_live
 
-    if not symbol.strip().isalnum():
-        raise UserError(f"bad symbol {symbol!r}: letters and digits only, e.g. BTCUSDT")
     if model_path is None:
         found = sorted(Path("models").glob("*/model.npz"), key=lambda p: p.stat().st_mtime)
         if not found:

@@ -355,3 +355,50 @@ def test_repair_sorts_deduplicates_and_reports(tmp_path, candles):
     assert "5 out of order (sorted), 1 exact duplicates dropped, 1 conflicting" in report.summary()
     again = store.repair_candles(path)
     assert not again.changed and "unchanged" in again.summary()
+
+
+def test_cli_repair_reports_and_fixes(tmp_path, candles):
+    path = save_candles(candles.iloc[:30], tmp_path / "m_1h.csv")
+    header, *body = path.read_text().splitlines()
+    path.write_text("\n".join([header, *body[10:], *body[:12]]) + "\n")  # two rows twice
+    result = CliRunner().invoke(cli.main, ["repair", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "32 rows read, 30 written: 12 out of order (sorted), 2 exact duplicates" in result.output
+    assert f"the original is kept as {path}.bak" in result.output
+    pd.testing.assert_frame_equal(load_candles(path), candles.iloc[:30].reset_index(drop=True))
+    again = CliRunner().invoke(cli.main, ["repair", str(path), "--no-backup"])
+    assert again.exit_code == 0 and "unchanged" in again.output
+
+
+def test_cli_repair_refuses_rows_it_cannot_fix(tmp_path):
+    path = _write_csv(tmp_path, [GOOD[2], GOOD[0], "2021-01-01T01:00:00Z,11,13,10,x,6"])
+    result = CliRunner().invoke(cli.main, ["repair", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: {path}:4: close 'x' is not a number"
+
+
+def test_cli_fetch_repair(tmp_path, recent_fake):
+    fake, candles = recent_fake
+    args = ["fetch", "--days", "2", "--out", str(tmp_path), "--base-url", fake.url, "--quiet"]
+    assert CliRunner().invoke(cli.main, args).exit_code == 0
+    path = tmp_path / "BTCUSDT_1h.csv"
+    header, *body = path.read_text().splitlines()
+    path.write_text("\n".join([header, *body, body[3]]) + "\n")  # a stray copy at the end
+    refused = CliRunner().invoke(cli.main, args)
+    assert refused.exit_code == 2 and "out-of-order timestamp" in refused.output
+    assert "cli.py repair" in refused.output and len(refused.output.strip().splitlines()) == 1
+    fixed = CliRunner().invoke(cli.main, [*args, "--repair"])
+    assert fixed.exit_code == 0, fixed.output
+    assert "1 exact duplicates dropped" in fixed.output
+    assert load_candles(path)["timestamp"].is_unique
+
+
+def test_cli_warnings_are_one_line(tmp_path, candles):
+    holey = save_candles(candles.drop(index=[100, 101]).reset_index(drop=True),
+                         tmp_path / "h_1h.csv")
+    result = CliRunner().invoke(cli.main, ["train", "--data", str(holey), "--bars", "250",
+                                           "--window", "32", "--horizon", "4", "--epochs", "1",
+                                           "--out", str(tmp_path / "m"), "--quiet"])
+    warned = [line for line in result.output.splitlines() if "missing bars" in line]
+    assert warned == [f"warning: {holey}: 2 missing bars in 1 gaps: after "
+                      f"{candles['timestamp'].iloc[99]:%Y-%m-%d %H:%M} (+2)"]
