@@ -524,7 +524,13 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
 @click.option("--interval", help="Candle interval. [default: the model's, else 1h]")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
               help="Checkpoint (.npz). [default: the newest models/*/model.npz]")
-@click.option("--once", is_flag=True, help="One fetch, one line, exit.")
+@click.option("--once", is_flag=True,
+              help="One fetch, then exit: the newest closed candle, or every candle closed since "
+                   "the last line of an earlier run.")
+@click.option("--out", "out_dir", default="live", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the state file that lets a restart continue where it stopped.")
+@click.option("--no-state", is_flag=True,
+              help="Keep no state: start at the newest candle, remember nothing.")
 @click.option("--base-url", default=None,
               help="Bybit URL, or mainnet/testnet (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
 @click.option("--confidence", default=0.6, show_default=True, type=click.FloatRange(0, 1),
@@ -536,10 +542,13 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
               help="Risk stop for sizing, in ATR(14) multiples; 0 = none.")
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=60.0,
               show_default=True, help="Seconds one request keeps retrying before the loop backs off.")
-def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_loss,
-         retry_time_s) -> None:
+def live(symbol, interval, model_path, once, out_dir, no_state, base_url, confidence, equity,
+         stop_loss, retry_time_s) -> None:
     """Print a signal for every newly closed candle: one JSON line on stdout, a readable line on
-    stderr. Public market data only; places no orders. Ctrl-C stops.
+    stderr. It never places orders: it reads public market data only and needs no API key.
+
+    A state file in OUT remembers the last candle signalled: after a restart every candle that
+    closed meanwhile is signalled (marked "late": true) and none twice. Ctrl-C stops.
     """
     import os
     import sys
@@ -551,6 +560,7 @@ def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_
     from numpyconvnext.data.intervals import normalize_interval
     from numpyconvnext.trading.inference import preprocessing_of
     from numpyconvnext.trading.live import LiveError, LiveSettings, run_live
+    from numpyconvnext.trading.live_state import LiveState, state_path
 
     if model_path is None:
         found = sorted(Path("models").glob("*/model.npz"), key=lambda p: p.stat().st_mtime)
@@ -564,6 +574,11 @@ def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_
         model_interval = model.metadata.get("interval")
         interval = normalize_interval(interval or model_interval or "1h")
         client = BybitClient(base_url, max_retry_time_s=retry_time_s)
+        state = None
+        if not no_state:
+            path = state_path(out_dir, model_path, symbol, interval, client.category)
+            state = LiveState.load(path, model=model_path, symbol=symbol, interval=interval,
+                                   category=client.category)
     except (CheckpointError, ValueError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     if model_interval and normalize_interval(model_interval) != interval:
@@ -571,14 +586,17 @@ def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_
                    err=True)
     click.echo(f"live: {symbol.upper()} {interval} with {model_path}; public data only, no orders"
                + ("" if once else "; Ctrl-C stops"), err=True)
+    if state is not None and state.last_emitted is not None:
+        click.echo(f"state {state.path}: last signal for the candle of "
+                   f"{state.last_emitted:%Y-%m-%d %H:%M} UTC", err=True)
     settings = LiveSettings(confidence=confidence, equity=equity, atr_multiple=stop_loss or None)
     try:
-        run_live(model, client, symbol, interval, settings=settings, once=once)
+        run_live(model, client, symbol, interval, settings=settings, once=once, state=state)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
     except BrokenPipeError:  # stdout closed (e.g. `| head -1`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # a parameter error, a state file not writable
         raise UserError(str(error).splitlines()[0]) from None
     except LiveError as error:
         raise click.ClickException(str(error)) from None

@@ -26,7 +26,8 @@ date on the server's clock), ``bad_json``, ``timeout`` (sleeps ``timeout_sleep_s
 normal answer), ``drop`` (the connection closes with no answer), ``chunked`` (a chunked body
 cut off mid-stream), ``bad_gzip`` (``Content-Encoding: gzip`` over bytes that are not gzip),
 ``truncated`` (fewer body bytes than ``Content-Length``), ``bad_candle`` (a row with
-high < open), ``param_error`` (retCode 10001).
+high < open), ``short`` (only the newest 10 candles of the page), ``param_error`` (retCode
+10001).
 
 Standing conditions: ``fake.bad_rows`` (open times in ms whose candle is always served with
 high < open), ``fake.die_after_pages = n`` (after n candle pages every request is dropped: a
@@ -53,7 +54,7 @@ import pandas as pd
 _CODES = {"1": 1, "3": 3, "5": 5, "15": 15, "30": 30, "60": 60, "120": 120, "240": 240,
           "360": 360, "720": 720, "D": 1440, "W": 10080}
 FAILURES = ("rate_limit", "http_429", "http_502", "http_403", "retry_after", "retry_after_date",
-            "bad_json", "timeout", "drop", "chunked", "bad_gzip", "truncated", "bad_candle",
+            "bad_json", "timeout", "drop", "chunked", "bad_gzip", "truncated", "bad_candle", "short",
             "param_error")
 
 
@@ -204,6 +205,8 @@ class FakeBybit:
         if failure == "bad_candle" and rows:
             rows[len(rows) // 2] = _corrupt(rows[len(rows) // 2])
         rows = [_corrupt(row) if int(row[0]) in self.bad_rows else row for row in rows]
+        if failure == "short":
+            rows = rows[:10]
         record["rows"] = len(rows)
         with self._lock:
             self.pages_served += 1
