@@ -6,8 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from bybit_server import FakeBybit
+from click.testing import CliRunner
 
-from numpyconvnext.data import store
+import cli
+from numpyconvnext.data import bybit, store
 from numpyconvnext.data.bybit import BybitClient, BybitUnreachableError
 from numpyconvnext.data.store import load_candles, save_candles, update_cache
 from numpyconvnext.data.synthetic import synthetic_candles
@@ -159,3 +161,45 @@ def test_a_damaged_cache_needs_repair(tmp_path, full):
                              end=full["timestamp"].iloc[60], notice=notes.append)
     assert "49 out of order (sorted)" in notes[0]
     pd.testing.assert_frame_equal(fixed.candles, full.iloc[:61].reset_index(drop=True))
+
+
+def recent_full() -> pd.DataFrame:
+    start = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=4999)).floor("h")
+    return synthetic_candles(5000, "1h", seed=22, start=start)
+
+
+def test_cli_fetch_continues_after_the_server_died(tmp_path):
+    candles = recent_full()
+    with FakeBybit(candles, now_ms=int(pd.Timestamp.now(tz="UTC").value // 1_000_000)) as fake:
+        args = ["fetch", "--days", "200", "--out", str(tmp_path), "--base-url", fake.url,
+                "--retry-time", "0.5", "--quiet"]
+        fake.die_after_pages = 2
+        died = CliRunner().invoke(cli.main, args)
+        assert died.exit_code == 2 and died.output.startswith("Error: cannot connect")
+        assert len(died.output.strip().splitlines()) == 1
+        assert len(load_candles(tmp_path / "BTCUSDT_1h.csv")) == 2 * PAGE
+        fake.die_after_pages = None
+        again = CliRunner().invoke(cli.main, args)
+    assert again.exit_code == 0, again.output
+    assert "fetching the older candles" in again.output
+    written = load_candles(tmp_path / "BTCUSDT_1h.csv")
+    assert store.gap_report(written, "1h").n_missing == 0 and len(written) >= 200 * 24 - 2
+
+
+def test_cli_fetch_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
+    real_request = bybit.BybitClient.request
+    calls = []
+
+    def request(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_request(self, *args, **kwargs)
+
+    monkeypatch.setattr(bybit.BybitClient, "request", request)
+    with FakeBybit(recent_full()) as fake:
+        result = CliRunner().invoke(cli.main, ["fetch", "--days", "200", "--out", str(tmp_path),
+                                               "--base-url", fake.url, "--quiet"])
+    assert result.exit_code == 130
+    assert "rerun the same command to continue" in result.output
+    assert len(load_candles(tmp_path / "BTCUSDT_1h.csv")) == 2 * PAGE
