@@ -299,6 +299,33 @@ class Guarded(SimulatedTime):
         super().sleep(seconds)
 
 
+LOOP_CANDLES = synthetic_candles(1100, "1h", seed=3, start="2023-01-01")
+K = 1000  # candle K is forming when the loop starts, half-way through its hour
+
+
+def run_loop(model, *, after_line=None, prepare=None, client_options=None, max_lines=2,
+             **options):
+    """Run the loop on LOOP_CANDLES in simulated time: (JSON lines, log lines, the clock).
+
+    ``prepare(fake)`` runs before the loop, ``after_line(fake)`` after each line it prints."""
+    lines, logs = [], []
+    with FakeBybit(LOOP_CANDLES) as fake:
+        if prepare is not None:
+            prepare(fake)
+        sim = Guarded(fake, LOOP_CANDLES["timestamp"].iloc[K].value / 1e9 + HOUR_S / 2)
+        client = BybitClient(fake.url, sleep=sim.sleep, clock=sim.clock, seed=0,
+                             **(client_options or {}))
+
+        def emit(line: str) -> None:
+            lines.append(line)
+            if after_line is not None:
+                after_line(fake)
+
+        run_live(model, client, "BTCUSDT", "1h", emit=emit, log=logs.append, clock=sim.clock,
+                 sleep=sim.sleep, max_lines=max_lines, **options)
+    return lines, logs, sim
+
+
 def test_a_restart_emits_every_candle_closed_meanwhile_once_and_late(model, checkpoint, tmp_path):
     candles = synthetic_candles(1100, "1h", seed=3, start="2023-01-01")
     k = 1000
@@ -352,20 +379,16 @@ def test_state_file_is_atomic_and_keeps_what_it_does_not_know(checkpoint, tmp_pa
 
 
 def test_a_bad_upstream_row_is_skipped_after_k_attempts(model):
-    candles = synthetic_candles(1100, "1h", seed=3, start="2023-01-01")
-    k = 1000
-    opens = candles["timestamp"]
-    lines, logs = [], []
-    with FakeBybit(candles) as fake:
-        fake.bad_rows = {opens.iloc[k + 1].value // 1_000_000}  # Bybit keeps serving it broken
-        sim = Guarded(fake, opens.iloc[k].value / 1e9 + HOUR_S / 2)
-        client = BybitClient(fake.url, sleep=sim.sleep, clock=sim.clock, seed=0)
-        run_live(model, client, "BTCUSDT", "1h", emit=lines.append, log=logs.append,
-                 clock=sim.clock, sleep=sim.sleep, max_lines=3, bad_row_attempts=3)
-    assert [json.loads(line)["time"] for line in lines] == [  # k + 1 gets no line
-        iso(opens.iloc[k - 1]), iso(opens.iloc[k]), iso(opens.iloc[k + 2])]
+    opens = LOOP_CANDLES["timestamp"]
+
+    def break_a_row(fake: FakeBybit) -> None:  # Bybit keeps serving candle K + 1 broken
+        fake.bad_rows = {opens.iloc[K + 1].value // 1_000_000}
+
+    lines, logs, _ = run_loop(model, prepare=break_a_row, max_lines=3, bad_row_attempts=3)
+    assert [json.loads(line)["time"] for line in lines] == [  # K + 1 gets no line
+        iso(opens.iloc[K - 1]), iso(opens.iloc[K]), iso(opens.iloc[K + 2])]
     warned = [m for m in logs if m.startswith("warning: skipping")]
-    assert warned == [f"warning: skipping Bybit's {iso(opens.iloc[k + 1])} candle after 3 attempts "
+    assert warned == [f"warning: skipping Bybit's {iso(opens.iloc[K + 1])} candle after 3 attempts "
                       f"({warned[0].split('(', 1)[1]}"]
     assert "high" in warned[0] and sum("fetch failed" in m for m in logs) == 2
 
@@ -387,39 +410,16 @@ def test_clock_skew_is_measured_at_start(model, skew_s, warned):
 
 
 def test_a_short_answer_after_a_first_success_is_transient(model):
-    candles = synthetic_candles(1100, "1h", seed=3, start="2023-01-01")
-    k = 1000
-    lines, logs = [], []
-    with FakeBybit(candles) as fake:
-        sim = Guarded(fake, candles["timestamp"].iloc[k].value / 1e9 + HOUR_S / 2)
-        client = BybitClient(fake.url, sleep=sim.sleep, clock=sim.clock, seed=0)
-
-        def emit(line: str) -> None:
-            lines.append(line)
-            fake.fail("short")  # the next answer holds 10 candles only
-
-        run_live(model, client, "BTCUSDT", "1h", emit=emit, log=logs.append, clock=sim.clock,
-                 sleep=sim.sleep, max_lines=2)
+    # after the first line, the next answer holds the newest 10 candles only
+    lines, logs, _ = run_loop(model, after_line=lambda fake: fake.fail("short"))
     assert [json.loads(line)["time"] for line in lines] == [
-        iso(t) for t in candles["timestamp"].iloc[k - 1 : k + 1]]
+        iso(t) for t in LOOP_CANDLES["timestamp"].iloc[K - 1 : K + 1]]
     assert sum("fetch failed (a short answer: Bybit has only 9 closed" in m for m in logs) == 1
 
 
 def test_an_ip_ban_makes_the_loop_wait_minutes(model):
-    candles = synthetic_candles(1100, "1h", seed=3, start="2023-01-01")
-    k = 1000
-    lines, logs = [], []
-    with FakeBybit(candles) as fake:
-        sim = Guarded(fake, candles["timestamp"].iloc[k].value / 1e9 + HOUR_S / 2)
-        client = BybitClient(fake.url, sleep=sim.sleep, clock=sim.clock, seed=0,
-                             max_retry_time_s=60.0, forbidden_wait_s=120.0)
-
-        def emit(line: str) -> None:
-            lines.append(line)
-            fake.fail("http_403")
-
-        run_live(model, client, "BTCUSDT", "1h", emit=emit, log=logs.append, clock=sim.clock,
-                 sleep=sim.sleep, max_lines=2)
+    lines, logs, sim = run_loop(model, after_line=lambda fake: fake.fail("http_403"),
+                                client_options=dict(max_retry_time_s=60.0, forbidden_wait_s=120.0))
     assert len(lines) == 2 and 120.0 in sim.sleeps
     assert any("IP rate-limit ban or region block" in m and "in 120 s" in m for m in logs)
 
