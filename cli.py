@@ -15,17 +15,43 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one `warning: ...` line on stderr (the CLI owns its process)."""
+    click.echo(f"warning: {message}", err=True)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ConvNeXt for 1D market data: fetch candles, train, backtest, run live signals."""
+    import warnings
+
+    warnings.showwarning = _show_warning
+
+
+def _check_symbol(ctx, param, value: str | None) -> str | None:
+    """--symbol for every command: exchange symbol characters only (see data/symbols.py)."""
+    if value is None:
+        return None
+    from numpyconvnext.data.symbols import validate_symbol
+
+    try:
+        return validate_symbol(value)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def _symbol_option(default: str | None = "BTCUSDT", help: str = "Bybit symbol, e.g. BTCUSDT."):
+    return click.option("--symbol", default=default, show_default=default is not None,
+                        callback=_check_symbol, help=help)
 
 
 @main.command()
-@click.option("--symbol", default="BTCUSDT", show_default=True, help="Bybit symbol.")
+@_symbol_option()
 @click.option("--interval", default="1h", show_default=True,
               help="1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d 1w 1M, or Bybit's 1..720 D W M.")
 @click.option("--days", default=365.0, show_default=True,
-              type=click.FloatRange(min=0, min_open=True), help="History for a new file.")
+              type=click.FloatRange(min=0, min_open=True),
+              help="History wanted: a new file gets this much, a shorter one is extended back.")
 @click.option("--out", "out_dir", default="data", show_default=True,
               type=click.Path(file_okay=False), help="Folder of the candle file.")
 @click.option("--base-url", default=None,
@@ -36,26 +62,28 @@ def main() -> None:
               show_default=True)
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=120.0,
               show_default=True, help="Seconds to keep retrying a failing request.")
+@click.option("--repair", is_flag=True,
+              help="Sort and de-duplicate a damaged existing file first (see `repair`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str | None,
-          category: str, fmt: str, retry_time_s: float, quiet: bool) -> None:
+          category: str, fmt: str, retry_time_s: float, repair: bool, quiet: bool) -> None:
     """Download closed candles from Bybit into OUT/SYMBOL_INTERVAL.csv.
 
-    An existing file is extended with the candles after its last one (incremental).
+    An existing file gets the candles closed after its last one, and older ones when it holds
+    less than --days. Progress is saved as pages arrive: after an interruption or a failure,
+    rerun the same command and it continues where it stopped.
     """
     import contextlib
     import sys
 
     from numpyconvnext.data.bybit import BybitClient, BybitError, BybitResponseError
     from numpyconvnext.data.intervals import interval_to_timedelta, normalize_interval
-    from numpyconvnext.data.store import CandleFileError, update_cache
+    from numpyconvnext.data.store import CandleFileError, cache_path, update_cache
 
     try:
         name = normalize_interval(interval)
     except ValueError as error:
         raise UserError(str(error)) from None
-    if not symbol.strip().isalnum():
-        raise UserError(f"bad symbol {symbol!r}: letters and digits only, e.g. BTCUSDT")
     client = BybitClient(base_url, category, max_retry_time_s=retry_time_s)
     expected_bars = max(1, int(days * 86_400 / interval_to_timedelta(name).total_seconds()))
     with contextlib.ExitStack() as stack:
@@ -70,10 +98,35 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
             bars[0].update(n_candles)
 
         try:
-            result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress)
+            result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress,
+                                  notice=_notice, repair=repair)
         except (ValueError, BybitError, BybitResponseError, CandleFileError, OSError) as error:
             raise UserError(str(error).splitlines()[0]) from None
+        except KeyboardInterrupt:
+            _notice(f"interrupted; the candles fetched so far are in "
+                    f"{cache_path(out_dir, symbol, name, fmt)}: rerun the same command to continue")
+            sys.exit(130)
     click.echo(f"{result.path}: {len(result.candles)} candles, {result.n_new} new", err=True)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="Write the repaired candles here. [default: replace PATH, keeping PATH.bak]")
+@click.option("--no-backup", is_flag=True, help="Replace PATH without keeping PATH.bak.")
+def repair(path: str, out_path: str | None, no_backup: bool) -> None:
+    """Sort a candle file by time and drop duplicate timestamps (the later line wins).
+
+    Reports what it changed, and the gaps and off-grid rows that remain. Rows that are wrong
+    on their own (a bad number, high below low, ...) are an error: fix those by hand.
+    """
+    from numpyconvnext.data.store import CandleFileError, repair_candles
+
+    try:
+        report = repair_candles(path, out_path, backup=not no_backup)
+    except (CandleFileError, OSError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    click.echo(report.summary())
 
 
 @main.command()
@@ -178,8 +231,10 @@ def _source_options(days: float, bars: int | None):
         click.option("--data", "data_path", type=click.Path(dir_okay=False),
                      help="Candle file (.csv or .json); overrides --source."),
         click.option("--source", type=click.Choice(["auto", "bybit", "synthetic"]), default="auto",
-                     show_default=True, help="auto: data/ cache, else Bybit, else the synthetic market."),
-        click.option("--symbol", default="BTCUSDT", show_default=True),
+                     show_default=True,
+                     help="auto: Bybit through the data/ cache; the synthetic market only when "
+                          "Bybit cannot be reached and there is no cache."),
+        _symbol_option(),
         click.option("--interval", default="1h", show_default=True),
         click.option("--days", default=days, show_default=True, type=click.FloatRange(min=1),
                      help="History to fetch (Bybit) or generate (synthetic)."),
@@ -302,7 +357,7 @@ def _training_report(result) -> str:
               help="Checkpoint (.npz) written by train.")
 @click.option("--data", "data_path", type=click.Path(dir_okay=False),
               help="Candle file (.csv/.json): backtest on all of it after warm-up.")
-@click.option("--symbol", help="Fetch this Bybit symbol and backtest on it (with --days).")
+@_symbol_option(None, "Fetch this Bybit symbol and backtest on it (with --days).")
 @click.option("--interval", help="Interval for --symbol. [default: the model's]")
 @click.option("--days", type=click.FloatRange(min=0, min_open=True),
               help="History to fetch for --symbol. [default: 90]")
@@ -424,8 +479,6 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
     elif symbol:
         from numpyconvnext.data.bybit import BybitClient, BybitError
 
-        if not symbol.strip().isalnum():
-            raise ValueError(f"bad symbol {symbol!r}: letters and digits only, e.g. BTCUSDT")
         interval = normalize_interval(interval or model_interval or "1h")
         days = 90.0 if days is None else days
         client = BybitClient(base_url, max_retry_time_s=retry_time_s)
@@ -467,11 +520,17 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
 
 
 @main.command()
-@click.option("--symbol", default="BTCUSDT", show_default=True, help="Bybit symbol.")
+@_symbol_option()
 @click.option("--interval", help="Candle interval. [default: the model's, else 1h]")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False),
               help="Checkpoint (.npz). [default: the newest models/*/model.npz]")
-@click.option("--once", is_flag=True, help="One fetch, one line, exit.")
+@click.option("--once", is_flag=True,
+              help="One fetch, then exit: the newest closed candle, or every candle closed since "
+                   "the last line of an earlier run.")
+@click.option("--out", "out_dir", default="live", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the state file that lets a restart continue where it stopped.")
+@click.option("--no-state", is_flag=True,
+              help="Keep no state: start at the newest candle, remember nothing.")
 @click.option("--base-url", default=None,
               help="Bybit URL, or mainnet/testnet (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
 @click.option("--confidence", default=0.6, show_default=True, type=click.FloatRange(0, 1),
@@ -483,10 +542,13 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
               help="Risk stop for sizing, in ATR(14) multiples; 0 = none.")
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=60.0,
               show_default=True, help="Seconds one request keeps retrying before the loop backs off.")
-def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_loss,
-         retry_time_s) -> None:
+def live(symbol, interval, model_path, once, out_dir, no_state, base_url, confidence, equity,
+         stop_loss, retry_time_s) -> None:
     """Print a signal for every newly closed candle: one JSON line on stdout, a readable line on
-    stderr. Public market data only; places no orders. Ctrl-C stops.
+    stderr. It never places orders: it reads public market data only and needs no API key.
+
+    A state file in OUT remembers the last candle signalled: after a restart every candle that
+    closed meanwhile is signalled (marked "late": true) and none twice. Ctrl-C stops.
     """
     import os
     import sys
@@ -498,9 +560,8 @@ def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_
     from numpyconvnext.data.intervals import normalize_interval
     from numpyconvnext.trading.inference import preprocessing_of
     from numpyconvnext.trading.live import LiveError, LiveSettings, run_live
+    from numpyconvnext.trading.live_state import LiveState, state_path
 
-    if not symbol.strip().isalnum():
-        raise UserError(f"bad symbol {symbol!r}: letters and digits only, e.g. BTCUSDT")
     if model_path is None:
         found = sorted(Path("models").glob("*/model.npz"), key=lambda p: p.stat().st_mtime)
         if not found:
@@ -513,6 +574,11 @@ def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_
         model_interval = model.metadata.get("interval")
         interval = normalize_interval(interval or model_interval or "1h")
         client = BybitClient(base_url, max_retry_time_s=retry_time_s)
+        state = None
+        if not no_state:
+            path = state_path(out_dir, model_path, symbol, interval, client.category)
+            state = LiveState.load(path, model=model_path, symbol=symbol, interval=interval,
+                                   category=client.category)
     except (CheckpointError, ValueError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     if model_interval and normalize_interval(model_interval) != interval:
@@ -520,14 +586,17 @@ def live(symbol, interval, model_path, once, base_url, confidence, equity, stop_
                    err=True)
     click.echo(f"live: {symbol.upper()} {interval} with {model_path}; public data only, no orders"
                + ("" if once else "; Ctrl-C stops"), err=True)
+    if state is not None and state.last_emitted is not None:
+        click.echo(f"state {state.path}: last signal for the candle of "
+                   f"{state.last_emitted:%Y-%m-%d %H:%M} UTC", err=True)
     settings = LiveSettings(confidence=confidence, equity=equity, atr_multiple=stop_loss or None)
     try:
-        run_live(model, client, symbol, interval, settings=settings, once=once)
+        run_live(model, client, symbol, interval, settings=settings, once=once, state=state)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
     except BrokenPipeError:  # stdout closed (e.g. `| head -1`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except ValueError as error:
+    except (ValueError, OSError) as error:  # a parameter error, a state file not writable
         raise UserError(str(error).splitlines()[0]) from None
     except LiveError as error:
         raise click.ClickException(str(error)) from None

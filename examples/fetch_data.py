@@ -11,7 +11,14 @@ from __future__ import annotations
 
 import argparse
 
-from numpyconvnext.data import BybitClient, BybitParameterError, save_candles, synthetic_candles, update_cache
+from numpyconvnext.data import (
+    BybitClient,
+    BybitError,
+    BybitUnreachableError,
+    save_candles,
+    synthetic_candles,
+    update_cache,
+)
 from numpyconvnext.data.intervals import interval_to_timedelta
 
 
@@ -29,10 +36,9 @@ def main() -> None:
 
     client = BybitClient(args.base_url, max_retry_time_s=args.retry_time)
     try:
-        result = update_cache(client, args.symbol, args.interval, args.days, args.out, args.format)
-    except BybitParameterError as error:
-        parser.exit(2, f"error: {error}\n")
-    except Exception as error:  # noqa: BLE001 - any network failure: fall back, loudly
+        result = update_cache(client, args.symbol, args.interval, args.days, args.out, args.format,
+                              notice=print)
+    except BybitUnreachableError as error:  # the network itself failed: fall back, loudly
         print(f"NOTICE: Bybit unreachable ({str(error).splitlines()[0][:100]}); writing the "
               "SYNTHETIC market instead - it says nothing about real prices")
         bars = int(args.days * 86_400 / interval_to_timedelta(args.interval).total_seconds())
@@ -40,6 +46,8 @@ def main() -> None:
         save_candles(synthetic_candles(bars, interval=args.interval, seed=7), path)
         print(f"{path}: {bars} synthetic candles")
         return
+    except (ValueError, BybitError, OSError) as error:  # unknown symbol, a failing answer, disk
+        parser.exit(2, f"error: {str(error).splitlines()[0]}\n")
     candles = result.candles
     print(f"{result.path}: {len(candles)} candles ({result.n_new} new), "
           f"{candles['timestamp'].iloc[0]:%Y-%m-%d %H:%M} .. "

@@ -12,21 +12,38 @@ Usage (each request is logged in ``fake.requests`` as a dict with keys ``path``,
 
 It serves ``GET /v5/market/kline`` like Bybit: candles with open time in ``[start, end]``,
 newest first, at most ``limit`` (max 1000), as strings. The last candle of ``candles`` is the
-still-forming one by default: the reported server ``time`` (``fake.now_ms``, settable) is
-half a bar after its open. ``page_overlap`` extra newer candles are added to every page (Bybit's
-duplicates at page borders). Unknown symbols or intervals answer retCode 10001.
+still-forming one by default: the server's clock (``fake.now_ms``, settable) is half a bar after
+its open. That clock, not the machine's, is in every answer: the body's ``time``, the ``Date``
+header and ``X-Bapi-Limit-Reset-Timestamp`` (``now_ms + reset_in_s``, sent on every answer as
+Bybit does), so a test skews the two clocks by setting ``now_ms``. ``page_overlap`` extra newer
+candles are added to every page (Bybit's duplicates at page borders). Unknown symbols or
+intervals answer retCode 10001.
 
 Scriptable failures (``fake.fail(kind, times=1)``), consumed in order by the next requests:
-``rate_limit`` (retCode 10006 + X-Bapi-Limit-Reset-Timestamp), ``http_429`` (with the reset
-header), ``http_502``, ``http_403``, ``bad_json``, ``timeout`` (sleeps ``timeout_sleep_s`` before a
-normal answer), ``bad_candle`` (a row with high < open), ``param_error`` (retCode 10001).
+``rate_limit`` (retCode 10006), ``http_429``, ``http_502``, ``http_403``, ``retry_after``
+(HTTP 503 with ``Retry-After: <retry_after_s>``), ``retry_after_date`` (the same as an HTTP
+date on the server's clock), ``bad_json``, ``timeout`` (sleeps ``timeout_sleep_s`` before a
+normal answer), ``drop`` (the connection closes with no answer), ``chunked`` (a chunked body
+cut off mid-stream), ``bad_gzip`` (``Content-Encoding: gzip`` over bytes that are not gzip),
+``truncated`` (fewer body bytes than ``Content-Length``), ``bad_candle`` (a row with
+high < open), ``short`` (only the newest 10 candles of the page), ``param_error`` (retCode
+10001).
+
+Standing conditions: ``fake.bad_rows`` (open times in ms whose candle is always served with
+high < open), ``fake.die_after_pages = n`` (after n candle pages every request is dropped: a
+server that dies mid-fetch; ``fake.die_after_pages = None`` revives it), and
+``fake.verify_signatures = (key, secret)`` (signed requests must carry a valid signature and a
+timestamp within the receive window of the server's clock, else retCode 10004 / 10002).
 """
 
 from __future__ import annotations
 
+import email.utils
+import gzip
+import hashlib
+import hmac
 import json
 import threading
-import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -36,8 +53,9 @@ import pandas as pd
 
 _CODES = {"1": 1, "3": 3, "5": 5, "15": 15, "30": 30, "60": 60, "120": 120, "240": 240,
           "360": 360, "720": 720, "D": 1440, "W": 10080}
-FAILURES = ("rate_limit", "http_429", "http_502", "http_403", "bad_json", "timeout",
-            "bad_candle", "param_error")
+FAILURES = ("rate_limit", "http_429", "http_502", "http_403", "retry_after", "retry_after_date",
+            "bad_json", "timeout", "drop", "chunked", "bad_gzip", "truncated", "bad_candle", "short",
+            "param_error")
 
 
 class FakeBybit:
@@ -52,6 +70,7 @@ class FakeBybit:
         page_overlap: int = 1,
         timeout_sleep_s: float = 0.3,
         reset_in_s: float = 0.05,
+        retry_after_s: float = 7.0,
     ) -> None:
         stamps = pd.DatetimeIndex(candles["timestamp"]).as_unit("ns").asi8 // 1_000_000
         self._open_ms = np.asarray(stamps, dtype=np.int64)
@@ -68,6 +87,11 @@ class FakeBybit:
         self.page_overlap = page_overlap
         self.timeout_sleep_s = timeout_sleep_s
         self.reset_in_s = reset_in_s
+        self.retry_after_s = retry_after_s
+        self.bad_rows: set[int] = set()
+        self.die_after_pages: int | None = None
+        self.verify_signatures: tuple[str, str] | None = None
+        self.pages_served = 0
         self.requests: list[dict] = []
         self._failures: deque[str] = deque()
         self._lock = threading.Lock()
@@ -98,6 +122,9 @@ class FakeBybit:
 
             def log_message(self, *args) -> None:
                 pass
+
+            def date_time_string(self, timestamp=None) -> str:  # the server's clock, not ours
+                return email.utils.formatdate(fake.now_ms / 1000.0, usegmt=True)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -135,40 +162,77 @@ class FakeBybit:
 
     def _respond(self, handler, record: dict, failure: str | None) -> None:
         path, params = record["path"], record["params"]
-        reset_header = {"X-Bapi-Limit-Reset-Timestamp": str(int((time.time() + self.reset_in_s)
-                                                                 * 1000))}
+        if self.die_after_pages is not None and self.pages_served >= self.die_after_pages:
+            failure = "drop"
+        limits = {"X-Bapi-Limit": "600", "X-Bapi-Limit-Status": "599",
+                  "X-Bapi-Limit-Reset-Timestamp": str(int(self.now_ms + self.reset_in_s * 1000))}
         if failure == "timeout":
-            time.sleep(self.timeout_sleep_s)
+            threading.Event().wait(self.timeout_sleep_s)
+        elif failure == "drop":
+            handler.close_connection = True
+            return
         elif failure == "rate_limit":
-            return _send(handler, 200, _body(10006, "Too many visits!"), reset_header)
+            return _send(handler, 200, self._body(10006, "Too many visits!"), limits)
         elif failure == "http_429":
-            return _send(handler, 429, b"Too Many Requests", reset_header)
+            return _send(handler, 429, b"Too Many Requests", limits)
         elif failure == "http_502":
-            return _send(handler, 502, b"<html>502 Bad Gateway</html>")
+            return _send(handler, 502, b"<html>502 Bad Gateway</html>", limits)
         elif failure == "http_403":
-            return _send(handler, 403, b"access too frequent")
+            return _send(handler, 403, b"access too frequent", limits)
+        elif failure == "retry_after":
+            return _send(handler, 503, b"busy", {**limits, "Retry-After": f"{self.retry_after_s:g}"})
+        elif failure == "retry_after_date":
+            when = email.utils.formatdate(self.now_ms / 1000.0 + self.retry_after_s, usegmt=True)
+            return _send(handler, 503, b"busy", {**limits, "Retry-After": when})
         elif failure == "bad_json":
             return _send(handler, 200, b'{"retCode": 0, "result": {"list": [')
         elif failure == "param_error":
-            return _send(handler, 200, _body(10001, "params error: scripted"))
+            return _send(handler, 200, self._body(10001, "params error: scripted"))
+        elif failure in ("chunked", "bad_gzip", "truncated"):
+            return _send_broken(handler, failure, self._body(0, "OK", {"list": []}))
+        signature_error = self._check_signature(record)
+        if signature_error is not None:
+            return _send(handler, 200, self._body(*signature_error), limits)
         if path != "/v5/market/kline":
             return _send(handler, 404, b"not found")
         if params.get("symbol", "").upper() not in self.symbols:
-            return _send(handler, 200, _body(10001, "params error: Symbol Invalid"))
+            return _send(handler, 200, self._body(10001, "params error: Symbol Invalid"))
         if params.get("interval") not in _CODES and params.get("interval") != "M":
-            return _send(handler, 200, _body(10001, "params error: Interval Invalid"))
+            return _send(handler, 200, self._body(10001, "params error: Interval Invalid"))
         if params.get("interval") != self.interval_code:
-            return _send(handler, 200, _body(10001, "params error: fake has no such interval"))
+            return _send(handler, 200, self._body(10001, "params error: fake has no such interval"))
         rows = self._page(params)
         if failure == "bad_candle" and rows:
-            row = list(rows[len(rows) // 2])
-            row[2] = repr(float(row[1]) * 0.9)  # high below open
-            rows[len(rows) // 2] = row
+            rows[len(rows) // 2] = _corrupt(rows[len(rows) // 2])
+        rows = [_corrupt(row) if int(row[0]) in self.bad_rows else row for row in rows]
+        if failure == "short":
+            rows = rows[:10]
         record["rows"] = len(rows)
-        body = _body(0, "OK", {"category": params.get("category", "linear"),
-                               "symbol": params["symbol"].upper(), "list": rows},
-                     self.now_ms)
-        _send(handler, 200, body, {"X-Bapi-Limit": "600", "X-Bapi-Limit-Status": "599"})
+        with self._lock:
+            self.pages_served += 1
+        body = self._body(0, "OK", {"category": params.get("category", "linear"),
+                                    "symbol": params["symbol"].upper(), "list": rows})
+        _send(handler, 200, body, limits)
+
+    def _body(self, code: int, msg: str, result: dict | None = None) -> bytes:
+        return json.dumps({"retCode": code, "retMsg": msg, "result": result or {},
+                           "retExtInfo": {}, "time": int(self.now_ms)}).encode()
+
+    def _check_signature(self, record: dict) -> tuple[int, str] | None:
+        if self.verify_signatures is None:
+            return None
+        key, secret = self.verify_signatures
+        headers = {k.lower(): v for k, v in record["headers"].items()}
+        try:
+            stamp, window = int(headers["x-bapi-timestamp"]), int(headers["x-bapi-recv-window"])
+            sign = headers["x-bapi-sign"]
+        except (KeyError, ValueError):
+            return 10003, "API key is invalid."
+        if not self.now_ms - window <= stamp < self.now_ms + 1000:
+            return 10002, "invalid request, please check your server timestamp or recv_window param"
+        expected = hmac.new(secret.encode(), f"{stamp}{key}{window}{record['query']}".encode(),
+                            hashlib.sha256).hexdigest()
+        return None if hmac.compare_digest(sign, expected) else (10004, "error sign!")
 
     def _page(self, params: dict) -> list[list[str]]:
         start = int(params.get("start", 0))
@@ -183,9 +247,10 @@ class FakeBybit:
         return [list(r) for r in reversed(chosen)]
 
 
-def _body(code: int, msg: str, result: dict | None = None, now_ms: int | None = None) -> bytes:
-    return json.dumps({"retCode": code, "retMsg": msg, "result": result or {}, "retExtInfo": {},
-                       "time": now_ms or int(time.time() * 1000)}).encode()
+def _corrupt(row: list[str]) -> list[str]:
+    row = list(row)
+    row[2] = repr(float(row[1]) * 0.9)  # high below open
+    return row
 
 
 def _send(handler, status: int, body: bytes, headers: dict | None = None) -> None:
@@ -196,3 +261,26 @@ def _send(handler, status: int, body: bytes, headers: dict | None = None) -> Non
         handler.send_header(key, value)
     handler.end_headers()
     handler.wfile.write(body)
+
+
+def _send_broken(handler, kind: str, body: bytes) -> None:
+    """An answer that breaks while the body is read: cut chunked stream, bad gzip, short body."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    if kind == "chunked":
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))
+        handler.wfile.write(b"400\r\n" + body[:10])  # a chunk announced as 1 KiB, then nothing
+    elif kind == "bad_gzip":
+        handler.send_header("Content-Encoding", "gzip")
+        broken = b"\x1f\x8b\x08\x00garbage-that-is-not-deflate" + gzip.compress(body)[40:]
+        handler.send_header("Content-Length", str(len(broken)))
+        handler.end_headers()
+        handler.wfile.write(broken)
+    else:
+        handler.send_header("Content-Length", str(len(body) + 100))
+        handler.end_headers()
+        handler.wfile.write(body)
+    handler.wfile.flush()
+    handler.close_connection = True

@@ -18,6 +18,7 @@ from numpyconvnext.data.bybit import (
     BybitError,
     BybitParameterError,
     BybitResponseError,
+    BybitUnreachableError,
     resolve_base_url,
     sign_request,
 )
@@ -300,3 +301,133 @@ def test_grid_checks():
     assert on_grid(ms + 60_000, "1h").tolist() == [False, False]
     first = pd.Timestamp("2024-03-01", tz="UTC").value // 1_000_000
     assert on_grid(np.array([first, first + 86_400_000]), "M").tolist() == [True, False]
+
+
+# --- retries done right: server clock, Retry-After, 403, transport errors, fresh signatures ---
+
+KLINE = {"category": "linear", "symbol": "BTCUSDT", "interval": "60", "limit": 5}
+
+
+class ServerClock(FakeClock):
+    """A FakeClock whose sleeps also advance the fake server's clock (both clocks tick)."""
+
+    def __init__(self, fake: FakeBybit) -> None:
+        super().__init__()
+        self.fake = fake
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        self.fake.now_ms += int(round(seconds * 1000))
+
+
+def test_reset_header_does_not_replace_backoff_on_other_answers(fake):
+    fake.now_ms = int(time.time() * 1000)  # no skew: today's local-clock reading would be exact
+    fake.reset_in_s = 50.0  # Bybit sends the header on every answer, 502s included
+    fake.fail("http_502", times=2)
+    clock = FakeClock()
+    make_client(fake, clock, backoff_base_s=0.5).request("/v5/market/kline", KLINE)
+    assert len(fake.requests) == 3 and len(clock.sleeps) == 2
+    assert clock.sleeps[0] <= 0.5 and clock.sleeps[1] <= 1.0  # backoff, not the 50 s reset
+
+
+@pytest.mark.parametrize("kind", ["rate_limit", "http_429"])
+@pytest.mark.parametrize("skew_s", [-300.0, 300.0])
+def test_rate_limit_reset_is_measured_on_the_server_clock(fake, kind, skew_s):
+    # the server's clock is 5 minutes behind (or ahead of) ours; each answer says "reset in 3 s"
+    fake.now_ms = int((time.time() + skew_s) * 1000)
+    fake.reset_in_s = 3.0
+    fake.fail(kind, times=3)
+    clock = FakeClock()
+    make_client(fake, clock, backoff_base_s=0.1, backoff_max_s=0.2).request("/v5/market/kline",
+                                                                            KLINE)
+    assert len(fake.requests) == 4
+    # 10006 carries `time` (ms); a bare 429 only the Date header (whole seconds)
+    high = 3.0 if kind == "rate_limit" else 4.0
+    assert len(clock.sleeps) == 3 and all(3.0 <= s <= high + 0.01 for s in clock.sleeps)
+
+
+def test_rate_limit_reset_beyond_the_budget_gives_up_at_once(fake):
+    fake.reset_in_s = 90.0
+    fake.fail("rate_limit")
+    clock = FakeClock()
+    with pytest.raises(BybitError, match="10006.*90.0 s would exceed the 20 s retry budget"):
+        make_client(fake, clock, max_retry_time_s=20.0).request("/v5/market/kline", KLINE)
+    assert clock.sleeps == [] and len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("kind", ["retry_after", "retry_after_date"])
+@pytest.mark.parametrize("skew_s", [-300.0, 0.0, 300.0])
+def test_retry_after_is_honoured(fake, kind, skew_s):
+    fake.now_ms = int((time.time() + skew_s) * 1000) // 1000 * 1000  # whole seconds, as Date
+    fake.retry_after_s = 7.0
+    fake.fail(kind)
+    clock = FakeClock()
+    make_client(fake, clock).request("/v5/market/kline", KLINE)
+    assert len(fake.requests) == 2 and clock.sleeps == [pytest.approx(7.0, abs=0.01)]
+
+
+def test_http_403_waits_minutes_doubling_and_says_why(fake):
+    fake.fail("http_403", times=2)
+    clock = FakeClock()
+    make_client(fake, clock, max_retry_time_s=1000.0).request("/v5/market/kline", KLINE)
+    assert len(fake.requests) == 3
+    assert clock.sleeps[0] >= 120.0 and clock.sleeps[1] >= 240.0  # the defaults: minutes
+    fake.fail("http_403")
+    with pytest.raises(BybitError, match="403.*IP rate-limit ban or region block") as info:
+        make_client(fake, FakeClock(), max_retry_time_s=60.0).request("/v5/market/kline", KLINE)
+    assert info.value.forbidden and not isinstance(info.value, BybitUnreachableError)
+
+
+@pytest.mark.parametrize("kind", ["chunked", "bad_gzip", "truncated", "drop"])
+def test_every_transport_failure_is_retried(fake, candles, kind):
+    fake.fail(kind, times=2)
+    clock = FakeClock()
+    got = make_client(fake, clock).get_klines("BTCUSDT", "1h", *tail_range(candles, 30))
+    assert len(got) == 29 and len(fake.requests) == 3 and len(clock.sleeps) == 2
+
+
+@pytest.mark.parametrize("kind", ["chunked", "drop", "timeout"])
+def test_a_network_that_keeps_failing_is_unreachable(candles, kind):
+    with FakeBybit(candles, timeout_sleep_s=0.3) as fake:
+        fake.fail(kind, times=10)
+        with pytest.raises(BybitUnreachableError):
+            make_client(fake, max_attempts=3, timeout_s=0.1).request("/v5/market/kline", KLINE)
+        assert len(fake.requests) == 3
+
+
+def test_answers_that_keep_failing_are_not_unreachable(fake):
+    fake.fail("http_502", times=10)
+    with pytest.raises(BybitError, match="HTTP 502") as info:
+        make_client(fake, max_attempts=3).request("/v5/market/kline", KLINE)
+    assert not isinstance(info.value, BybitUnreachableError)
+    with pytest.raises(BybitUnreachableError, match="cannot connect"):
+        BybitClient("http://127.0.0.1:9", max_attempts=2, sleep=lambda s: None).request("/x", {})
+
+
+def signed_client(fake: FakeBybit, clock: FakeClock, wall_offset_s: float = 0.0) -> BybitClient:
+    fake.verify_signatures = ("KEY123", "SECRET456")
+    base_s = fake.now_ms / 1000.0 + wall_offset_s
+    return BybitClient(fake.url, sleep=clock.sleep, clock=clock, seed=0, timeout_s=2.0,
+                       wall_clock=lambda: base_s + clock.now,
+                       credentials=BybitCredentials("KEY123", "SECRET456"))
+
+
+def test_signed_requests_are_resigned_on_every_attempt(fake):
+    fake.reset_in_s = 10.0  # the wait alone outlasts the 5 s receive window
+    fake.fail("rate_limit")
+    clock = ServerClock(fake)
+    signed_client(fake, clock).request("/v5/market/kline", KLINE, signed=True)
+    stamps = [int(r["headers"]["X-BAPI-TIMESTAMP"]) for r in fake.requests]
+    signs = {r["headers"]["X-BAPI-SIGN"] for r in fake.requests}
+    assert len(fake.requests) == 2 and stamps[1] - stamps[0] >= 10_000 and len(signs) == 2
+
+
+@pytest.mark.parametrize("wall_offset_s", [-30.0, 30.0])
+def test_signed_timestamp_is_resynced_to_the_server_clock(fake, wall_offset_s):
+    clock = ServerClock(fake)
+    client = signed_client(fake, clock, wall_offset_s)
+    client.request("/v5/market/kline", KLINE, signed=True)  # 10002 once, then in the window
+    assert len(fake.requests) == 2
+    assert client.server_offset_ms == pytest.approx(-wall_offset_s * 1000, abs=2)
+    client.request("/v5/market/kline", KLINE, signed=True)  # already in sync: one request
+    assert len(fake.requests) == 3

@@ -28,7 +28,13 @@ from numpyconvnext.trading.live import (
 
 HOUR_S = 3600.0
 FIELDS = {"time", "close_time", "symbol", "interval", "close", "probabilities", "predicted_return",
-          "signal", "confidence", "size", "stop_distance", "stop_price"}
+          "signal", "confidence", "size", "stop_distance", "stop_price", "late", "emitted_at"}
+
+
+@pytest.fixture(autouse=True)
+def _in_a_fresh_folder(tmp_path, monkeypatch):
+    """`live` writes its state under ./live: every test starts from its own empty folder."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +274,183 @@ def test_default_model_is_the_newest_in_models(checkpoint, tmp_path, monkeypatch
     (tmp_path / "models" / "new" / "model.npz").write_bytes(b"PK\x03\x04 not really")
     broken = run_cli("--once")
     assert broken.exit_code == 2 and "not a readable checkpoint" in one_error_line(broken)
+
+
+# --- restarts, bad rows, clock skew, short answers ------------------------------------------
+
+from numpyconvnext.trading.live_state import LiveState, state_path  # noqa: E402
+
+
+def iso(stamp: pd.Timestamp) -> str:
+    return f"{stamp:%Y-%m-%dT%H:%M:%SZ}"
+
+
+def a_state(tmp_path, checkpoint) -> LiveState:
+    path = state_path(tmp_path, checkpoint, "BTCUSDT", "1h", "linear")
+    return LiveState.load(path, model=checkpoint, symbol="BTCUSDT", interval="1h",
+                          category="linear")
+
+
+class Guarded(SimulatedTime):
+    """SimulatedTime that fails the test instead of looping for ever."""
+
+    def sleep(self, seconds: float) -> None:
+        assert len(self.sleeps) < 60, "the loop keeps waiting"
+        super().sleep(seconds)
+
+
+LOOP_CANDLES = synthetic_candles(1100, "1h", seed=3, start="2023-01-01")
+K = 1000  # candle K is forming when the loop starts, half-way through its hour
+
+
+def run_loop(model, *, after_line=None, prepare=None, client_options=None, max_lines=2,
+             **options):
+    """Run the loop on LOOP_CANDLES in simulated time: (JSON lines, log lines, the clock).
+
+    ``prepare(fake)`` runs before the loop, ``after_line(fake)`` after each line it prints."""
+    lines, logs = [], []
+    with FakeBybit(LOOP_CANDLES) as fake:
+        if prepare is not None:
+            prepare(fake)
+        sim = Guarded(fake, LOOP_CANDLES["timestamp"].iloc[K].value / 1e9 + HOUR_S / 2)
+        client = BybitClient(fake.url, sleep=sim.sleep, clock=sim.clock, seed=0,
+                             **(client_options or {}))
+
+        def emit(line: str) -> None:
+            lines.append(line)
+            if after_line is not None:
+                after_line(fake)
+
+        run_live(model, client, "BTCUSDT", "1h", emit=emit, log=logs.append, clock=sim.clock,
+                 sleep=sim.sleep, max_lines=max_lines, **options)
+    return lines, logs, sim
+
+
+def test_a_restart_emits_every_candle_closed_meanwhile_once_and_late(model, checkpoint, tmp_path):
+    candles = synthetic_candles(1100, "1h", seed=3, start="2023-01-01")
+    k = 1000
+    opens = candles["timestamp"]
+    lines = []
+    with FakeBybit(candles) as fake:
+        sim = Guarded(fake, opens.iloc[k].value / 1e9 + HOUR_S / 2)
+        client = BybitClient(fake.url, sleep=sim.sleep, clock=sim.clock, seed=0)
+        run = dict(emit=lines.append, log=lambda m: None, clock=sim.clock, sleep=sim.sleep)
+        run_live(model, client, "BTCUSDT", "1h", state=a_state(tmp_path, checkpoint), max_lines=2,
+                 **run)
+        saved = a_state(tmp_path, checkpoint)
+        assert saved.last_emitted == opens.iloc[k]
+        sim.sleep(5 * HOUR_S + 600)  # down for five hours: candles k+1 .. k+5 close meanwhile
+        run_live(model, client, "BTCUSDT", "1h", state=a_state(tmp_path, checkpoint), max_lines=6,
+                 **run)
+    records = [json.loads(line) for line in lines]
+    assert [r["time"] for r in records] == [iso(t) for t in opens.iloc[k - 1 : k + 7]]
+    assert [r["late"] for r in records] == [False, False, True, True, True, True, False, False]
+    emitted_at = [pd.Timestamp(r["emitted_at"]) for r in records]
+    assert all(e >= pd.Timestamp(r["close_time"]) for e, r in zip(emitted_at, records, strict=True))
+    assert emitted_at[2] == emitted_at[5]  # the catch-up came out at once, after the restart
+    # a caught-up line is the decision a never-stopped run would have made (same history)
+    history = candles.iloc[: k + 2].reset_index(drop=True)
+    expected = decide(model, history, [k + 1])
+    p = records[2]["probabilities"]
+    np.testing.assert_allclose([p["long"], p["short"], p["hold"]], expected.probabilities[0],
+                               atol=1e-5)
+    assert a_state(tmp_path, checkpoint).last_emitted == opens.iloc[k + 6]
+
+
+def test_state_file_is_atomic_and_keeps_what_it_does_not_know(checkpoint, tmp_path):
+    state = a_state(tmp_path, checkpoint)
+    assert state.path.name.startswith("model-") and state.path.name.endswith(
+        "_BTCUSDT_linear_1h.state.json")
+    state.last_emitted = pd.Timestamp("2024-05-01 13:00", tz="UTC")
+    state.paper = {"cash": 9_000.0, "position": {"side": "long", "units": 0.01}}
+    state.save()
+    data = json.loads(state.path.read_text())
+    data["future_field"] = [1, 2]
+    state.path.write_text(json.dumps(data))
+    again = a_state(tmp_path, checkpoint)
+    again.save()
+    data = json.loads(state.path.read_text())
+    assert data["last_emitted"] == "2024-05-01T13:00:00Z" and data["future_field"] == [1, 2]
+    assert data["paper"]["cash"] == 9_000.0 and data["category"] == "linear"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [state.path.name]  # no temp files left
+    state.path.write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable.*delete it to start afresh"):
+        a_state(tmp_path, checkpoint)
+
+
+def test_a_bad_upstream_row_is_skipped_after_k_attempts(model):
+    opens = LOOP_CANDLES["timestamp"]
+
+    def break_a_row(fake: FakeBybit) -> None:  # Bybit keeps serving candle K + 1 broken
+        fake.bad_rows = {opens.iloc[K + 1].value // 1_000_000}
+
+    lines, logs, _ = run_loop(model, prepare=break_a_row, max_lines=3, bad_row_attempts=3)
+    assert [json.loads(line)["time"] for line in lines] == [  # K + 1 gets no line
+        iso(opens.iloc[K - 1]), iso(opens.iloc[K]), iso(opens.iloc[K + 2])]
+    warned = [m for m in logs if m.startswith("warning: skipping")]
+    assert warned == [f"warning: skipping Bybit's {iso(opens.iloc[K + 1])} candle after 3 attempts "
+                      f"({warned[0].split('(', 1)[1]}"]
+    assert "high" in warned[0] and sum("fetch failed" in m for m in logs) == 2
+
+
+@pytest.mark.parametrize(("skew_s", "warned"), [(-5.0, "5.0 s behind"), (3.0, "3.0 s ahead of"),
+                                                (1.0, None)])
+def test_clock_skew_is_measured_at_start(model, skew_s, warned):
+    candles = synthetic_candles(1000, "1h", seed=3, start="2023-01-01")
+    logs = []
+    with FakeBybit(candles) as fake:
+        now_s = fake.now_ms / 1000
+        run_live(model, BybitClient(fake.url), "BTCUSDT", "1h", once=True, emit=lambda line: None,
+                 log=logs.append, clock=lambda: now_s + skew_s)
+    skews = [m for m in logs if "local clock" in m]
+    if warned is None:
+        assert skews == []
+    else:
+        assert len(skews) == 1 and warned in skews[0] and "sync it (NTP)" in skews[0]
+
+
+def test_a_short_answer_after_a_first_success_is_transient(model):
+    # after the first line, the next answer holds the newest 10 candles only
+    lines, logs, _ = run_loop(model, after_line=lambda fake: fake.fail("short"))
+    assert [json.loads(line)["time"] for line in lines] == [
+        iso(t) for t in LOOP_CANDLES["timestamp"].iloc[K - 1 : K + 1]]
+    assert sum("fetch failed (a short answer: Bybit has only 9 closed" in m for m in logs) == 1
+
+
+def test_an_ip_ban_makes_the_loop_wait_minutes(model):
+    lines, logs, sim = run_loop(model, after_line=lambda fake: fake.fail("http_403"),
+                                client_options=dict(max_retry_time_s=60.0, forbidden_wait_s=120.0))
+    assert len(lines) == 2 and 120.0 in sim.sleeps
+    assert any("IP rate-limit ban or region block" in m and "in 120 s" in m for m in logs)
+
+
+def test_live_once_twice_never_repeats_and_catches_up(checkpoint, tmp_path):
+    candles = recent_candles()
+    args = ("--model", checkpoint, "--once", "--out", tmp_path / "state")
+    with FakeBybit(candles) as fake:
+        first = run_cli(*args, "--base-url", fake.url)
+        second = run_cli(*args, "--base-url", fake.url)
+        (path,) = (tmp_path / "state").iterdir()
+        data = json.loads(path.read_text())
+        data["last_emitted"] = iso(candles["timestamp"].iloc[-5])  # as if down for 3 hours
+        path.write_text(json.dumps(data))
+        third = run_cli(*args, "--base-url", fake.url)
+    assert first.exit_code == second.exit_code == third.exit_code == 0, third.output
+    assert len(first.stdout.splitlines()) == 1 and second.stdout == ""
+    assert "has closed since the last line" in second.stderr
+    caught_up = [json.loads(line) for line in third.stdout.splitlines()]
+    assert [r["time"] for r in caught_up] == [iso(t) for t in candles["timestamp"].iloc[-4:-1]]
+    assert [r["late"] for r in caught_up] == [True, True, False]
+    assert "state " in third.stderr and "last signal for the candle of" in third.stderr
+
+
+def test_a_broken_state_file_is_one_error_line(checkpoint, tmp_path):
+    path = state_path(tmp_path, checkpoint, "BTCUSDT", "1h", "linear")
+    path.write_text("[1, 2")
+    result = run_cli("--model", checkpoint, "--once", "--out", tmp_path)
+    assert result.exit_code == 2 and "is unreadable" in one_error_line(result)
+
+
+def test_help_says_it_never_places_orders():
+    result = run_cli("--help")
+    assert result.exit_code == 0 and "It never places orders" in result.output

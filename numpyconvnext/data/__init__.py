@@ -7,6 +7,7 @@ from .bybit import (
     BybitError,
     BybitParameterError,
     BybitResponseError,
+    BybitUnreachableError,
     sign_request,
 )
 from .candles import CANDLE_COLUMNS
@@ -31,17 +32,28 @@ from .intervals import (
     to_bybit_interval,
 )
 from .labels import CLASS_NAMES, LabelConfig, make_labels
-from .store import CandleFileError, CandleGapWarning, gap_report, load_candles, save_candles, update_cache
+from .store import (
+    CandleFileError,
+    CandleGapWarning,
+    CandleGridWarning,
+    gap_report,
+    load_candles,
+    repair_candles,
+    save_candles,
+    update_cache,
+)
+from .symbols import validate_symbol
 from .synthetic import synthetic_candles
 
 __all__ = [
     "AugmentConfig", "BybitClient", "BybitCredentials", "BybitError", "BybitParameterError",
-    "BybitResponseError", "CANDLE_COLUMNS", "CLASS_NAMES", "CandleFileError", "CandleGapWarning",
-    "FEATURE_NAMES", "Fold", "INDICATOR_NAMES", "INTERVALS", "LabelConfig", "Normalizer",
-    "PreparedData", "SplitPart", "WARMUP_BARS", "augment", "build_features", "chronological_split",
-    "class_weights", "compute_indicators", "gap_report", "interval_to_ms", "interval_to_timedelta",
-    "jitter", "load_candles", "magnitude_scale", "make_labels", "normalize_interval",
-    "periods_per_year", "prepare_dataset", "save_candles", "sign_request", "sliding_windows",
-    "synthetic_candles", "time_warp", "to_bybit_interval", "update_cache", "walk_forward_folds",
-    "window_slice",
+    "BybitResponseError", "BybitUnreachableError", "CANDLE_COLUMNS", "CLASS_NAMES",
+    "CandleFileError", "CandleGapWarning", "CandleGridWarning", "FEATURE_NAMES", "Fold",
+    "INDICATOR_NAMES", "INTERVALS", "LabelConfig", "Normalizer", "PreparedData", "SplitPart",
+    "WARMUP_BARS", "augment", "build_features", "chronological_split", "class_weights",
+    "compute_indicators", "gap_report", "interval_to_ms", "interval_to_timedelta", "jitter",
+    "load_candles", "magnitude_scale", "make_labels", "normalize_interval", "periods_per_year",
+    "prepare_dataset", "repair_candles", "save_candles", "sign_request", "sliding_windows",
+    "synthetic_candles", "time_warp", "to_bybit_interval", "update_cache", "validate_symbol",
+    "walk_forward_folds", "window_slice",
 ]

@@ -2,21 +2,39 @@
 
 ``BybitClient.get_klines`` pages backwards through any range (Bybit returns at most 1000
 candles per call, newest first), de-duplicates page borders, drops the still-forming candle and
-validates every row. Transient failures (timeouts, connection errors, HTTP 5xx/429/403, retCodes
-10000/10006/10016/10018) are retried with exponential backoff and full jitter, honouring
-``X-Bapi-Limit-Reset-Timestamp``, within a total time budget. Parameter errors (retCode 10001)
-raise ``BybitParameterError`` at once. ``sleep`` and ``clock`` are injectable for tests.
+validates every row; ``kline_pages`` yields the same candles page by page (backwards, or forwards
+in windows of 1000 bars) so a caller can save progress as it goes.
+
+Retries (``BybitClient.request``): every transient failure is retried within a total time budget
+(``max_retry_time_s``) and a number of attempts. The wait before a retry is the largest of
+
+- jittered exponential backoff, uniform in ``[0, min(backoff_max_s, backoff_base_s * 2**k)]``;
+- on a rate-limit answer only (retCode 10006/10018, HTTP 429): the time until
+  ``X-Bapi-Limit-Reset-Timestamp``, measured against the *server's* clock (the body's ``time``,
+  else the ``Date`` header), so a skewed local clock neither hammers nor stalls;
+- ``Retry-After`` (seconds or an HTTP date, the latter against the server's ``Date``);
+- on HTTP 403 (Bybit's IP ban, also its answer to blocked regions): ``forbidden_wait_s``,
+  doubling with each further 403: minutes, not seconds.
+
+A wait that would overrun the budget ends the call at once. Transient means: connection, DNS,
+timeout, broken chunked or compressed bodies (any ``requests`` transport error), HTTP 5xx/429/403,
+malformed JSON, retCodes 10000/10006/10016/10018 (and 10002 for signed requests, after
+re-syncing the timestamp to the server's clock). Signed requests get a fresh timestamp and
+signature on every attempt. Parameter errors (retCode 10001) raise ``BybitParameterError`` at
+once. When the last failure was the network itself, the error is ``BybitUnreachableError``.
+``sleep``, ``clock`` and ``wall_clock`` are injectable for tests.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import hmac
 import json
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from urllib.parse import urlencode
@@ -25,7 +43,7 @@ import numpy as np
 import pandas as pd
 import requests
 
-from .candles import describe_violation, make_candles, ohlc_violations
+from .candles import describe_violation, make_candles, ohlc_violations, timestamps_ms
 from .intervals import (
     interval_to_ms,
     interval_to_timedelta,
@@ -34,11 +52,12 @@ from .intervals import (
     on_grid,
     to_bybit_interval,
 )
+from .symbols import validate_symbol
 
 __all__ = [
     "BASE_URLS", "BybitClient", "BybitCredentials", "BybitError", "BybitParameterError",
-    "BybitResponseError", "interval_to_timedelta", "normalize_interval", "resolve_base_url",
-    "sign_request",
+    "BybitResponseError", "BybitUnreachableError", "interval_to_timedelta", "normalize_interval",
+    "resolve_base_url", "sign_request", "validate_symbol",
 ]
 
 BASE_URLS = {"mainnet": "https://api.bybit.com", "testnet": "https://api-testnet.bybit.com"}
@@ -47,12 +66,33 @@ KEY_ENV, SECRET_ENV = "BYBIT_API_KEY", "BYBIT_API_SECRET"
 CATEGORIES = ("linear", "spot", "inverse")
 MAX_LIMIT = 1000
 RETRY_RET_CODES = frozenset({10000, 10006, 10016, 10018})
+RATE_LIMIT_RET_CODES = frozenset({10006, 10018})
 PARAMETER_RET_CODE = 10001
-RETRY_HTTP = frozenset({403, 429})
+TIMESTAMP_RET_CODE = 10002
+RECV_WINDOW_MS = 5000
+FORBIDDEN_HINT = "IP rate-limit ban or region block"
+# requests errors that no retry can fix: a wrong URL, header or redirect loop
+_PERMANENT_REQUEST_ERRORS = (
+    requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader,
+    requests.exceptions.URLRequired, requests.exceptions.TooManyRedirects,
+)
 
 
 class BybitError(RuntimeError):
-    """Bybit could not be reached or kept failing until the retry budget ran out."""
+    """Bybit kept failing until the retry budget ran out, or answered with an error.
+
+    ``forbidden`` is True when the last answer was HTTP 403 (an IP ban or a region block):
+    callers that loop should wait minutes before trying again.
+    """
+
+    def __init__(self, message: str, *, forbidden: bool = False) -> None:
+        super().__init__(message)
+        self.forbidden = forbidden
+
+
+class BybitUnreachableError(BybitError):
+    """Bybit could not be reached at all (connection, DNS, timeout) within the retry budget."""
 
 
 class BybitParameterError(ValueError):
@@ -65,14 +105,28 @@ class BybitParameterError(ValueError):
 
 
 class BybitResponseError(ValueError):
-    """A response that parsed but holds impossible data; the message names the bad row."""
+    """A response that parsed but holds impossible data; the message names the bad row.
+
+    ``open_ms`` is the bad candle's open time when one row is to blame (else None).
+    """
+
+    def __init__(self, message: str, open_ms: int | None = None) -> None:
+        super().__init__(message)
+        self.open_ms = open_ms
 
 
 class _RetryableError(Exception):
-    def __init__(self, reason: str, wait_s: float | None = None, min_wait_s: float = 0.0) -> None:
+    """One failed attempt and what it says about the wait before the next one."""
+
+    def __init__(self, reason: str, *, transport: bool = False, rate_limit_wait_s: float | None = None,
+                 retry_after_s: float | None = None, forbidden: bool = False,
+                 clock_skew: bool = False) -> None:
         super().__init__(reason)
-        self.wait_s = wait_s
-        self.min_wait_s = min_wait_s
+        self.transport = transport
+        self.rate_limit_wait_s = rate_limit_wait_s
+        self.retry_after_s = retry_after_s
+        self.forbidden = forbidden
+        self.clock_skew = clock_skew
 
 
 def resolve_base_url(base_url: str | None = None) -> str:
@@ -144,9 +198,16 @@ class BybitClient:
         max_attempts: attempts per request before giving up.
         backoff_base_s, backoff_max_s: wait before retry k is uniform in
             ``[0, min(backoff_max_s, backoff_base_s * 2**k)]`` (full jitter).
-        forbidden_wait_s: minimum wait after HTTP 403 (an IP ban lasts minutes).
+        forbidden_wait_s: minimum wait after the first HTTP 403, doubled after each further one
+            (an IP ban lasts minutes).
         sleep, clock: injectable ``time.sleep`` / ``time.monotonic`` (tests run backoff instantly).
+        wall_clock: injectable ``time.time``: the local epoch clock that signed timestamps start
+            from (corrected by the measured offset to the server's clock).
         credentials: for signed requests; defaults to ``BybitCredentials.from_env()``.
+
+    After each answer that carries the server's time, ``last_server_time_ms`` holds it and
+    ``server_offset_ms`` the server's clock minus the local ``wall_clock`` (positive: the
+    server is ahead).
     """
 
     def __init__(
@@ -160,11 +221,13 @@ class BybitClient:
         max_attempts: int = 8,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
-        forbidden_wait_s: float = 60.0,
+        forbidden_wait_s: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         seed: int | None = None,
         credentials: BybitCredentials | None = None,
+        recv_window_ms: int = RECV_WINDOW_MS,
     ) -> None:
         if category not in CATEGORIES:
             raise ValueError(f"unknown category {category!r}; use one of {', '.join(CATEGORIES)}")
@@ -177,11 +240,15 @@ class BybitClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.forbidden_wait_s = forbidden_wait_s
+        self.recv_window_ms = recv_window_ms
         self._sleep = sleep
         self._clock = clock
+        self._wall_clock = wall_clock
         self._rng = random.Random(seed)
         self._credentials = credentials if credentials is not None else BybitCredentials.from_env()
         self.requests_made = 0
+        self.last_server_time_ms: int | None = None
+        self.server_offset_ms: int = 0
 
     def __repr__(self) -> str:
         keys = "set" if self._credentials else "none"
@@ -189,71 +256,200 @@ class BybitClient:
 
     # --- transport -------------------------------------------------------------------------
     def request(self, path: str, params: dict, *, signed: bool = False) -> dict:
-        """GET ``path`` with retries; return the body's ``result`` plus ``time`` (server ms)."""
+        """GET ``path`` with retries; return the body's ``result`` plus ``time`` (server ms).
+
+        Raises ``BybitParameterError`` (retCode 10001, not retried), ``BybitUnreachableError``
+        (the network failed until the budget ran out) or ``BybitError`` (anything else that
+        retrying did not cure). A signed request is re-signed with a fresh timestamp on each
+        attempt.
+        """
         query = urlencode(params)
-        headers = {}
-        if signed:
-            if self._credentials is None:
-                raise BybitError(f"signed request needs ${KEY_ENV} and ${SECRET_ENV}")
-            headers = self._credentials.headers(query)
+        if signed and self._credentials is None:
+            raise BybitError(f"signed request needs ${KEY_ENV} and ${SECRET_ENV}")
         url = f"{self.base_url}{path}?{query}"
         start = self._clock()
-        last_reason = ""
+        last: _RetryableError | None = None
+        forbidden_seen = 0
         for attempt in range(self.max_attempts):
+            headers = {}
+            if signed:
+                timestamp_ms = int(self._wall_clock() * 1000) + self.server_offset_ms
+                headers = self._credentials.headers(query, timestamp_ms, self.recv_window_ms)
             try:
-                return self._request_once(url, headers, params)
+                return self._request_once(url, headers, params, signed)
             except _RetryableError as failure:
-                last_reason = str(failure)
+                if failure.clock_skew and last is not None and last.clock_skew:
+                    raise BybitError(f"{failure} (again after re-syncing to the server's clock)") \
+                        from None
+                last = failure
                 if attempt + 1 >= self.max_attempts:
                     break
-                wait_s = self._wait_for(failure, attempt)
+                wait_s = self._wait_for(failure, attempt, forbidden_seen)
+                forbidden_seen += failure.forbidden
                 remaining_s = self.max_retry_time_s - (self._clock() - start)
                 if wait_s > remaining_s:
-                    raise BybitError(
-                        f"{last_reason}; giving up: waiting {wait_s:.1f} s would exceed the "
-                        f"{self.max_retry_time_s:g} s retry budget"
-                    ) from None
+                    raise self._give_up(
+                        failure, f"waiting {wait_s:.1f} s would exceed the "
+                                 f"{self.max_retry_time_s:g} s retry budget") from None
                 self._sleep(wait_s)
-        raise BybitError(f"{last_reason}; giving up after {self.max_attempts} attempts")
+        raise self._give_up(last, f"giving up after {self.max_attempts} attempts") from None
 
-    def _wait_for(self, failure: _RetryableError, attempt: int) -> float:
-        if failure.wait_s is not None:
-            return max(failure.wait_s, failure.min_wait_s)
+    def _wait_for(self, failure: _RetryableError, attempt: int, forbidden_seen: int) -> float:
+        """max(jittered exponential backoff, reset time, Retry-After, the 403 minimum)."""
         cap = min(self.backoff_max_s, self.backoff_base_s * 2.0**attempt)
-        return max(self._rng.uniform(0.0, cap), failure.min_wait_s)
+        waits = [self._rng.uniform(0.0, cap)]
+        if failure.rate_limit_wait_s is not None:
+            waits.append(failure.rate_limit_wait_s)
+        if failure.retry_after_s is not None:
+            waits.append(failure.retry_after_s)
+        if failure.forbidden:
+            waits.append(self.forbidden_wait_s * 2.0**forbidden_seen)
+        if failure.clock_skew:
+            waits = [0.0]  # the timestamp is re-synced: retry at once
+        return max(waits)
 
-    def _request_once(self, url: str, headers: dict, params: dict) -> dict:
+    def _give_up(self, failure: _RetryableError | None, why: str) -> BybitError:
+        reason = str(failure) if failure is not None else "no attempt made"
+        if failure is not None and failure.forbidden:
+            reason += f" ({FORBIDDEN_HINT}: wait some minutes, or check the region)"
+        kind = BybitUnreachableError if failure is not None and failure.transport else BybitError
+        return kind(f"{reason}; giving up: {why}",
+                    forbidden=failure is not None and failure.forbidden)
+
+    def _request_once(self, url: str, headers: dict, params: dict, signed: bool) -> dict:
         self.requests_made += 1
         try:
             response = self.session.get(url, headers=headers, timeout=self.timeout_s)
         except requests.Timeout:
-            raise _RetryableError(f"timeout after {self.timeout_s:g} s from {self.base_url}") from None
+            raise _RetryableError(f"timeout after {self.timeout_s:g} s from {self.base_url}",
+                                  transport=True) from None
+        except _PERMANENT_REQUEST_ERRORS as error:
+            raise BybitError(f"bad request to {self.base_url}: {type(error).__name__}: "
+                             f"{str(error)[:200]}") from None
         except requests.ConnectionError as error:
-            raise _RetryableError(f"cannot connect to {self.base_url}: {type(error).__name__}") from None
-        reset_wait_s = _reset_wait_s(response.headers)
+            raise _RetryableError(f"cannot connect to {self.base_url}: {type(error).__name__}",
+                                  transport=True) from None
+        except requests.RequestException as error:  # broken chunked or compressed body, ...
+            raise _RetryableError(f"broken answer from {self.base_url}: {type(error).__name__}",
+                                  transport=True) from None
+        body = _json_body(response)
+        server_ms = _server_time_ms(response, body)
+        if server_ms is not None:
+            self.last_server_time_ms = server_ms
+            self.server_offset_ms = server_ms - int(self._wall_clock() * 1000)
+        now_ms = server_ms if server_ms is not None else int(self._wall_clock() * 1000)
+        retry_after_s = _retry_after_s(response.headers, now_ms)
         status = response.status_code
-        if status >= 500 or status in RETRY_HTTP:
-            min_wait_s = self.forbidden_wait_s if status == 403 else 0.0
-            raise _RetryableError(f"HTTP {status} from {self.base_url}", reset_wait_s, min_wait_s)
+        ret_code = _ret_code(body)
+        rate_limited = status == 429 or ret_code in RATE_LIMIT_RET_CODES
+        reset_s = _reset_wait_s(response.headers, now_ms) if rate_limited else None
+        if status == 403:
+            raise _RetryableError(f"HTTP 403 from {self.base_url}", forbidden=True,
+                                  retry_after_s=retry_after_s)
+        if status >= 500 or status == 429:
+            raise _RetryableError(f"HTTP {status} from {self.base_url}", rate_limit_wait_s=reset_s,
+                                  retry_after_s=retry_after_s)
         if status != 200:
             raise BybitError(f"HTTP {status} from {self.base_url}: {response.text[:200]}")
-        try:
-            body = response.json()
-            ret_code = int(body["retCode"])
-        except (ValueError, KeyError, TypeError):
-            raise _RetryableError(f"malformed JSON from {self.base_url}") from None
+        if ret_code is None:
+            raise _RetryableError(f"malformed JSON from {self.base_url}")
+        message = f"Bybit retCode {ret_code}: {body.get('retMsg')}"
         if ret_code == PARAMETER_RET_CODE:
             raise BybitParameterError(str(body.get("retMsg", "params error")), params)
         if ret_code in RETRY_RET_CODES:
-            raise _RetryableError(f"Bybit retCode {ret_code}: {body.get('retMsg')}", reset_wait_s)
+            raise _RetryableError(message, rate_limit_wait_s=reset_s, retry_after_s=retry_after_s)
+        if ret_code == TIMESTAMP_RET_CODE and signed and server_ms is not None:
+            raise _RetryableError(message, clock_skew=True)
         if ret_code != 0:
-            raise BybitError(f"Bybit retCode {ret_code}: {body.get('retMsg')}")
+            raise BybitError(message)
         result = body.get("result")
         if not isinstance(result, dict):
             raise _RetryableError(f"malformed JSON from {self.base_url}: no result object")
         return {**result, "time": body.get("time")}
 
     # --- market data -----------------------------------------------------------------------
+    def kline_pages(
+        self,
+        symbol: str,
+        interval: str | int,
+        start: datetime | pd.Timestamp | str | int | None = None,
+        end: datetime | pd.Timestamp | str | int | None = None,
+        *,
+        ascending: bool = False,
+        progress: Callable[[int], None] | None = None,
+        skip_open_ms: Collection[int] = (),
+    ) -> Iterator[pd.DataFrame]:
+        """Closed candles opened in ``[start, end]``, one validated frame per request.
+
+        Backwards (default): newest page first, each page ending just before the previous one,
+        stopping at ``start`` or when Bybit has nothing older (a market's first candle).
+        ``ascending``: windows of 999 bars from ``start`` upwards, one page each, so the candles
+        yielded so far always form one unbroken stretch after ``start`` (an interrupted forward
+        fetch leaves no hole). Pages never overlap. ``skip_open_ms``: open times of rows to drop
+        before validation (a bad upstream row given up on). ``progress`` gets each page's
+        row count.
+        """
+        name = normalize_interval(interval)
+        symbol = validate_symbol(symbol)
+        step_ms = interval_to_ms(name)
+        now_ms = int(self._wall_clock() * 1000)
+        end_ms = _to_ms(end, now_ms)
+        start_ms = _to_ms(start, end_ms - MAX_LIMIT * step_ms)
+        if start_ms > end_ms:
+            raise ValueError(f"start {start} is after end {end}")
+        skip = frozenset(int(t) for t in skip_open_ms)
+        shortest_bar_ms = 28 * 86_400_000 if name == "1M" else step_ms
+
+        def page(lo_ms: int, hi_ms: int, limit: int = MAX_LIMIT) -> tuple[pd.DataFrame, list[int]]:
+            params = {"category": self.category, "symbol": symbol,
+                      "interval": to_bybit_interval(name), "start": lo_ms, "end": hi_ms,
+                      "limit": limit}
+            result = self.request("/v5/market/kline", params)
+            rows = result.get("list")
+            if not isinstance(rows, list):
+                raise BybitResponseError(f"{symbol} {name}: response has no candle list")
+            opens, chosen = [], {}
+            for row in rows:
+                try:
+                    open_ms = int(row[0])
+                except (TypeError, ValueError, IndexError):
+                    raise BybitResponseError(
+                        f"{symbol} {name}: bad candle {row!r} (open time not an integer)") from None
+                opens.append(open_ms)
+                if lo_ms <= open_ms <= hi_ms and open_ms not in skip:
+                    chosen.setdefault(open_ms, row)
+            if progress is not None:
+                progress(len(rows))
+            candles = _parse_rows(chosen, symbol, name)
+            server_ms = result.get("time")
+            now = int(server_ms) if isinstance(server_ms, (int, float)) else now_ms
+            return candles[_closed_mask(timestamps_ms(candles), name, now)], opens
+
+        def backwards(lo_ms: int, hi_ms: int) -> Iterator[pd.DataFrame]:
+            while hi_ms >= lo_ms:
+                candles, opens = page(lo_ms, hi_ms)
+                if len(candles):
+                    yield candles.reset_index(drop=True)
+                if not opens or len(opens) < MAX_LIMIT or min(opens) - shortest_bar_ms < lo_ms:
+                    return  # short page, or no whole bar fits before its oldest candle
+                if min(opens) - 1 >= hi_ms:  # the server ignored `end`: stop rather than loop
+                    raise BybitResponseError(f"{symbol} {name}: paging made no progress at {hi_ms}")
+                hi_ms = min(opens) - 1
+
+        if not ascending:
+            yield from backwards(start_ms, end_ms)
+            return
+        lo = start_ms
+        while lo <= end_ms:
+            # one bar short of the limit, so a server that adds a border row still fits a page
+            hi = min(end_ms, lo + (MAX_LIMIT - 1) * step_ms - 1)
+            window = list(backwards(lo, hi))  # one request unless the server holds more
+            if window:
+                yield pd.concat(window[::-1], ignore_index=True)
+            elif hi < end_ms and not page(hi + 1, end_ms, 1)[1]:
+                return  # an empty window and nothing after it: the market ends here
+            lo = hi + 1
+
     def get_klines(
         self,
         symbol: str,
@@ -262,57 +458,20 @@ class BybitClient:
         end: datetime | pd.Timestamp | str | int | None = None,
         *,
         progress: Callable[[int], None] | None = None,
+        skip_open_ms: Collection[int] = (),
     ) -> pd.DataFrame:
         """Closed candles whose open time lies in ``[start, end]`` (UTC; datetimes or ms ints).
 
         ``start=None`` means 1000 bars before ``end``; ``end=None`` means now. ``progress`` is
-        called with the number of candles each page brought. Returns the candle frame (see
-        ``numpyconvnext.data.candles``), possibly empty.
+        called with the number of candles each page brought; ``skip_open_ms`` as in
+        ``kline_pages``. Returns the candle frame (see ``numpyconvnext.data.candles``),
+        possibly empty.
         """
-        name = normalize_interval(interval)
-        step_ms = interval_to_ms(name)
-        now_ms = int(time.time() * 1000)
-        end_ms = _to_ms(end, now_ms)
-        start_ms = _to_ms(start, end_ms - MAX_LIMIT * step_ms)
-        if start_ms > end_ms:
-            raise ValueError(f"start {start} is after end {end}")
-        rows: dict[int, list] = {}
-        server_ms = None
-        page_end = end_ms
-        while page_end >= start_ms:
-            params = {"category": self.category, "symbol": symbol.upper(),
-                      "interval": to_bybit_interval(name), "start": start_ms, "end": page_end,
-                      "limit": MAX_LIMIT}
-            result = self.request("/v5/market/kline", params)
-            page = result.get("list")
-            if not isinstance(page, list):
-                raise BybitResponseError(f"{symbol} {name}: response has no candle list")
-            if server_ms is None and result.get("time") is not None:
-                server_ms = int(result["time"])
-            opens = []
-            for row in page:
-                try:
-                    opens.append(int(row[0]))
-                except (TypeError, ValueError, IndexError):
-                    raise BybitResponseError(
-                        f"{symbol} {name}: bad candle {row!r} (open time not an integer)"
-                    ) from None
-                rows.setdefault(opens[-1], row)
-            if progress is not None:
-                progress(len(page))
-            if not page or len(page) < MAX_LIMIT or min(opens) <= start_ms:
-                break
-            if min(opens) - 1 >= page_end:  # the server ignored `end`: stop rather than loop
-                raise BybitResponseError(f"{symbol} {name}: paging made no progress at {page_end}")
-            page_end = min(opens) - 1
-        candles = _parse_rows(rows, symbol, name)
-        ts = candles["timestamp"].astype("int64").to_numpy() // 1_000_000
-        keep = (ts >= start_ms) & (ts <= end_ms)
-        if len(ts):
-            # the newest candle is still forming when its close time is after the server's clock
-            now = server_ms if server_ms is not None else now_ms
-            keep[-1] &= next_open_ms(int(ts[-1]), name) <= now
-        return candles[keep].reset_index(drop=True)
+        pages = list(self.kline_pages(symbol, interval, start, end, progress=progress,
+                                      skip_open_ms=skip_open_ms))
+        if not pages:
+            return make_candles(np.zeros(0, dtype=np.int64), np.zeros((0, 6)))
+        return pd.concat(pages[::-1], ignore_index=True)
 
     def get_latest_klines(self, symbol: str, interval: str | int, count: int) -> pd.DataFrame:
         """The last ``count`` closed candles (fewer only if the market is younger than that)."""
@@ -327,14 +486,64 @@ class BybitClient:
         return candles.iloc[-count:].reset_index(drop=True)
 
 
-def _reset_wait_s(headers) -> float | None:
-    value = headers.get("X-Bapi-Limit-Reset-Timestamp")
+def _closed_mask(opens_ms: np.ndarray, interval: str, now_ms: int) -> np.ndarray:
+    """Which candles have closed by ``now_ms`` (their next open is not after it)."""
+    if normalize_interval(interval) == "1M":
+        return np.array([next_open_ms(int(t), interval) <= now_ms for t in opens_ms], dtype=bool)
+    return opens_ms + interval_to_ms(interval) <= now_ms
+
+
+def _json_body(response: requests.Response) -> dict | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _ret_code(body: dict | None) -> int | None:
+    try:
+        return int(body["retCode"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def _server_time_ms(response: requests.Response, body: dict | None) -> int | None:
+    """The server's clock at the answer: the body's ``time`` (ms), else the ``Date`` header."""
+    stamp = body.get("time") if body is not None else None
+    if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and stamp > 0:
+        return int(stamp)
+    return _http_date_ms(response.headers.get("Date"))
+
+
+def _http_date_ms(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(email.utils.parsedate_to_datetime(value).timestamp() * 1000)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _reset_wait_s(headers, server_now_ms: int) -> float | None:
+    """Seconds until ``X-Bapi-Limit-Reset-Timestamp``, on the server's clock."""
+    try:
+        reset_ms = int(headers.get("X-Bapi-Limit-Reset-Timestamp"))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (reset_ms - server_now_ms) / 1000.0)
+
+
+def _retry_after_s(headers, server_now_ms: int) -> float | None:
+    """``Retry-After`` in seconds: a number, or an HTTP date on the server's clock."""
+    value = headers.get("Retry-After")
     if value is None:
         return None
     try:
-        return max(0.0, int(value) / 1000.0 - time.time())
+        return max(0.0, float(value))
     except ValueError:
-        return None
+        when_ms = _http_date_ms(value)
+        return None if when_ms is None else max(0.0, (when_ms - server_now_ms) / 1000.0)
 
 
 def _parse_rows(rows: dict[int, list], symbol: str, interval: str) -> pd.DataFrame:
@@ -348,8 +557,8 @@ def _parse_rows(rows: dict[int, list], symbol: str, interval: str) -> pd.DataFra
             values[i] = [float(x) for x in row[1:7]]
         except (TypeError, ValueError):
             raise BybitResponseError(
-                f"{symbol} {interval}: row {i} ({_iso(open_ms)}) is not 7 numbers: {row!r}"
-            ) from None
+                f"{symbol} {interval}: row {i} ({_iso(open_ms)}) is not 7 numbers: {row!r}",
+                int(open_ms)) from None
     bad = ohlc_violations(values)
     off_grid = ~on_grid(opens, interval)
     if bad.any() or off_grid.any():
@@ -358,8 +567,7 @@ def _parse_rows(rows: dict[int, list], symbol: str, interval: str) -> pd.DataFra
                   else describe_violation(values[i]))
         raise BybitResponseError(
             f"{symbol} {interval}: row {i} ({_iso(opens[i])}) is invalid: {reason}: "
-            f"{json.dumps(rows[int(opens[i])])}"
-        )
+            f"{json.dumps(rows[int(opens[i])])}", int(opens[i]))
     return make_candles(opens, values)
 
 

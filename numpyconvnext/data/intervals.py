@@ -66,6 +66,14 @@ def interval_to_ms(interval: str | int) -> int:
     return int(interval_to_timedelta(interval) // pd.Timedelta(milliseconds=1))
 
 
+def interval_from_ms(step_ms: int) -> str | None:
+    """The canonical interval whose bar lasts ``step_ms`` milliseconds (not months), else None."""
+    for name, minutes in _MINUTES.items():
+        if minutes * 60_000 == int(step_ms):
+            return name
+    return None
+
+
 def periods_per_year(interval: str | int) -> float:
     """Bars per year used to annualise metrics: 365 days a year, so ``1h -> 8760``, ``1M -> 12``."""
     name = normalize_interval(interval)

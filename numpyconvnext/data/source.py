@@ -1,9 +1,15 @@
 """Where a run's candles come from: a file, Bybit (through the local cache), or the synthetic
 market, with the `auto` chain `python cli.py train` uses on a fresh machine:
 
-    auto = the cache file data/{SYMBOL}_{interval}.csv (or .json) if present,
-           else Bybit (fetched into that cache),
-           else the synthetic market, with a notice saying so.
+    auto = Bybit through the cache file data/{SYMBOL}_{interval}.csv (or .json): the file is
+           refreshed when a newer candle has closed and extended back when it holds less than
+           `days`, one notice line either way (nothing is fetched when it is up to date);
+           when Bybit cannot be reached at all (connection, DNS, timeout after the retry
+           budget): the cache as it is, else the synthetic market, with a notice saying so.
+
+Anything else is an error, never a silent fallback: an unknown symbol or bad parameters
+(Bybit's retCode 10001), an answer that keeps failing, a cache that cannot be read or written.
+The run uses the last `days` of the candles.
 
 Every source returns the candles and a JSON-able description that is stored in checkpoints, so
 `--resume`, `backtest` and `live` can get the very same candles back (`load_source`).
@@ -18,6 +24,7 @@ import pandas as pd
 
 from .intervals import interval_to_timedelta, normalize_interval
 from .store import cache_path, load_candles
+from .symbols import validate_symbol
 
 SOURCES = ("auto", "file", "bybit", "synthetic")
 SYNTHETIC_SEED = 7
@@ -39,12 +46,13 @@ def resolve_candles(
     """Candles and their description {"kind", "symbol", "interval", "path"|"seed", "first", "last"}.
 
     `last_bars` keeps only the most recent bars (for quick runs). Errors are ValueError with one
-    readable line (a missing file, an unknown symbol, Bybit unreachable with source="bybit").
+    readable line (a missing file, a bad or unknown symbol, a cache that cannot be written,
+    Bybit unreachable with source="bybit").
     """
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; choose from {', '.join(SOURCES)}")
     interval = normalize_interval(interval)
-    symbol = symbol.upper()
+    symbol = validate_symbol(symbol)
     if path is not None:
         source = "file"
     if source == "file":
@@ -55,21 +63,8 @@ def resolve_candles(
     elif source == "synthetic":
         candles, description = _synthetic(symbol, interval, days)
     else:
-        cached = _cached_file(cache_dir, symbol, interval)
-        if source == "auto" and cached is not None:
-            notice(f"using cached candles {cached}")
-            candles, description = load_candles(cached), {"kind": "file", "path": str(cached.resolve())}
-        else:
-            try:
-                candles, description = _from_bybit(symbol, interval, days, cache_dir, base_url,
-                                                   retry_time_s, notice)
-            except Exception as error:  # noqa: BLE001 - auto falls back on any failure to fetch
-                if source == "bybit":
-                    raise ValueError(f"cannot fetch {symbol} {interval} from Bybit: "
-                                     f"{str(error).splitlines()[0]}") from None
-                notice(f"Bybit unreachable ({str(error).splitlines()[0][:120]}); training on the "
-                       "SYNTHETIC market instead - results say nothing about real prices")
-                candles, description = _synthetic(symbol, interval, days)
+        candles, description = _through_cache(source, symbol, interval, days, cache_dir, base_url,
+                                              retry_time_s, notice)
     if last_bars is not None:
         if last_bars < 1:
             raise ValueError("last_bars must be >= 1")
@@ -109,15 +104,50 @@ def _cached_file(cache_dir, symbol: str, interval: str) -> Path | None:
     return None
 
 
-def _from_bybit(symbol, interval, days, cache_dir, base_url, retry_time_s, notice):
-    from .bybit import BybitClient
-    from .store import update_cache
+def _through_cache(source, symbol, interval, days, cache_dir, base_url, retry_time_s, notice):
+    """`auto` / `bybit`: the cache brought up to date from Bybit (see the module docstring)."""
+    from .bybit import BybitClient, BybitError, BybitParameterError, BybitUnreachableError
+    from .store import update_cache, warn_about_grid
 
+    cached = _cached_file(cache_dir, symbol, interval)
     client = BybitClient(base_url, max_retry_time_s=retry_time_s, timeout_s=10.0)
-    notice(f"fetching {days:g} days of {symbol} {interval} candles from Bybit")
-    update = update_cache(client, symbol, interval, days, cache_dir)
-    return update.candles, {"kind": "file", "path": str(Path(update.path).resolve()),
-                            "fetched_from": "bybit"}
+    if cached is None:
+        notice(f"fetching {days:g} days of {symbol} {interval} candles from Bybit")
+    try:
+        update = update_cache(client, symbol, interval, days, cache_dir,
+                              cached.suffix[1:] if cached is not None else "csv", notice=notice)
+    except BybitParameterError as error:
+        raise ValueError(f"Bybit rejected {symbol} {interval}: {error.ret_msg}") from None
+    except BybitUnreachableError as error:
+        reason = str(error).splitlines()[0]
+        if source == "bybit":
+            raise ValueError(f"cannot fetch {symbol} {interval} from Bybit: {reason}") from None
+        if cached is not None:
+            notice(f"Bybit unreachable ({reason[:120]}); using {cached} as it is")
+            candles = _last_days(load_candles(cached), days)
+            return candles, {"kind": "file", "path": str(cached.resolve())}
+        notice(f"Bybit unreachable ({reason[:120]}); training on the SYNTHETIC market instead - "
+               "results say nothing about real prices")
+        return _synthetic(symbol, interval, days)
+    except BybitError as error:
+        raise ValueError(f"cannot fetch {symbol} {interval} from Bybit: "
+                         f"{str(error).splitlines()[0]}") from None
+    except OSError as error:
+        raise ValueError(f"cannot write the candle cache in {cache_dir}: "
+                         f"{error.strerror or error}") from None
+    if cached is not None and not update.n_new:
+        notice(f"using cached candles {update.path}")
+    warn_about_grid(update.candles, update.path, interval)
+    return _last_days(update.candles, days), {"kind": "file", "path": str(Path(update.path).resolve()),
+                                              "fetched_from": "bybit"}
+
+
+def _last_days(candles: pd.DataFrame, days: float) -> pd.DataFrame:
+    """The candles opened in the last `days` before the newest one's open (inclusive)."""
+    if not len(candles):
+        return candles
+    start = candles["timestamp"].iloc[-1] - pd.Timedelta(days=days)
+    return candles[candles["timestamp"] > start].reset_index(drop=True)
 
 
 def _synthetic(symbol: str, interval: str, days: float) -> tuple[pd.DataFrame, dict]:
