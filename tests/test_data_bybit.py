@@ -194,10 +194,11 @@ def test_unknown_interval_is_rejected_before_any_request(fake):
 
 
 def test_timeout_is_retried(candles):
-    with FakeBybit(candles, timeout_sleep_s=0.3) as fake:
+    # the retry's answer must come within timeout_s even on a busy machine: 1 s, not 0.1 s
+    with FakeBybit(candles, timeout_sleep_s=2.5) as fake:
         fake.fail("timeout")
         clock = FakeClock()
-        client = BybitClient(fake.url, timeout_s=0.1, sleep=clock.sleep, seed=0)
+        client = BybitClient(fake.url, timeout_s=1.0, sleep=clock.sleep, seed=0)
         got = client.get_klines("BTCUSDT", "1h", *tail_range(candles, 20))
         assert len(got) == 19 and len(fake.requests) == 2 and len(clock.sleeps) == 1
 
