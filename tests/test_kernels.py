@@ -117,20 +117,30 @@ def test_layernorm_backward_finite_differences(n, c, seed, eps):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(n=st.integers(1, 30), c=st.integers(1, 20), seed=st.integers(0, 2**16))
 @SETTINGS
+@example(n=29, c=10, seed=48)  # h = -5.65 with dy = 3.15 (seed 208)
 def test_gelu_matches_reference(dtype, n, c, seed):
     h, b, dy = arrays(seed, (n, c), (c,), (n, c), dtype=dtype)
     h = h * 3  # reach the tails
-    np.testing.assert_allclose(gelu.gelu_forward(h), reference.gelu_forward(h), **TOL[dtype])
-    np.testing.assert_allclose(gelu.gelu_backward(dy, h), reference.gelu_backward(dy, h),
-                               **TOL[dtype])
+    tol = TOL[dtype]
+
+    def assert_backward_close(ours, ref):
+        # dy * GELU'(h): GELU''s absolute error (float32: up to 7e-6 near |h| = 5.6, see
+        # kernels/gelu.py) comes out multiplied by |dy|
+        bound = tol["rtol"] * np.abs(ref) + tol["atol"] * np.maximum(np.abs(dy), 1.0)
+        excess = np.abs(ours.astype(np.float64) - ref) - bound
+        assert excess.max() <= 0, f"worst at {np.unravel_index(excess.argmax(), ref.shape)}"
+
+    np.testing.assert_allclose(gelu.gelu_forward(h), reference.gelu_forward(h), **tol)
+    assert_backward_close(gelu.gelu_backward(dy, h), reference.gelu_backward(dy, h))
     y, pre = gelu.bias_gelu_forward(h.copy(), b)
     y_ref, pre_ref = reference.bias_gelu_forward(h, b)
-    np.testing.assert_allclose(y, y_ref, **TOL[dtype])
-    np.testing.assert_allclose(pre, pre_ref, **TOL[dtype])
+    np.testing.assert_allclose(y, y_ref, **tol)
+    np.testing.assert_allclose(pre, pre_ref, **tol)
     dpre, db = gelu.bias_gelu_backward(dy.copy(), pre)
     dpre_ref, db_ref = reference.bias_gelu_backward(dy, pre_ref)
-    np.testing.assert_allclose(dpre, dpre_ref, **TOL[dtype])
-    np.testing.assert_allclose(db, db_ref, rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+    assert_backward_close(dpre, dpre_ref)
+    np.testing.assert_allclose(db, db_ref, rtol=tol["rtol"] * 10,
+                               atol=tol["atol"] * 10 * max(1.0, float(np.abs(dy).max())))
 
 
 def test_gelu_known_values():

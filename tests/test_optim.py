@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kernels import reference
@@ -243,6 +243,7 @@ def test_load_state_dict_is_strict_and_atomic():
     weight_decay=st.sampled_from([0.0, 0.05, 0.3]),
     seed=st.integers(0, 2**32 - 1),
 )
+@example(n=26, dtype=np.float64, step=26, weight_decay=0.0, seed=102975785)
 def test_numba_kernel_matches_numpy_reference(n, dtype, step, weight_decay, seed):
     rng = np.random.default_rng(seed)
     p = rng.normal(size=n).astype(dtype)
@@ -257,7 +258,9 @@ def test_numba_kernel_matches_numpy_reference(n, dtype, step, weight_decay, seed
     adamw_update(p, g, m, v, *args)
     for got, want, want_exact in zip((p, m, v), expected, exact, strict=True):
         if dtype == np.float64:
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-300)
+            # beta1 * m + (1 - beta1) * g can cancel to a small m: its rounding error is
+            # absolute, at the scale of the O(1) operands (seed 250: m = -4.9e-7, off by 7e-19)
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
         else:
             # a float32 reference loses digits to cancellation in beta1 * m + (1 - beta1) * g
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

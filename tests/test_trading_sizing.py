@@ -67,12 +67,15 @@ def test_invalid_settings_raise():
          kf=2.2250738585072014e-308)  # units underflow to a subnormal (seed 107)
 @example(p=1.0, b=1.0, equity=5.0, price=1.25, stop=35439.0, risk=2.2250738585072014e-308,
          cap=1.0, kf=1.0)  # the fraction of equity underflows, then is scaled up (seed 150)
+@example(p=1.0, b=1.0, equity=0.0625, price=0.0625, stop=475707.0,
+         risk=8.311405457757034e-305, cap=1.0, kf=1.0)  # and fraction * equity too (seed 263)
 def test_bounded_by_risk_and_exposure(p, b, equity, price, stop, risk, cap, kf):
     units = position_size(equity, price, p, b, stop, risk, cap, kf)
     assert math.isfinite(units) and units >= 0.0
-    # below the normal range a result is rounded to a multiple of 2^-1074, not relatively:
-    # the fraction of equity (then scaled by equity / price) and the units themselves
-    subnormal_units = 2.0**-1074 * (1.0 + equity / price)
+    # below the normal range a result is rounded to a multiple of 2^-1074, not relatively.
+    # units = (fraction * equity) / price rounds three times: the fraction (then scaled by
+    # equity / price), fraction * equity (scaled by 1 / price) and the units themselves
+    subnormal_units = 2.0**-1074 * (1.0 + (1.0 + equity) / price)
 
     def at_most(units_times: float, bound: float) -> bool:
         return units * units_times <= bound * (1 + 1e-12) + units_times * subnormal_units
