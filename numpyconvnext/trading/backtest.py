@@ -426,7 +426,8 @@ def _build_result(
     trades = _trades_frame(records, timestamps)
     eq = pd.Series(equity, index=timestamps, name="equity")
     metrics = compute_metrics(eq.to_numpy(), position, trades["pnl"].to_numpy(),
-                              trades["duration_bars"].to_numpy(), periods_per_year)
+                              trades["duration_bars"].to_numpy(), periods_per_year,
+                              trades["return"].to_numpy())
     return BacktestResult(
         equity=eq,
         returns=eq.pct_change().iloc[1:].rename("returns"),
