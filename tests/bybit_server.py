@@ -16,6 +16,12 @@ still-forming one by default: the reported server ``time`` (``fake.now_ms``, set
 half a bar after its open. ``page_overlap`` extra newer candles are added to every page (Bybit's
 duplicates at page borders). Unknown symbols or intervals answer retCode 10001.
 
+It also serves ``GET /v5/market/funding/history`` (linear/inverse): settlements every 8 h from
+the first candle to the server's clock, ``fake.funding`` (a frame of ``timestamp`` and ``rate``,
+default: a deterministic series around 0.01 %, settable), rows with ``fundingRateTimestamp`` in
+``[startTime, endTime]``, newest first, at most ``limit`` (max 200); ``startTime`` without
+``endTime`` is a parameter error, as on Bybit; spot answers retCode 10001.
+
 Scriptable failures (``fake.fail(kind, times=1)``), consumed in order by the next requests:
 ``rate_limit`` (retCode 10006 + X-Bapi-Limit-Reset-Timestamp), ``http_429`` (with the reset
 header), ``http_502``, ``http_403``, ``bad_json``, ``timeout`` (sleeps ``timeout_sleep_s`` before a
@@ -52,8 +58,10 @@ class FakeBybit:
         page_overlap: int = 1,
         timeout_sleep_s: float = 0.3,
         reset_in_s: float = 0.05,
+        funding: pd.DataFrame | None = None,
     ) -> None:
         stamps = pd.DatetimeIndex(candles["timestamp"]).as_unit("ns").asi8 // 1_000_000
+        self.funding = funding if funding is not None else default_funding(candles)
         self._open_ms = np.asarray(stamps, dtype=np.int64)
         step = int(np.median(np.diff(self._open_ms))) if len(stamps) > 1 else 3_600_000
         self.interval_code = next((c for c, m in _CODES.items() if m * 60_000 == step), "60")
@@ -151,6 +159,8 @@ class FakeBybit:
             return _send(handler, 200, b'{"retCode": 0, "result": {"list": [')
         elif failure == "param_error":
             return _send(handler, 200, _body(10001, "params error: scripted"))
+        if path == "/v5/market/funding/history":
+            return self._funding_page(handler, record, params)
         if path != "/v5/market/kline":
             return _send(handler, 404, b"not found")
         if params.get("symbol", "").upper() not in self.symbols:
@@ -170,6 +180,26 @@ class FakeBybit:
                      self.now_ms)
         _send(handler, 200, body, {"X-Bapi-Limit": "600", "X-Bapi-Limit-Status": "599"})
 
+    def _funding_page(self, handler, record: dict, params: dict) -> None:
+        if params.get("symbol", "").upper() not in self.symbols:
+            return _send(handler, 200, _body(10001, "params error: Symbol Invalid"))
+        if params.get("category") not in ("linear", "inverse"):
+            return _send(handler, 200, _body(10001, "params error: category only support "
+                                                    "linear or inverse"))
+        if "startTime" in params and "endTime" not in params:
+            return _send(handler, 200, _body(10001, "params error: endTime is required"))
+        stamps = pd.DatetimeIndex(self.funding["timestamp"]).as_unit("ns").asi8 // 1_000_000
+        rates = self.funding["rate"].to_numpy()
+        end = min(int(params.get("endTime", self.now_ms)), self.now_ms)
+        start = int(params.get("startTime", 0))
+        limit = min(max(int(params.get("limit", 200)), 1), 200)
+        chosen = np.flatnonzero((stamps >= start) & (stamps <= end))[-limit:][::-1]
+        rows = [{"symbol": params["symbol"].upper(), "fundingRate": repr(float(rates[i])),
+                 "fundingRateTimestamp": str(int(stamps[i]))} for i in chosen]
+        record["rows"] = len(rows)
+        body = _body(0, "OK", {"category": params["category"], "list": rows}, self.now_ms)
+        _send(handler, 200, body)
+
     def _page(self, params: dict) -> list[list[str]]:
         start = int(params.get("start", 0))
         end = int(params.get("end", self.now_ms))
@@ -181,6 +211,16 @@ class FakeBybit:
         hi = min(hi, int(np.searchsorted(self._open_ms, self.now_ms, side="right")))
         chosen = self._rows[max(lo, hi - limit) : hi]
         return [list(r) for r in reversed(chosen)]
+
+
+def default_funding(candles: pd.DataFrame) -> pd.DataFrame:
+    """Settlements every 8 h (00, 08, 16 UTC) over the candles' span and a day beyond, at
+    0.01 % give or take a deterministic wobble."""
+    stamps = pd.DatetimeIndex(candles["timestamp"])
+    first = stamps[0].ceil("8h")
+    settle = pd.date_range(first, stamps[-1] + pd.Timedelta(days=1), freq="8h")
+    k = np.arange(len(settle))
+    return pd.DataFrame({"timestamp": settle, "rate": 0.0001 + 0.00002 * ((k % 7) - 3)})
 
 
 def _body(code: int, msg: str, result: dict | None = None, now_ms: int | None = None) -> bytes:

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from numpyconvnext.data import store
 from numpyconvnext.data.bybit import BybitClient
+from numpyconvnext.data.funding import load_funding
 from numpyconvnext.data.store import (
     CandleFileError,
     CandleGapWarning,
@@ -169,7 +170,7 @@ def test_update_cache_is_incremental(tmp_path, fmt):
     with FakeBybit(full) as fake:
         client = BybitClient(fake.url, sleep=lambda s: None)
         one = update_cache(client, "BTCUSDT", "60", 10, tmp_path, fmt, end=first_end)
-        assert one.path == tmp_path / f"BTCUSDT_1h.{fmt}"
+        assert one.path == tmp_path / f"BTCUSDT_linear_1h.{fmt}"
         expected = full.iloc[560:800].reset_index(drop=True)
         pd.testing.assert_frame_equal(load_candles(one.path), expected)
         n_before = len(fake.requests)
@@ -195,14 +196,18 @@ def test_cli_fetch_writes_file_then_updates(tmp_path, recent_fake):
             str(tmp_path), "--base-url", fake.url]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
-    written = load_candles(tmp_path / "BTCUSDT_1h.csv")
+    written = load_candles(tmp_path / "BTCUSDT_linear_1h.csv")
     closed = candles.iloc[:-1].reset_index(drop=True)
     assert 479 <= len(written) <= 481
     pd.testing.assert_frame_equal(written, closed.iloc[-len(written):].reset_index(drop=True))
+    funding = load_funding(tmp_path / "BTCUSDT_linear_funding.csv")  # on by default for linear
+    assert funding["timestamp"].iloc[0] >= written["timestamp"].iloc[0]
+    assert len(funding) in (59, 60, 61)  # 20 days of 8 h settlements
     n_before = len(fake.requests)
     again = CliRunner().invoke(cli.main, args + ["--format", "csv"])
     assert again.exit_code == 0 and "0 new" in again.output
-    assert len(fake.requests) == n_before + 1
+    assert "funding settlements, 0 new" in again.output
+    assert len(fake.requests) == n_before + 2  # one page of candles, one of funding
 
 
 def test_cli_fetch_json(tmp_path, recent_fake):
@@ -210,7 +215,7 @@ def test_cli_fetch_json(tmp_path, recent_fake):
     result = CliRunner().invoke(cli.main, ["fetch", "--days", "2", "--out", str(tmp_path),
                                            "--base-url", fake.url, "--format", "json", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert len(load_candles(tmp_path / "BTCUSDT_1h.json")) in (47, 48, 49)
+    assert len(load_candles(tmp_path / "BTCUSDT_linear_1h.json")) in (47, 48, 49)
 
 
 @pytest.mark.parametrize(
@@ -227,4 +232,4 @@ def test_cli_fetch_errors_are_one_line(tmp_path, recent_fake, extra, message):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("Error:")
     assert "Traceback" not in result.output
-    assert not (tmp_path / "BTCUSDT_1h.csv").exists()
+    assert not (tmp_path / "BTCUSDT_linear_1h.csv").exists()

@@ -22,6 +22,7 @@ from numpyconvnext.baselines import (
 from numpyconvnext.data.candles import make_candles
 from numpyconvnext.data.synthetic import synthetic_candles
 from numpyconvnext.evaluate import (
+    BASELINES,
     STRATEGIES,
     EvaluationConfig,
     evaluate,
@@ -30,6 +31,7 @@ from numpyconvnext.evaluate import (
     strip_volatile,
 )
 from numpyconvnext.trading.metrics import max_drawdown, sharpe_ratio
+from numpyconvnext.trading.strategy import Strategy
 
 # --- statistics units ------------------------------------------------------------------------------
 
@@ -215,14 +217,15 @@ def planted(tmp_path_factory):
     candles = echo_market(3000, seed=1)
     config = EvaluationConfig(folds=3, **TINY)
     out = tmp_path_factory.mktemp("planted")
-    result = evaluate(candles, SOURCE, config, out, quiet=True, command="test")
+    result = evaluate(candles, SOURCE, config, out, quiet=True, command="test",
+                      trials_log=out / "trials.jsonl")
     return candles, config, result
 
 
 def test_model_beats_every_baseline_on_a_planted_pattern(planted):
     _, _, result = planted
     pooled, verdict = result.report["pooled"], result.report["verdict"]
-    for name in STRATEGIES[1:]:
+    for name in BASELINES:
         assert pooled["model"]["sharpe"] > pooled[name]["sharpe"] + 1.0, name
     assert verdict["beats_all_baselines"]
     assert pooled["model"]["deflated_sharpe"] > 0.95
@@ -238,7 +241,8 @@ def test_random_walk_gives_no_edge_and_the_deflated_sharpe_says_so(tmp_path, see
     # deflated Sharpe of 0.36 - which is the point of deflating.
     candles = synthetic_candles(2500, seed=seed, kind="random_walk", planted_signal_strength=0.0)
     config = EvaluationConfig(folds=2, **{**TINY, "epochs": 1})
-    result = evaluate(candles, SOURCE, config, tmp_path, quiet=True, command="test")
+    result = evaluate(candles, SOURCE, config, tmp_path, quiet=True, command="test",
+                      trials_log=tmp_path / "trials.jsonl")
     model = result.report["pooled"]["model"]
     assert not result.report["verdict"]["beats_all_baselines"]
     assert model["deflated_sharpe"] is None or model["deflated_sharpe"] < 0.5
@@ -296,15 +300,21 @@ def test_pooled_figures_equal_those_recomputed_from_saved_returns(planted):
 
 def test_interrupted_then_resumed_equals_uninterrupted(planted, tmp_path):
     candles, config, reference = planted
-    first = evaluate(candles, SOURCE, config, tmp_path, quiet=True, command="test", max_new_folds=1)
+    log = tmp_path / "trials.jsonl"
+    first = evaluate(candles, SOURCE, config, tmp_path, quiet=True, command="test", max_new_folds=1,
+                     trials_log=log)
     assert first.interrupted and first.folds_done == 1 and first.report is None
     fold_1 = first.report_dir / "folds" / "fold_1.json"
     stamp = fold_1.stat().st_mtime_ns
     assert not (first.report_dir / "folds" / "fold_2.json").exists()
-    resumed = evaluate(candles, SOURCE, config, tmp_path, quiet=True, command="test")
+    resumed = evaluate(candles, SOURCE, config, tmp_path, quiet=True, command="test",
+                       trials_log=log)
     assert not resumed.interrupted and fold_1.stat().st_mtime_ns == stamp  # not redone
     ours = json.loads((resumed.report_dir / "report.json").read_text())
     theirs = json.loads((reference.report_dir / "report.json").read_text())
+    for report in (ours, theirs):  # the same count, from two logs at different paths
+        assert report["trials"]["n_trials"] == 7  # 6 thresholds of the grid + the strategy
+        report["trials"].pop("text")
     assert strip_volatile(ours) == strip_volatile(theirs)
     other = EvaluationConfig(folds=3, **{**TINY, "epochs": 3})
     with pytest.raises(ValueError, match="other settings"):
@@ -317,9 +327,11 @@ def test_config_validation():
     with pytest.raises(ValueError):
         EvaluationConfig(window=100)
     with pytest.raises(ValueError):
-        EvaluationConfig(confidence=1.5)
-    config = EvaluationConfig(**TINY)
-    assert EvaluationConfig.from_dict(config.to_dict()) == config
+        EvaluationConfig(strategy=Strategy(confidence=1.5))
+    with pytest.raises(ValueError, match="spot has no funding"):
+        EvaluationConfig(strategy=Strategy(category="spot"), funding_rate=0.0001)
+    config = EvaluationConfig(**TINY, strategy=Strategy(category="spot", take_profit=3.0))
+    assert EvaluationConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 # --- the command -------------------------------------------------------------------------------------

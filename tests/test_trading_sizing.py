@@ -1,4 +1,5 @@
-"""Half-Kelly sizing bounded by the risk at the stop and by the exposure cap."""
+"""Half-Kelly in risk units: units = f * equity / stop_distance, bounded by the risk budget and
+the exposure cap; the three-outcome win probability."""
 
 import math
 
@@ -12,6 +13,8 @@ from numpyconvnext.trading.sizing import (
     kelly_criterion,
     position_fraction,
     position_size,
+    risk_fraction,
+    win_probability,
 )
 
 probabilities = st.floats(0.0, 1.0, allow_subnormal=False)
@@ -22,17 +25,38 @@ anything = st.one_of(
 
 
 def test_hand_case():
-    # p = 0.6, b = 2: kelly = (1.2 - 0.4) / 2 = 0.4, half Kelly = 0.2
-    assert kelly_criterion(0.6, 2.0) == pytest.approx(0.4)
-    # stop 2 away at price 100: risk cap = 0.02 * 100 / 2 = 1.0 -> Kelly binds
-    assert position_fraction(0.6, 100.0, stop_distance=2.0) == pytest.approx(0.2)
-    # stop 20 away: risk cap = 0.02 * 100 / 20 = 0.1 -> risk binds
-    assert position_fraction(0.6, 100.0, stop_distance=20.0) == pytest.approx(0.1)
-    units = position_size(10_000.0, 100.0, 0.6, stop_distance=20.0)
-    assert units == pytest.approx(10.0)
-    assert units * 20.0 == pytest.approx(0.02 * 10_000.0)  # the loss at the stop is 2% of equity
-    # full Kelly with a loose stop: the exposure cap binds
-    assert position_fraction(0.99, 100.0, 1.0, kelly_fraction=1.0, max_exposure=0.5) == 0.5
+    # p = 0.52, b = 1: kelly = 0.52 - 0.48 = 0.04, half Kelly = 0.02 of equity risked
+    assert kelly_criterion(0.52, 1.0) == pytest.approx(0.04)
+    assert risk_fraction(0.52, 1.0) == pytest.approx(0.02)
+    # 10,000 equity, stop 500 away: units = 0.02 * 10,000 / 500 = 0.4; at price 20,000 that is
+    # 8,000 of value, 0.8 of equity
+    units = position_size(10_000.0, 20_000.0, 0.52, 1.0, stop_distance=500.0)
+    assert units == pytest.approx(0.4)
+    assert units * 500.0 == pytest.approx(200.0)  # the loss at the stop is 2% of equity
+    assert position_fraction(0.52, 20_000.0, 500.0, 1.0) == pytest.approx(0.8)
+    # a smaller edge risks less: p = 0.51 -> kelly 0.02, half 0.01 -> 0.2 units
+    assert position_size(10_000.0, 20_000.0, 0.51, 1.0, stop_distance=500.0) == pytest.approx(0.2)
+    # p = 0.6, b = 2: half Kelly 0.2 is capped by the 2% risk budget
+    assert risk_fraction(0.6, 2.0) == pytest.approx(0.02)
+    # a tight stop would need 4x leverage: the exposure cap (1x) binds
+    assert position_fraction(0.6, 100.0, stop_distance=0.5) == 1.0
+    assert position_size(10_000.0, 100.0, 0.6, stop_distance=0.5) == pytest.approx(100.0)
+    # no stop: the whole value is at risk, so the risk budget caps the position at 2%
+    assert position_fraction(0.6, 100.0) == pytest.approx(0.02)
+    # fixed sizing risks the budget whatever the probability
+    assert position_fraction(0.3, 100.0, 5.0, sizing="fixed") == pytest.approx(0.4)
+
+
+def test_win_probability_is_the_share_of_the_directional_outcomes():
+    p = np.array([[0.5, 0.2, 0.3], [0.2, 0.4, 0.4], [0.0, 0.0, 1.0], [0.3, 0.3, 0.4]])
+    q = win_probability(p, np.array([0, 1, 0, 2]))
+    np.testing.assert_allclose(q[:2], [0.5 / 0.7, 0.4 / 0.6])
+    assert np.isnan(q[2]) and np.isnan(q[3])
+    # Kelly with q maximises p_L log(1 + f b) + p_S log(1 - f) (checked on a grid)
+    p_long, p_short, b = 0.45, 0.3, 1.5
+    f = np.linspace(0, 0.99, 100_001)
+    best = f[np.argmax(p_long * np.log1p(f * b) + p_short * np.log1p(-f))]
+    assert best == pytest.approx(kelly_criterion(p_long / (p_long + p_short), b), abs=1e-4)
 
 
 def test_degenerate_inputs_give_zero():
@@ -40,12 +64,11 @@ def test_degenerate_inputs_give_zero():
     assert position_fraction(0.6, 100.0, stop_distance=np.nan) == 0.0  # ATR warm-up
     assert position_fraction(0.6, 100.0, stop_distance=-1.0) == 0.0
     assert position_fraction(np.nan, 100.0, stop_distance=1.0) == 0.0
+    assert position_fraction(np.nan, 100.0, stop_distance=1.0, sizing="fixed") == 0.0
     assert position_fraction(0.6, np.nan, stop_distance=1.0) == 0.0
     assert position_size(0.0, 100.0, 0.6, stop_distance=1.0) == 0.0
     assert position_size(-5.0, 100.0, 0.6, stop_distance=1.0) == 0.0
     assert position_size(1e4, 0.0, 0.6) == 0.0
-    # no stop given: only Kelly and exposure apply
-    assert position_fraction(0.6, 100.0) == pytest.approx(0.2)
 
 
 def test_invalid_settings_raise():
@@ -55,20 +78,25 @@ def test_invalid_settings_raise():
         position_fraction(0.6, win_loss_ratio=0.0)
     with pytest.raises(ValueError):
         position_fraction(0.6, max_risk_per_trade=-0.1)
+    with pytest.raises(ValueError, match="sizing"):
+        position_fraction(0.6, sizing="martingale")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     p=probabilities, b=st.floats(0.1, 10.0), equity=positive, price=positive, stop=positive,
     risk=st.floats(0.0, 0.2, allow_subnormal=False), cap=st.floats(0.0, 5.0, allow_subnormal=False),
-    kf=st.floats(0.0, 1.0, allow_subnormal=False),
+    kf=st.floats(0.0, 1.0, allow_subnormal=False), sizing=st.sampled_from(["kelly", "fixed"]),
 )
-def test_bounded_by_risk_and_exposure(p, b, equity, price, stop, risk, cap, kf):
-    units = position_size(equity, price, p, b, stop, risk, cap, kf)
+def test_units_equal_the_hand_formula_and_never_exceed_the_caps(p, b, equity, price, stop, risk,
+                                                               cap, kf, sizing):
+    units = position_size(equity, price, p, b, stop, risk, cap, kf, sizing)
+    f = kf * max(p - (1 - p) / b, 0.0) if sizing == "kelly" else risk
+    expected = min(min(f, risk) * equity / stop, cap * equity / price)
+    assert units == pytest.approx(expected, rel=1e-12, abs=1e-300)
     assert math.isfinite(units) and units >= 0.0
     assert units * price <= cap * equity * (1 + 1e-12)  # exposure
     assert units * stop <= risk * equity * (1 + 1e-12)  # loss if the stop is hit
-    assert units * price <= max(kf * kelly_criterion(p, b), 0.0) * equity * (1 + 1e-12)
 
 
 @settings(max_examples=100, deadline=None)

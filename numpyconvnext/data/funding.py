@@ -202,3 +202,33 @@ def coverage_note(timestamps: pd.DatetimeIndex, funding: pd.DataFrame | None) ->
         return None
     return "the funding series does not cover the bars " + " and ".join(parts) + \
         ": no funding charged there"
+
+
+def update_funding_cache(client, symbol: str, start: pd.Timestamp, out_dir: str | os.PathLike,
+                         *, end: pd.Timestamp | None = None, progress=None
+                         ) -> tuple[Path, pd.DataFrame, int]:
+    """Bring ``out_dir/SYMBOL_category_funding.csv`` (the client's category) up to date: a new
+    file gets the settlements from ``start`` to ``end`` (default now); an existing one only
+    those after its last row (and before its first, when ``start`` is earlier), so a rerun asks
+    Bybit for little. Returns (path, the whole series, rows added)."""
+    category = getattr(client, "category", "linear")
+    path = funding_cache_path(out_dir, symbol, category)
+    end = pd.Timestamp.now(tz="UTC") if end is None else pd.Timestamp(end)
+    start = pd.Timestamp(start)
+    old = load_funding(path) if path.exists() else None
+    pieces = [] if old is None else [old]
+    if old is None or len(old) == 0:
+        pieces.append(client.get_funding_history(symbol, start, end, category, progress=progress))
+    else:
+        first, last = old["timestamp"].iloc[0], old["timestamp"].iloc[-1]
+        if start < first - pd.Timedelta(hours=SETTLEMENT_HOURS):
+            pieces.append(client.get_funding_history(symbol, start, first - pd.Timedelta(
+                milliseconds=1), category, progress=progress))
+        if last < end:
+            pieces.append(client.get_funding_history(symbol, last + pd.Timedelta(milliseconds=1),
+                                                     end, category, progress=progress))
+    merged = pd.concat(pieces, ignore_index=True) if pieces else old
+    merged = merged.sort_values("timestamp", kind="stable")
+    merged = merged.drop_duplicates("timestamp", keep="last").reset_index(drop=True)
+    save_funding(merged, path)
+    return path, merged, len(merged) - (0 if old is None else len(old))

@@ -1,5 +1,8 @@
 """Candle files: load and save CSV or JSON (chosen by extension), atomic writes, gap reports,
-and an incremental cache ``{out_dir}/{SYMBOL}_{interval}.{csv|json}``.
+and an incremental cache ``{out_dir}/{SYMBOL}_{category}_{interval}.{csv|json}``
+(``BTCUSDT_linear_1h.csv``): spot and perpetual candles of one symbol never share a file. An
+old-style name without a category (``BTCUSDT_1h.csv``, written when linear was the only
+default) is still read as linear, with a notice.
 
 CSV: a header with ``timestamp,open,high,low,close,volume[,turnover]``; timestamps ISO 8601
 UTC (``2017-08-18T00:00:00Z``) or integer milliseconds. JSON: a list of objects
@@ -79,6 +82,15 @@ def gap_report(candles: pd.DataFrame, interval: str | None = None) -> GapReport:
     return GapReport(step, int(missing[where].sum()), gaps)
 
 
+CATEGORIES = ("linear", "spot", "inverse")
+
+
+def category_from_path(path: str | os.PathLike) -> str | None:
+    """The category in a ``SYMBOL_category_interval.ext`` file name, or None."""
+    parts = Path(path).stem.split("_")
+    return parts[-2] if len(parts) >= 3 and parts[-2] in CATEGORIES else None
+
+
 def interval_from_path(path: str | os.PathLike) -> str | None:
     """The interval in a ``SYMBOL_interval.ext`` file name, or None when the name has none."""
     stem = Path(path).stem
@@ -146,11 +158,42 @@ def save_candles(candles: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def cache_path(out_dir: str | os.PathLike, symbol: str, interval: str, fmt: str = "csv") -> Path:
-    """``out_dir/SYMBOL_interval.fmt``, with the canonical interval name (``BTCUSDT_1h.csv``)."""
+def cache_path(out_dir: str | os.PathLike, symbol: str, interval: str, fmt: str = "csv",
+               category: str = "linear") -> Path:
+    """``out_dir/SYMBOL_category_interval.fmt`` with the canonical interval name
+    (``BTCUSDT_linear_1h.csv``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use csv or json")
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}; use one of {', '.join(CATEGORIES)}")
+    return Path(out_dir) / f"{symbol.upper()}_{category}_{normalize_interval(interval)}.{fmt}"
+
+
+def legacy_cache_path(out_dir: str | os.PathLike, symbol: str, interval: str,
+                      fmt: str = "csv") -> Path:
+    """The old cache name without a category, ``out_dir/SYMBOL_interval.fmt``."""
     return Path(out_dir) / f"{symbol.upper()}_{normalize_interval(interval)}.{fmt}"
+
+
+def find_cache(out_dir: str | os.PathLike, symbol: str, interval: str, category: str = "linear",
+               notice: Callable[[str], None] | None = None) -> Path | None:
+    """The existing cache file of (symbol, interval, category), csv before json; else, for
+    linear only, an old-style file without a category (read as linear, the old default, with a
+    notice); else None. A spot cache is never an old-style file."""
+    for fmt in FORMATS:
+        path = cache_path(out_dir, symbol, interval, fmt, category)
+        if path.exists():
+            return path
+    if category != "linear":
+        return None
+    for fmt in FORMATS:
+        old = legacy_cache_path(out_dir, symbol, interval, fmt)
+        if old.exists():
+            if notice is not None:
+                notice(f"{old}: old-style cache name without a category, read as linear "
+                       f"(rename it to {cache_path(out_dir, symbol, interval, fmt).name})")
+            return old
+    return None
 
 
 @dataclass(frozen=True)
@@ -172,17 +215,24 @@ def update_cache(
     *,
     end: pd.Timestamp | None = None,
     progress: Callable[[int], None] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> CacheUpdate:
-    """Bring ``out_dir/SYMBOL_interval.fmt`` up to date from ``client`` (a ``BybitClient``).
+    """Bring ``out_dir/SYMBOL_category_interval.fmt`` (the client's category) up to date from
+    ``client`` (a ``BybitClient``).
 
     A new file gets the candles opened in the ``days`` days up to ``end`` (default now). An
     existing file is only extended: candles after its last stored one are fetched and appended
-    (earlier history is not back-filled; delete the file to refetch). The file is rewritten
-    atomically.
+    (earlier history is not back-filled; delete the file to refetch). An old-style linear file
+    without a category is read (with a notice) and continued under the new name. The file is
+    rewritten atomically.
     """
-    path = cache_path(out_dir, symbol, interval, fmt)
+    category = getattr(client, "category", "linear")
+    path = cache_path(out_dir, symbol, interval, fmt, category)
     end = pd.Timestamp.now(tz="UTC") if end is None else pd.Timestamp(end)
-    old = load_candles(path, warn_gaps=False) if path.exists() else None
+    source = path if path.exists() else find_cache(out_dir, symbol, interval, category, notice)
+    if source is not None and source.suffix.lower() != f".{fmt}":
+        source = path if path.exists() else None
+    old = load_candles(source, warn_gaps=False) if source is not None else None
     if old is not None and len(old):
         start = old["timestamp"].iloc[-1] + pd.Timedelta(milliseconds=1)
     else:
