@@ -630,7 +630,6 @@ class _BacktestData:
 def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, funding_rate,
                    allow_in_sample, base_url, retry_time_s) -> _BacktestData:
     """Candles, decision bars and funding for `backtest`'s three data modes."""
-    import re
     from pathlib import Path
 
     import numpy as np
@@ -638,7 +637,7 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
 
     from numpyconvnext.data.intervals import normalize_interval
     from numpyconvnext.data.source import funding_for_source, load_source
-    from numpyconvnext.data.store import category_from_path, load_candles
+    from numpyconvnext.data.store import category_from_path, load_candles, symbol_from_path
     from numpyconvnext.trading.inference import valid_decision_indices
 
     model_interval = metadata.get("interval")
@@ -649,8 +648,7 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
             raise ValueError(f"{Path(data_path).name} holds {named} candles, not {category}")
         category = category or named or model_category or "linear"
         candles = load_candles(data_path)
-        match = re.fullmatch(r"([A-Za-z0-9]+)_.*", Path(data_path).stem)
-        data_symbol = match.group(1).upper() if match else None
+        data_symbol = symbol_from_path(data_path)
         funding, note = funding_for_source({"kind": "file", "path": str(data_path),
                                             "category": category}, candles, funding_rate)
         what = f"{Path(data_path).name} ({category}), all bars after warm-up"

@@ -27,7 +27,7 @@ from .funding import (
     update_funding_cache,
 )
 from .intervals import interval_to_timedelta, normalize_interval
-from .store import category_from_path, find_cache, load_candles
+from .store import category_from_path, find_cache, load_candles, symbol_from_path
 
 SOURCES = ("auto", "file", "bybit", "synthetic")
 SYNTHETIC_SEED = 7
@@ -71,7 +71,8 @@ def resolve_candles(
             raise ValueError(f"{Path(path).name} holds {named} candles, not {category}")
         category = category or named or "linear"
         candles = load_candles(path)
-        description = {"kind": "file", "path": str(Path(path).resolve())}
+        description = {"kind": "file", "path": str(Path(path).resolve()),
+                       "symbol": symbol_from_path(path) or symbol}
     elif source == "synthetic":
         category = category or "linear"
         candles, description = _synthetic(symbol, interval, days)

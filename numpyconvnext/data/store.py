@@ -91,6 +91,14 @@ def category_from_path(path: str | os.PathLike) -> str | None:
     return parts[-2] if len(parts) >= 3 and parts[-2] in CATEGORIES else None
 
 
+def symbol_from_path(path: str | os.PathLike) -> str | None:
+    """The symbol of a ``SYMBOL[_category]_interval.ext`` file name (upper case), or None."""
+    parts = Path(path).stem.split("_")
+    if len(parts) < 2 or not parts[0].isalnum() or interval_from_path(path) is None:
+        return None
+    return parts[0].upper()
+
+
 def interval_from_path(path: str | os.PathLike) -> str | None:
     """The interval in a ``SYMBOL_interval.ext`` file name, or None when the name has none."""
     stem = Path(path).stem
