@@ -235,7 +235,11 @@ def _source_options(days: float, bars: int | None):
         click.option("--bars", default=bars, show_default=bars is not None, type=click.IntRange(min=1),
                      help="Use only the most recent N candles."),
     ]
+    return _apply_options(options)
 
+
+def _apply_options(options):
+    """A decorator adding ``options`` to a command in the order given."""
     def apply(command):
         for option in reversed(options):
             command = option(command)
@@ -300,13 +304,7 @@ def _strategy_options(confidence_default: str):
         click.option("--no-calibration", is_flag=True,
                      help="Use the raw softmax instead of the checkpoint's calibrated probabilities."),
     ]
-
-    def apply(command):
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return apply
+    return _apply_options(options)
 
 
 def _strategy(category, confidence, sizing, stop_loss, take_profit, max_risk, max_exposure,

@@ -49,6 +49,7 @@ from numpyconvnext.data.candles import candles_sha256
 from numpyconvnext.data.dataset import Fold, prepare_dataset, walk_forward_folds
 from numpyconvnext.data.labels import LabelConfig
 from numpyconvnext.data.source import funding_for_source
+from numpyconvnext.jsonable import jsonable
 from numpyconvnext.model import CONFIGS, ConvNeXt1D
 from numpyconvnext.progress import ProgressBar
 from numpyconvnext.scoring import predict_in_batches
@@ -258,7 +259,7 @@ def evaluate(
             result = run_fold(candles, source, config, folds[k - 1], k, report_dir, periods,
                               funding=funding, on_batch_end=progress.step)
             atomic_write(_fold_path(report_dir, k),
-                         lambda handle, r=result: handle.write(json.dumps(_clean(r)).encode()))
+                         lambda handle, r=result: handle.write(json.dumps(jsonable(r)).encode()))
             (report_dir / FOLD_DIR / f"fold_{k}" / "last.npz").unlink(missing_ok=True)
             done[k] = result
             new += 1
@@ -269,7 +270,7 @@ def evaluate(
     progress.close()
     if len(done) < len(folds):
         return EvaluationResult(report_dir, None, len(done), len(folds), interrupted=True)
-    fold_results = [json.loads(json.dumps(_clean(done[k]))) for k in sorted(done)]
+    fold_results = [json.loads(json.dumps(jsonable(done[k]))) for k in sorted(done)]
     trials = _log_and_count_trials(report_dir, trials_log, source, config, fold_results, periods)
     meta = _metadata(source, config, candles, fingerprint["data"], folds, periods, out_dir, command)
     meta["funding"] = funding_note
@@ -672,7 +673,7 @@ def build_report(fold_results: list[dict], config: EvaluationConfig, periods_per
     equity = pd.Series(np.cumprod(1.0 + model_returns), index=stamps)
     start = pd.Series([1.0], index=[stamps[0] - pd.Timedelta(microseconds=1)])
     monthly = _monthly_table(pd.concat([start, equity]))
-    return _clean({**meta, "pooled": pooled, "folds": folds, "monthly_returns": monthly,
+    return jsonable({**meta, "pooled": pooled, "folds": folds, "monthly_returns": monthly,
                    "verdict": verdict(pooled, config, n_trials), "targets": target_check(pooled["model"])})
 
 
@@ -700,9 +701,11 @@ def pooled_statistics(fold_results: list[dict], config: EvaluationConfig, period
 
 
 def target_check(model: dict) -> dict:
-    """The spec's targets beside the model's pooled figures: value, target, met."""
+    """The spec's targets beside the model's pooled figures: value, target, met (never met by a
+    strategy that did not trade: its flat equity has no drawdown to speak of)."""
+    traded = bool(model.get("trades"))
     return {key: {"value": model.get(key), "target": threshold,
-                  "met": model.get(key) is not None and model[key] > threshold}
+                  "met": traded and model.get(key) is not None and model[key] > threshold}
             for key, threshold in TARGETS.items()}
 
 
@@ -738,24 +741,6 @@ def verdict(pooled: dict, config: EvaluationConfig, n_trials: int | None = None)
     lines.append(f"Spec targets met: {met} of {len(TARGETS)}.")
     return {"beats": beats, "beats_significantly": significant,
             "beats_all_baselines": not lost, "deflated_sharpe": dsr, "text": " ".join(lines)}
-
-
-def _clean(value):
-    """JSON-safe: numpy scalars to Python, inf to the string "inf", NaN to None."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-    return value
 
 
 def _labels(config: EvaluationConfig) -> dict:
@@ -892,7 +877,7 @@ def recompute_pooled(report_dir: str | Path) -> dict:
         report["periods_per_year"], config, seed=config.seed * 1000,
         block_sizes=decisions.groupby("fold", sort=False).size().tolist(),
         n_trials=n_trials, trial_variance=variance)
-    return _clean(pooled)
+    return jsonable(pooled)
 
 
 def load_report(report_dir: str | Path) -> dict:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from numpyconvnext.jsonable import jsonable
+
 TRIALS_NAME = "trials.jsonl"
 TRIALS_ENV = "NUMPYCONVNEXT_TRIALS_LOG"
 
@@ -55,7 +57,7 @@ def append_trials(path: str | Path, entries: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    text = "".join(json.dumps({"time": stamp, **_finite(entry)}) + "\n" for entry in entries)
+    text = "".join(json.dumps({"time": stamp, **jsonable(entry)}) + "\n" for entry in entries)
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -110,15 +112,3 @@ def count_trials(entries: list[dict], n_obs: int, path: str | Path, dataset: str
     floor = 1.0 / max(n_obs - 1, 1)
     variance = floor if logged is None or not math.isfinite(logged) else max(logged, floor)
     return TrialCount(max(len(entries), 1), variance, logged, by_command, str(path), dataset)
-
-
-def _finite(value):
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

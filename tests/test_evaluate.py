@@ -369,7 +369,14 @@ def test_cli_evaluate_errors_are_one_line(tmp_path):
     bad_window = runner.invoke(main, ["evaluate", "--source", "synthetic", "--window", "100",
                                       "--out", str(tmp_path), "--quiet"])
     assert bad_window.exit_code == 2 and "multiple of 32" in bad_window.output
-    assert "--folds" in runner.invoke(main, ["evaluate", "--help"]).output
+    spot_funding = runner.invoke(main, ["evaluate", "--source", "synthetic", "--category", "spot",
+                                        "--funding-rate", "0.0001", "--out", str(tmp_path)])
+    assert spot_funding.exit_code == 2 and "spot has no funding" in spot_funding.output
+    assert len(spot_funding.output.strip().splitlines()) == 1
+    text = runner.invoke(main, ["evaluate", "--help"]).output
+    for flag in ("--folds", "--confidence", "--stop-loss", "--take-profit", "--fee-rate", "--slippage",
+                 "--sizing", "--category", "--funding-rate", "--placebo", "--trials-log"):
+        assert flag in text, flag
 
 
 # --- honesty checks ------------------------------------------------------------------------------------

