@@ -25,6 +25,7 @@ from numpyconvnext.data.synthetic import synthetic_candles
 from numpyconvnext.trading.signals import Signal
 from numpyconvnext.trading.strategy import (
     Strategy,
+    next_target,
     plan_positions,
     run_directions,
     run_strategy,
@@ -106,6 +107,38 @@ def test_spot_never_opens_a_short(seed, sizing):
                             candles["close"].to_numpy()[end], stop_distances(candles, end, spot), p)
     assert (linear.signal == Signal.SHORT).any()  # the same probabilities do short on a perpetual
     assert spot.fee == 0.001 and Strategy().fee == 0.00055
+
+
+def test_bar_by_bar_through_the_backtester_equals_the_whole_series():
+    """The way live paper trading runs the strategy (``next_target`` + ``Backtester.step`` with
+    the stop distances and funding of each bar) gives the run ``run_strategy`` gives."""
+    from numpyconvnext.data.funding import funding_per_bar, synthetic_funding
+    from numpyconvnext.trading.backtest import Backtester
+
+    candles = synthetic_candles(700, "1h", seed=8)
+    end = np.arange(300, 699)
+    strategy = Strategy(confidence=0.4, win_loss_ratio=1.2, take_profit=3.0)
+    stop = stop_distances(candles, end, strategy)
+    plan = plan_positions(strategy, candles["close"].to_numpy()[end], stop, _probabilities(len(end), 3))
+    stamps = pd.DatetimeIndex(candles["timestamp"])
+    funding = synthetic_funding(candles, seed=8)
+    whole = run_strategy(candles, stamps[end], plan, strategy, funding=funding, with_benchmark=False)
+    bars = candles.iloc[300:700].to_dict("records")
+    rates = funding_per_bar(stamps[300:700], funding)
+    atr = stop / strategy.stop_loss
+    stepper = Backtester(fee_rate=strategy.fee, slippage=strategy.slippage)
+    held = (0, 0.0)
+    for i, bar in enumerate(bars):
+        if i < len(end):
+            held = next_target(held, int(plan.signal[i]), plan.fraction[i])
+            target, sl, tp = held[1], stop[i], atr[i] * strategy.take_profit
+        else:  # the bar after the last decision only fills it
+            target, sl, tp = 0.0, None, None
+        stepper.step(bar, target, sl, tp, funding_rate=rates[i])
+    stepped = stepper.result()
+    pd.testing.assert_series_equal(stepped.equity, whole.equity, check_exact=True)
+    pd.testing.assert_frame_equal(stepped.trades, whole.trades, check_exact=True)
+    assert len(whole.trades) > 10 and whole.funding_paid != 0
 
 
 def test_strategy_settings_are_checked_and_resolved_from_the_checkpoint():

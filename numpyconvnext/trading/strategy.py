@@ -216,6 +216,18 @@ def plan_positions(
                         stop_distance=np.asarray(stop_distance, dtype=np.float64), fraction=fraction)
 
 
+def next_target(held: tuple[int, float], signal: int, fraction: float) -> tuple[int, float]:
+    """One step of the hold rule (4. in the module docstring) for bar-by-bar trading through
+    ``Backtester.step`` (paper trading): from the (direction, target) in force and the new bar's
+    signal and fraction, the new (direction, target). A new direction takes the new size; the
+    same direction keeps the size it started with. ``run_strategy`` over a whole series gives
+    the same targets (``backtest.targets_from_signals``)."""
+    direction = 1 if signal == Signal.LONG else -1 if signal == Signal.SHORT else 0
+    if direction != held[0]:
+        return direction, direction * float(fraction)
+    return held
+
+
 def run_strategy(
     candles: pd.DataFrame,
     decision_times: pd.DatetimeIndex,
