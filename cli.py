@@ -57,7 +57,10 @@ def _symbol_option(default: str | None = "BTCUSDT", help: str = "Bybit symbol, e
 @click.option("--base-url", default=None,
               help="Bybit URL, or mainnet/testnet (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
 @click.option("--category", type=click.Choice(["linear", "spot", "inverse"]), default="linear",
-              show_default=True)
+              show_default=True, help="linear: USDT perpetuals; spot; inverse: coin-margined.")
+@click.option("--funding/--no-funding", default=None,
+              help="Also fetch the funding history into OUT/SYMBOL_CATEGORY_funding.csv. "
+                   "[default: on for linear and inverse]")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv",
               show_default=True)
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=120.0,
@@ -66,17 +69,21 @@ def _symbol_option(default: str | None = "BTCUSDT", help: str = "Bybit symbol, e
               help="Sort and de-duplicate a damaged existing file first (see `repair`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str | None,
-          category: str, fmt: str, retry_time_s: float, repair: bool, quiet: bool) -> None:
-    """Download closed candles from Bybit into OUT/SYMBOL_INTERVAL.csv.
+          category: str, funding: bool | None, fmt: str, retry_time_s: float, repair: bool,
+          quiet: bool) -> None:
+    """Download closed candles from Bybit into OUT/SYMBOL_CATEGORY_INTERVAL.csv, and a
+    perpetual's funding history beside them (OUT/SYMBOL_CATEGORY_funding.csv).
 
-    An existing file gets the candles closed after its last one, and older ones when it holds
-    less than --days. Progress is saved as pages arrive: after an interruption or a failure,
-    rerun the same command and it continues where it stopped.
+    An existing file gets the candles (and settlements) after its last one, and older ones when
+    it holds less than --days; an old-style OUT/SYMBOL_INTERVAL.csv is read as linear and
+    continued under the new name. Progress is saved as pages arrive: after an interruption or a
+    failure, rerun the same command and it continues where it stopped.
     """
     import contextlib
     import sys
 
     from numpyconvnext.data.bybit import BybitClient, BybitError, BybitResponseError
+    from numpyconvnext.data.funding import update_funding_cache
     from numpyconvnext.data.intervals import interval_to_timedelta, normalize_interval
     from numpyconvnext.data.store import CandleFileError, cache_path, update_cache
 
@@ -84,6 +91,9 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
         name = normalize_interval(interval)
     except ValueError as error:
         raise UserError(str(error)) from None
+    if funding and category == "spot":
+        raise UserError("spot has no funding: --funding goes with --category linear or inverse")
+    funding = category != "spot" if funding is None else funding
     client = BybitClient(base_url, category, max_retry_time_s=retry_time_s)
     expected_bars = max(1, int(days * 86_400 / interval_to_timedelta(name).total_seconds()))
     with contextlib.ExitStack() as stack:
@@ -100,13 +110,18 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
         try:
             result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress,
                                   notice=_notice, repair=repair)
+            if funding and len(result.candles):
+                path, series, n_new = update_funding_cache(
+                    client, symbol, result.candles["timestamp"].iloc[0], out_dir)
         except (ValueError, BybitError, BybitResponseError, CandleFileError, OSError) as error:
             raise UserError(str(error).splitlines()[0]) from None
         except KeyboardInterrupt:
             _notice(f"interrupted; the candles fetched so far are in "
-                    f"{cache_path(out_dir, symbol, name, fmt)}: rerun the same command to continue")
+                    f"{cache_path(out_dir, symbol, name, fmt, category)}: rerun the same command to continue")
             sys.exit(130)
     click.echo(f"{result.path}: {len(result.candles)} candles, {result.n_new} new", err=True)
+    if funding and len(result.candles):
+        click.echo(f"{path}: {len(series)} funding settlements, {n_new} new", err=True)
 
 
 @main.command()
@@ -181,9 +196,12 @@ def _model_summary(model, path: str) -> str:
         f"created     {meta.get('created', 'unknown')}",
     ]
     if source:
-        lines.append(f"data        {source.get('symbol')} {source.get('interval')} ({source.get('kind')}) "
+        lines.append(f"data        {source.get('symbol')} {source.get('interval')} "
+                     f"{meta.get('category', source.get('category', 'linear'))} ({source.get('kind')}) "
                      f"{str(source.get('first'))[:16]} .. {str(source.get('last'))[:16]}, "
-                     f"{source.get('bars')} candles")
+                     f"{source.get('bars')} candles"
+                     + (f", content sha256 {meta['data_sha256'][:12]}…" if meta.get("data_sha256")
+                        else ""))
     for part, bounds in (meta.get("split") or {}).items():
         if bounds:
             lines.append(f"  {part:<9} windows ending {str(bounds['first_time'])[:16]} .. "
@@ -206,7 +224,37 @@ def _model_summary(model, path: str) -> str:
     baseline = metrics.get("test_baseline")
     if baseline:
         lines.append(f"baseline    always {baseline['class']}: accuracy {baseline['accuracy']:.4f}")
+    lines += _strategy_summary(meta)
     return "\n".join(lines)
+
+
+def _strategy_summary(meta: dict) -> list[str]:
+    """info's lines on calibration and the strategy chosen on the validation block."""
+    calibration, chosen = meta.get("calibration") or {}, meta.get("strategy") or {}
+    if not calibration:
+        return ["calibrated  no (raw softmax; a checkpoint from before calibration, or regression)"]
+    lines = [f"calibrated  temperature {calibration['temperature']:.3f} on the validation block "
+             f"(NLL {calibration['validation_nll']:.4f} -> {calibration['validation_nll_calibrated']:.4f})"]
+    if chosen:
+        grid = "  ".join(f"{row['confidence']:g}:{row['sharpe']:+.2f}" for row in chosen.get("grid", []))
+        lines.append(f"strategy    confidence {chosen['confidence']:g} (highest validation Sharpe "
+                     f"after costs; tried {grid})")
+        lines.append(f"            payoff ratio b {chosen['win_loss_ratio']:.3f} "
+                     f"({chosen.get('payoff_source', '?')})")
+        for part, activity in (chosen.get("activity") or {}).items():
+            if activity:
+                lines.append(f"            {part}: {_activity_text(activity)}")
+    funding = meta.get("funding") or {}
+    if funding.get("note"):
+        lines.append(f"            {funding['note']}")
+    return lines
+
+
+def _activity_text(activity: dict) -> str:
+    return (f"in a position after {activity['in_position']} of {activity['decisions']} decisions "
+            f"({100 * activity['in_position'] / max(activity['decisions'], 1):.1f}%), "
+            f"{activity['trades']} trades, exposure {100 * activity['exposure']:.1f}%, "
+            f"Sharpe {activity['sharpe']:+.2f}")
 
 
 def _notice(message: str) -> None:
@@ -220,8 +268,8 @@ def _resolve_candles(source: str, **options):
     from numpyconvnext.data.source import resolve_candles
 
     candles, description = resolve_candles(source, notice=_notice, **options)
-    _notice(f"data: {description['symbol']} {description['interval']}, {description['bars']} "
-            f"candles {description['first'][:16]} .. {description['last'][:16]}")
+    _notice(f"data: {description['symbol']} {description['interval']} {description['category']}, "
+            f"{description['bars']} candles {description['first'][:16]} .. {description['last'][:16]}")
     return candles, description
 
 
@@ -241,7 +289,11 @@ def _source_options(days: float, bars: int | None):
         click.option("--bars", default=bars, show_default=bars is not None, type=click.IntRange(min=1),
                      help="Use only the most recent N candles."),
     ]
+    return _apply_options(options)
 
+
+def _apply_options(options):
+    """A decorator adding ``options`` to a command in the order given."""
     def apply(command):
         for option in reversed(options):
             command = option(command)
@@ -261,6 +313,71 @@ def _bybit_options(command):
     ]):
         command = option(command)
     return command
+
+
+CATEGORY_HELP = ("Market: linear (USDT perpetual, fee 0.055%, funding) or spot (long only, "
+                 "fee 0.1%).")
+
+
+def _category_option(default_text: str):
+    return click.option("--category", type=click.Choice(["linear", "spot"]), default=None,
+                        help=f"{CATEGORY_HELP} [default: {default_text}]")
+
+
+def _funding_rate_option(command):
+    return click.option(
+        "--funding-rate", type=click.FloatRange(-0.05, 0.05), default=None,
+        help="Funding per 8 h assumed for a perpetual's candles without a funding series (a "
+             "stated assumption, e.g. Bybit's base 0.0001). [default: none charged]")(command)
+
+
+def _strategy_options(confidence_default: str):
+    """The traded strategy's flags (numpyconvnext.trading.strategy.Strategy), shared by
+    backtest, live and evaluate."""
+    options = [
+        click.option("--confidence", type=click.FloatRange(0, 1), default=None,
+                     help=f"Minimum probability for a Long/Short signal. [default: {confidence_default}]"),
+        click.option("--sizing", type=click.Choice(["kelly", "fixed"]), default="kelly",
+                     show_default=True,
+                     help="kelly: half Kelly of equity risked at the stop; fixed: --max-risk each trade."),
+        click.option("--stop-loss", default=2.0, show_default=True, type=click.FloatRange(min=0),
+                     help="Stop in ATR(14) multiples, also the sizing's risk distance; 0 = none."),
+        click.option("--take-profit", type=click.FloatRange(min=0, min_open=True),
+                     help="Take-profit in ATR multiples; sets Kelly's payoff ratio b = TP/SL. "
+                          "[default: none; b estimated on the validation block]"),
+        click.option("--max-risk", default=0.02, show_default=True,
+                     type=click.FloatRange(0, 1, min_open=True),
+                     help="Most of equity lost if the stop is hit."),
+        click.option("--max-exposure", default=1.0, show_default=True,
+                     type=click.FloatRange(0, 10, min_open=True),
+                     help="Largest position as a multiple of equity (1 = no leverage)."),
+        click.option("--fee-rate", type=click.FloatRange(0, 0.1, max_open=True),
+                     help="Fee per fill. [default: Bybit taker, 0.00055 linear, 0.001 spot]"),
+        click.option("--slippage", default=0.0002, show_default=True,
+                     type=click.FloatRange(0, 0.1, max_open=True), help="Adverse slippage per fill."),
+        click.option("--no-calibration", is_flag=True,
+                     help="Use the raw softmax instead of the checkpoint's calibrated probabilities."),
+    ]
+    return _apply_options(options)
+
+
+def _strategy(category, confidence, sizing, stop_loss, take_profit, max_risk, max_exposure,
+              fee_rate, slippage, no_calibration):
+    """The Strategy of the shared flags (a bad combination is a UserError)."""
+    from numpyconvnext.trading.strategy import Strategy
+
+    try:
+        return Strategy(category=category or "linear", confidence=confidence, sizing=sizing,
+                        stop_loss=stop_loss or None, take_profit=take_profit, max_risk=max_risk,
+                        max_exposure=max_exposure, fee_rate=fee_rate, slippage=slippage,
+                        calibrated=not no_calibration)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def _check_funding_rate(category: str, funding_rate: float | None) -> None:
+    if category == "spot" and funding_rate is not None:
+        raise UserError("spot has no funding: --funding-rate goes with --category linear")
 
 
 # The default run must finish in minutes on a 2-core laptop (see README for the measured time);
@@ -283,13 +400,21 @@ CLI_DEFAULT_EPOCHS = 12
               help="TOML or JSON file of training settings; flags override it.")
 @click.option("--out", "out_dir", default="models", show_default=True, type=click.Path(file_okay=False))
 @click.option("--resume", "resume_path", type=click.Path(), help="last.npz (or run folder) to continue.")
+@_category_option("the data file's, else linear")
+@_funding_rate_option
+@click.option("--trials-log", type=click.Path(dir_okay=False),
+              help="Trials log the thresholds tried on validation are appended to. "
+                   "[default: $NUMPYCONVNEXT_TRIALS_LOG or reports/trials.jsonl]")
 @_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def train(data_path, source, symbol, interval, days, bars, variant, epochs, batch_size, learning_rate,
-          window, horizon, loss, seed, config_path, out_dir, resume_path, cache_dir, base_url,
-          retry_time_s, quiet) -> None:
+          window, horizon, loss, seed, config_path, out_dir, resume_path, category, funding_rate,
+          trials_log, cache_dir, base_url, retry_time_s, quiet) -> None:
     """Train a ConvNeXt1D on candles and report test metrics beside the majority-class baseline.
 
+    After training, the model is calibrated on its validation block: temperature scaling of its
+    probabilities, the confidence threshold with the best validation Sharpe after costs and the
+    payoff ratio of its validation trades, all stored in the checkpoint for backtest and live.
     With no arguments: BTCUSDT 1h, 365 days from the data/ cache, Bybit, or the synthetic market.
     """
     import sys
@@ -300,9 +425,10 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
     from numpyconvnext.train import TrainingDivergedError
     from numpyconvnext.workflow import resume_run, train_run
 
+    _check_funding_rate(category, funding_rate)
     try:
         if resume_path:
-            result = resume_run(resume_path, quiet=quiet, epochs=epochs)
+            result = resume_run(resume_path, quiet=quiet, epochs=epochs, trials_log=trials_log)
         else:
             overrides = dict(variant=variant, epochs=epochs, batch_size=batch_size,
                              learning_rate=learning_rate, window=window, horizon=horizon, loss=loss,
@@ -316,8 +442,11 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
                 raise ValueError(f"unknown model {config.variant!r}; choose from {', '.join(CONFIGS)}")
             candles, description = _resolve_candles(
                 source, path=data_path, symbol=symbol, interval=interval, days=days,
-                cache_dir=cache_dir, base_url=base_url, retry_time_s=retry_time_s, last_bars=bars)
-            result = train_run(candles, description, config, out_dir, quiet=quiet)
+                cache_dir=cache_dir, base_url=base_url, retry_time_s=retry_time_s, last_bars=bars,
+                category=category)
+            _check_funding_rate(description["category"], funding_rate)
+            result = train_run(candles, description, config, out_dir, quiet=quiet,
+                               funding_rate=funding_rate, trials_log=trials_log)
     except (ValueError, CheckpointError, OSError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     except TrainingDivergedError as error:
@@ -348,6 +477,18 @@ def _training_report(result) -> str:
     elif test is not None:
         lines += [f"test period: direction accuracy {pct(test['direction_accuracy'])}, "
                   f"correlation {test['correlation']}, loss {test['loss']:.4f}"]
+    calibration = result.calibration or {}
+    if calibration:
+        chosen = calibration["strategy"]
+        lines.append(f"calibrated: temperature {calibration['calibration']['temperature']:.3f}; "
+                     f"strategy confidence {chosen['confidence']:g} (best validation Sharpe "
+                     f"{chosen['validation_sharpe']:+.2f} after costs of "
+                     f"{len(chosen['grid'])} thresholds tried), payoff ratio b "
+                     f"{chosen['win_loss_ratio']:.2f} ({chosen['payoff_source']})")
+        for part, activity in chosen["activity"].items():
+            if activity:
+                lines.append(f"  would trade on {part}: {_activity_text(activity)}")
+        lines.append(f"  {calibration['funding']['note']}")
     lines.append(f"model saved to {result.best_path}")
     return "\n".join(lines)
 
@@ -361,43 +502,47 @@ def _training_report(result) -> str:
 @click.option("--interval", help="Interval for --symbol. [default: the model's]")
 @click.option("--days", type=click.FloatRange(min=0, min_open=True),
               help="History to fetch for --symbol. [default: 90]")
-@click.option("--confidence", default=0.6, show_default=True, type=click.FloatRange(0, 1),
-              help="Minimum probability for a Long/Short signal.")
-@click.option("--fee-rate", type=click.FloatRange(0, 0.1), help="Per fill. [default: 0.00055, Bybit taker]")
-@click.option("--slippage", type=click.FloatRange(0, 0.1), help="Adverse, per fill. [default: 0.0002]")
-@click.option("--stop-loss", default=2.0, show_default=True, type=click.FloatRange(min=0),
-              help="Stop distance in ATR(14) multiples, also the sizing's risk stop; 0 = none.")
-@click.option("--take-profit", type=click.FloatRange(min=0, min_open=True),
-              help="Take-profit in ATR multiples; sets Kelly's win/loss ratio to TP/SL. [default: none]")
+@_category_option("the data file's, else the model's, else linear")
+@_strategy_options("the threshold chosen on the validation block (stored in the checkpoint), "
+                   "else 0.6")
+@_funding_rate_option
+@click.option("--allow-in-sample", is_flag=True,
+              help="With --symbol: also trade the bars the model was trained and validated on "
+                   "(marked IN-SAMPLE). [default: start after the validation end]")
 @click.option("--equity", default=10_000.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
-              help="Folder for trades.csv, equity.csv, signals.csv, equity.png. "
-                   "[default: backtest_<time> next to the model]")
+              help="Folder for trades.csv, equity.csv, signals.csv, monthly_returns.csv, "
+                   "summary.json, equity.png. [default: backtest_<time> next to the model]")
 @click.option("--base-url", default=None,
               help="Bybit URL for --symbol (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
               show_default=True, help="Seconds to keep retrying Bybit before giving up.")
-def backtest(model_path, data_path, symbol, interval, days, confidence, fee_rate, slippage, stop_loss,
-             take_profit, equity, out_dir, base_url, retry_time_s) -> None:
-    """Backtest a model beside buy-and-hold, with fees, slippage and ATR stops.
+def backtest(model_path, data_path, symbol, interval, days, category, confidence, sizing, stop_loss,
+             take_profit, max_risk, max_exposure, fee_rate, slippage, no_calibration, funding_rate,
+             allow_in_sample, equity, out_dir, base_url, retry_time_s) -> None:
+    """Backtest the strategy beside buy-and-hold, after fees, slippage and funding.
 
-    By default on the held-out test period recorded in the checkpoint; with --data or --symbol
-    on that whole data (after the indicator warm-up). Decisions at a bar's close are filled at
-    the next bar's open.
+    The strategy is the one live and evaluate trade: calibrated probabilities, the confidence
+    threshold and payoff ratio chosen on the validation block, half-Kelly risk sizing, ATR
+    stops. By default on the held-out test period recorded in the checkpoint; with --data on
+    that whole file (after the indicator warm-up); with --symbol on fresh Bybit candles after
+    the model's validation period. Bars the model was trained or validated on are flagged
+    IN-SAMPLE. Decisions at a bar's close are filled at the next bar's open.
     """
     from datetime import datetime, timezone
     from pathlib import Path
 
-    import numpy as np
-
     from numpyconvnext import load
     from numpyconvnext.checkpoint import CheckpointError
-    from numpyconvnext.trading.inference import DEFAULT_WIN_LOSS_RATIO, decide, preprocessing_of
+    from numpyconvnext.trading.inference import decide, preprocessing_of
 
     if data_path and symbol:
         raise UserError("use either --data FILE or --symbol (with --interval/--days), not both")
     if (days is not None or interval) and not symbol:
         raise UserError("--interval and --days go with --symbol")
+    if allow_in_sample and not symbol:
+        raise UserError("--allow-in-sample goes with --symbol (--data and the test period are "
+                        "traded whole, with any in-sample part flagged)")
     try:
         model = load(model_path)
         prep = preprocessing_of(model)
@@ -405,92 +550,203 @@ def backtest(model_path, data_path, symbol, interval, days, confidence, fee_rate
         raise UserError(str(error).splitlines()[0]) from None
     metadata = model.metadata
     try:
-        candles, end_index, what = _backtest_data(
-            metadata, prep, data_path, symbol, interval, days, base_url, retry_time_s)
-        win_loss = (take_profit / stop_loss if take_profit and stop_loss else DEFAULT_WIN_LOSS_RATIO)
-        decisions = decide(model, candles, end_index, confidence=confidence, equity=equity,
-                           atr_multiple=stop_loss or None, win_loss_ratio=win_loss)
-        from numpyconvnext.trading.backtest import DEFAULT_FEE_RATE, DEFAULT_SLIPPAGE
-        from numpyconvnext.trading.backtest import backtest as run_backtest
+        data = _backtest_data(metadata, prep, data_path, symbol, interval, days, category,
+                              funding_rate, allow_in_sample, base_url, retry_time_s)
+        strategy = _strategy(data.category, confidence, sizing, stop_loss, take_profit, max_risk,
+                             max_exposure, fee_rate, slippage, no_calibration)
+        _check_funding_rate(strategy.category, funding_rate)
+        decisions = decide(model, data.candles, data.end_index, strategy=strategy, equity=equity)
+        from numpyconvnext.trading.strategy import run_strategy
 
-        fee_rate = DEFAULT_FEE_RATE if fee_rate is None else fee_rate
-        slippage = DEFAULT_SLIPPAGE if slippage is None else slippage
-        result = run_backtest(candles, decisions.signal_series(), size=decisions.fraction_series(),
-                              fee_rate=fee_rate, slippage=slippage, stop_loss=stop_loss or None,
-                              take_profit=take_profit, stop_mode="atr", initial_equity=equity)
+        result = run_strategy(data.candles, decisions.timestamp, decisions.plan, decisions.strategy,
+                              funding=data.funding, initial_equity=equity)
     except (ValueError, OSError) as error:
         raise UserError(str(error).splitlines()[0]) from None
+    strategy = decisions.strategy
 
+    from numpyconvnext.trading.insample import banner, in_sample_overlaps
+
+    same_market = data.symbol is None or data.symbol == metadata.get("symbol")
+    overlaps = in_sample_overlaps(metadata, decisions.timestamp) if same_market else []
+    warning = banner(overlaps)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = Path(out_dir) if out_dir else Path(model_path).resolve().parent / f"backtest_{stamp}"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        result.trades.to_csv(out / "trades.csv", index=False)
-        result.equity_frame().to_csv(out / "equity.csv", index=False)
-        decisions.frame().to_csv(out / "signals.csv", index=False)
+        _write_backtest(out, result, decisions, metadata if same_market else {}, warning, strategy,
+                        data, model_path)
     except OSError as error:
         raise UserError(f"cannot write to {out}: {error.strerror or error}") from None
     from numpyconvnext.plots import equity_and_drawdown
 
     name = f"{metadata.get('symbol') or 'model'} {metadata.get('interval') or ''}".strip()
     picture = equity_and_drawdown(
-        {"Model": result.equity, "Buy & hold": result.benchmark.equity}, out / "equity.png",
-        title=f"{name}, {what.split(',')[0]}: model vs buy & hold (after costs)")
+        {"Strategy": result.equity, "Buy & hold": result.benchmark.equity}, out / "equity.png",
+        title=f"{'IN-SAMPLE ' if warning else ''}{name}, {data.what.split(',')[0]}: strategy vs "
+              "buy & hold (after costs)")
 
     kind = "regression" if prep.regression else "3 classes"
     first, last = result.equity.index[0], result.equity.index[-1]
     trades = result.trades
     n_long = int((trades["side"] == "long").sum())
-    stops = (f"stop {stop_loss:g} ATR" if stop_loss else "no stop") + (
-        f", take-profit {take_profit:g} ATR" if take_profit else ", no take-profit")
-    lines = [
-        f"model    {model_path} ({metadata.get('variant', '?')}, {kind}, window {prep.window})",
-        f"data     {what}",
+    from numpyconvnext.trading.metrics import format_comparison_table, monthly_returns
+
+    chosen = metadata.get("strategy") or {}
+    threshold_from = ("given" if confidence is not None else
+                      "chosen on the validation block" if chosen else "default")
+    payoff_from = ("take-profit / stop" if take_profit and strategy.stop_loss
+                   else chosen.get("payoff_source", "default"))
+    funding_line = data.funding_note.removeprefix("funding: ")
+    if result.funding_note and data.funding is not None and strategy.category != "spot":
+        funding_line += f"; {result.funding_note}"
+    lines = ([warning, ""] if warning else []) + [
+        f"model    {model_path} ({metadata.get('variant', '?')}, {kind}, window {prep.window}"
+        + (f", temperature {model.temperature:.2f}" if strategy.calibrated and model.temperature != 1.0
+           else ", uncalibrated probabilities") + ")",
+        f"data     {data.what}",
         f"period   {first:%Y-%m-%d %H:%M} .. {last:%Y-%m-%d %H:%M} UTC: {len(result.equity)} bars, "
-        f"{len(decisions)} decisions ({int(np.sum(decisions.signal != 2))} Long/Short)",
-        f"costs    fee {100 * fee_rate:.3f}%, slippage {100 * slippage:.3f}% per fill; {stops}",
-        f"signals  confidence >= {confidence:.2f}; half-Kelly sizes (win/loss {win_loss:g}), "
-        f"initial equity {equity:,.0f}",
+        f"{len(decisions)} decisions ({int((decisions.fraction > 0).sum())} with a position)",
+        f"strategy {strategy.describe()}",
+        f"         confidence {threshold_from}; payoff ratio b {strategy.payoff_ratio:.2f} "
+        f"({payoff_from}); initial equity {equity:,.0f}",
+        f"funding  {funding_line}",
         "",
-        result.comparison_table(),
+        format_comparison_table(result.metrics, result.benchmark.metrics, "Strategy",
+                                title="Metric (IN-SAMPLE)" if warning else "Metric"),
         "",
         f"trades   {len(trades)} ({n_long} long, {len(trades) - n_long} short), "
-        f"fees paid {result.total_fees:,.2f}",
-        f"wrote    {out}/ trades.csv equity.csv signals.csv" + (" equity.png" if picture else ""),
+        f"fees paid {result.fees_paid:,.2f}, funding paid {result.funding_paid:,.2f} "
+        f"(buy & hold: {result.benchmark.funding_paid:,.2f})",
+        "",
+        "monthly returns of the strategy (%)",
+        _monthly_text(monthly_returns(result.equity)),
+        "",
+        f"wrote    {out}/ trades.csv equity.csv signals.csv monthly_returns.csv summary.json"
+        + (" equity.png" if picture else ""),
     ]
     click.echo("\n".join(lines))
 
 
-def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, retry_time_s):
-    """(candles, decision bar indices, description) for `backtest`'s three data modes."""
+def _monthly_text(table) -> str:
+    import math
+
+    header = "year  " + " ".join(f"{c:>6}" for c in table.columns)
+    rows = [header] + [f"{year}  " + " ".join(
+        "      " if math.isnan(v) else f"{100 * v:+6.1f}" for v in row) for year, row in table.iterrows()]
+    return "\n".join(rows)
+
+
+def _write_backtest(out, result, decisions, metadata, warning, strategy, data, model_path) -> None:
+    """trades.csv, equity.csv, signals.csv and monthly_returns.csv, each with an in_sample column,
+    and summary.json (metrics, strategy, funding and the IN-SAMPLE ranges)."""
+    import json
+
+    from numpyconvnext.checkpoint import atomic_write
+    from numpyconvnext.trading.insample import in_sample_mask, in_sample_overlaps
+    from numpyconvnext.trading.metrics import monthly_returns
+
+    out.mkdir(parents=True, exist_ok=True)
+    trades = result.trades.copy()
+    trades["in_sample"] = in_sample_mask(metadata, trades["entry_time"])
+    trades.to_csv(out / "trades.csv", index=False)
+    frame = result.equity_frame()
+    frame["funding"] = result.funding.to_numpy()
+    frame["in_sample"] = in_sample_mask(metadata, frame["timestamp"])
+    frame.to_csv(out / "equity.csv", index=False)
+    signals = decisions.frame()
+    signals["in_sample"] = in_sample_mask(metadata, signals["timestamp"])
+    signals.to_csv(out / "signals.csv", index=False)
+    monthly_returns(result.equity).to_csv(out / "monthly_returns.csv")
+    summary = {
+        "model": str(model_path), "data": data.what, "in_sample": bool(warning),
+        "in_sample_ranges": [{"part": o.part, "first": o.first.isoformat(), "last": o.last.isoformat(),
+                              "decisions": o.decisions}
+                             for o in in_sample_overlaps(metadata, decisions.timestamp)],
+        "warning": warning or None, "strategy": strategy.to_dict(),
+        "funding": data.funding_note, "fees_paid": result.fees_paid,
+        "funding_paid": result.funding_paid, "metrics": result.metrics.to_dict(),
+        "benchmark_metrics": result.benchmark.metrics.to_dict(),
+    }
+    text = json.dumps(summary, indent=2, default=lambda v: str(v))
+    atomic_write(out / "summary.json", lambda handle: handle.write(text.encode()))
+
+
+class _BacktestData:
+    """What `backtest` trades: candles, decision bars, category, funding and descriptions."""
+
+    def __init__(self, candles, end_index, what, category, symbol, funding, funding_note):
+        self.candles, self.end_index, self.what = candles, end_index, what
+        self.category, self.symbol = category, symbol
+        self.funding, self.funding_note = funding, funding_note
+
+
+def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, funding_rate,
+                   allow_in_sample, base_url, retry_time_s) -> _BacktestData:
+    """Candles, decision bars and funding for `backtest`'s three data modes."""
     from pathlib import Path
 
     import numpy as np
     import pandas as pd
 
     from numpyconvnext.data.intervals import normalize_interval
-    from numpyconvnext.data.store import load_candles
+    from numpyconvnext.data.source import funding_for_source, load_source
+    from numpyconvnext.data.store import category_from_path, load_candles, symbol_from_path
     from numpyconvnext.trading.inference import valid_decision_indices
 
     model_interval = metadata.get("interval")
+    model_category = metadata.get("category")
     if data_path:
+        named = category_from_path(data_path)
+        if category and named and named != category:
+            raise ValueError(f"{Path(data_path).name} holds {named} candles, not {category}")
+        category = category or named or model_category or "linear"
         candles = load_candles(data_path)
-        what = f"{Path(data_path).name}, all bars after warm-up"
+        data_symbol = symbol_from_path(data_path)
+        funding, note = funding_for_source({"kind": "file", "path": str(data_path),
+                                            "category": category}, candles, funding_rate)
+        what = f"{Path(data_path).name} ({category}), all bars after warm-up"
+        end_index = None
     elif symbol:
         from numpyconvnext.data.bybit import BybitClient, BybitError
+        from numpyconvnext.data.funding import constant_funding
 
+        category = category or model_category or "linear"
         interval = normalize_interval(interval or model_interval or "1h")
         days = 90.0 if days is None else days
-        client = BybitClient(base_url, max_retry_time_s=retry_time_s)
+        client = BybitClient(base_url, category, max_retry_time_s=retry_time_s)
         end = pd.Timestamp.now(tz="UTC")
         try:
             candles = client.get_klines(symbol, interval, end - pd.Timedelta(days=days), end)
+            funding = None
+            if category == "linear" and len(candles):
+                funding = client.get_funding_history(symbol, candles["timestamp"].iloc[0], end)
         except BybitError as error:
             raise ValueError(f"cannot fetch {symbol} {interval}: {str(error).splitlines()[0]}") from None
-        what = f"Bybit {symbol.upper()} {interval} last {days:g} days, after warm-up"
-    else:
-        from numpyconvnext.data.source import load_source
+        if category == "spot":
+            note = "spot market: no funding"
+        elif funding is not None and len(funding):
+            note = f"funding: {len(funding)} settlements from Bybit"
+        elif funding_rate is not None:
+            funding = constant_funding(candles["timestamp"].iloc[0], end, funding_rate)
+            note = f"funding: ASSUMED constant {100 * funding_rate:.4f}% per 8 h (Bybit sent none)"
+        else:
+            funding, note = None, "funding: NOT charged - Bybit sent no funding history"
+        data_symbol = symbol.upper()
+        what = f"Bybit {symbol.upper()} {interval} {category} last {days:g} days, after warm-up"
+        end_index = None
+        if not allow_in_sample and data_symbol == metadata.get("symbol"):
+            from numpyconvnext.trading.insample import first_out_of_sample_time
 
+            start = first_out_of_sample_time(metadata)
+            stamps = pd.DatetimeIndex(candles["timestamp"])
+            if start is not None and len(stamps) and stamps[0] < start:
+                every = valid_decision_indices(len(candles), prep)
+                end_index = every[stamps[every] >= start]
+                what += f", from {start:%Y-%m-%d %H:%M} (after the model's validation period)"
+                if len(end_index) == 0:
+                    raise ValueError(f"all {len(candles)} candles lie inside the model's training "
+                                     "or validation period; fetch more --days, or pass "
+                                     "--allow-in-sample")
+    else:
         source, split = metadata.get("data_source"), (metadata.get("split") or {}).get("test")
         if not source or not split:
             raise ValueError("the checkpoint records no data source or test period; "
@@ -505,7 +761,14 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
                 or stamps[end_index[-1]] != pd.Timestamp(split["last_time"])):
             raise ValueError("the training data changed since the run: its test period no longer "
                              "lines up; pass --data FILE")
-        return candles, end_index, "test period, held out in training"
+        recorded = model_category or source.get("category") or "linear"
+        if category and category != recorded:
+            raise ValueError(f"the model's test period is {recorded} data; --category {category} "
+                             "needs --data or --symbol")
+        category = recorded
+        funding, note = funding_for_source({**source, "category": category}, candles, funding_rate)
+        return _BacktestData(candles, end_index, "test period, held out in training", category,
+                             metadata.get("symbol"), funding, note)
     if len(candles) < prep.min_candles + 1:
         raise ValueError(f"{len(candles)} candles are too few: need more than {prep.min_candles} "
                          f"(warm-up {prep.warmup_bars} + window {prep.window})")
@@ -516,7 +779,9 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
         if spacing != interval_to_timedelta(model_interval):
             click.echo(f"warning: the model was trained on {model_interval} candles, these are "
                        f"{spacing} apart", err=True)
-    return candles, valid_decision_indices(len(candles), prep), what
+    if end_index is None:
+        end_index = valid_decision_indices(len(candles), prep)
+    return _BacktestData(candles, end_index, what, category, data_symbol, funding, note)
 
 
 @main.command()
@@ -533,19 +798,19 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, base_url, 
               help="Keep no state: start at the newest candle, remember nothing.")
 @click.option("--base-url", default=None,
               help="Bybit URL, or mainnet/testnet (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
-@click.option("--confidence", default=0.6, show_default=True, type=click.FloatRange(0, 1),
-              help="Minimum probability for a Long/Short signal (classifiers; a regression model "
-                   "signals beyond its label threshold).")
+@_category_option("the model's, else linear")
+@_strategy_options("the threshold chosen on the validation block (stored in the checkpoint), "
+                   "else 0.6; a regression model signals beyond its label threshold")
 @click.option("--equity", default=10_000.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Account equity the suggested size refers to.")
-@click.option("--stop-loss", default=2.0, show_default=True, type=click.FloatRange(min=0),
-              help="Risk stop for sizing, in ATR(14) multiples; 0 = none.")
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=60.0,
               show_default=True, help="Seconds one request keeps retrying before the loop backs off.")
-def live(symbol, interval, model_path, once, out_dir, no_state, base_url, confidence, equity,
-         stop_loss, retry_time_s) -> None:
+def live(symbol, interval, model_path, once, out_dir, no_state, base_url, category, confidence,
+         sizing, stop_loss, take_profit, max_risk, max_exposure, fee_rate, slippage,
+         no_calibration, equity, retry_time_s) -> None:
     """Print a signal for every newly closed candle: one JSON line on stdout, a readable line on
-    stderr. It never places orders: it reads public market data only and needs no API key.
+    stderr. The signal and size follow the strategy backtest and evaluate trade. It never places
+    orders: it reads public market data only and needs no API key.
 
     A state file in OUT remembers the last candle signalled: after a restart every candle that
     closed meanwhile is signalled (marked "late": true) and none twice. Ctrl-C stops.
@@ -573,7 +838,10 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, confid
         preprocessing_of(model)
         model_interval = model.metadata.get("interval")
         interval = normalize_interval(interval or model_interval or "1h")
-        client = BybitClient(base_url, max_retry_time_s=retry_time_s)
+        strategy = _strategy(category or model.metadata.get("category"), confidence, sizing,
+                             stop_loss, take_profit, max_risk, max_exposure, fee_rate, slippage,
+                             no_calibration)
+        client = BybitClient(base_url, strategy.category, max_retry_time_s=retry_time_s)
         state = None
         if not no_state:
             path = state_path(out_dir, model_path, symbol, interval, client.category)
@@ -584,12 +852,12 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, confid
     if model_interval and normalize_interval(model_interval) != interval:
         click.echo(f"warning: the model was trained on {model_interval} candles, not {interval}",
                    err=True)
-    click.echo(f"live: {symbol.upper()} {interval} with {model_path}; public data only, no orders"
-               + ("" if once else "; Ctrl-C stops"), err=True)
+    click.echo(f"live: {symbol.upper()} {interval} {strategy.category} with {model_path}; public "
+               "data only, no orders" + ("" if once else "; Ctrl-C stops"), err=True)
     if state is not None and state.last_emitted is not None:
         click.echo(f"state {state.path}: last signal for the candle of "
                    f"{state.last_emitted:%Y-%m-%d %H:%M} UTC", err=True)
-    settings = LiveSettings(confidence=confidence, equity=equity, atr_multiple=stop_loss or None)
+    settings = LiveSettings(strategy=strategy, equity=equity)
     try:
         run_live(model, client, symbol, interval, settings=settings, once=once, state=state)
     except KeyboardInterrupt:
@@ -615,45 +883,59 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
               help="Bars per input window (multiple of 32).")
 @click.option("--horizon", default=12, show_default=True, type=click.IntRange(min=1),
               help="Label horizon in bars (also the momentum baseline's lookback).")
-@click.option("--confidence", default=0.4, show_default=True, type=click.FloatRange(0, 1),
-              help="Trade Long/Short only when that class's probability reaches this.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@_category_option("the data file's, else linear")
+@_strategy_options("chosen on each fold's validation block from 0.35 .. 0.6")
+@_funding_rate_option
 @click.option("--trials", type=click.IntRange(min=1),
-              help="Configurations tried in total, N of the deflated Sharpe [default: 4 strategies].")
-@click.option("--fee-rate", default=None, type=click.FloatRange(0, 1, max_open=True),
-              help="Fee per fill [default: Bybit taker 0.00055].")
-@click.option("--slippage", default=None, type=click.FloatRange(0, 1, max_open=True),
-              help="Adverse slippage per fill [default: 0.0002].")
+              help="N of the deflated Sharpe, overriding the count in the trials log.")
+@click.option("--trials-log", type=click.Path(dir_okay=False),
+              help="Trials log this run is appended to and N is read from. "
+                   "[default: $NUMPYCONVNEXT_TRIALS_LOG or reports/trials.jsonl]")
+@click.option("--placebo", is_flag=True,
+              help="Permute the training and validation labels of every fold: a control whose "
+                   "edge must vanish.")
 @click.option("--out", "out_dir", default="reports", show_default=True, type=click.Path(file_okay=False),
-              help="Parent folder of the report folder <symbol>_<interval>_<last date>.")
+              help="Parent folder of the report folder <symbol>_<category>_<interval>_<last date>.")
 @_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bar or per-fold lines.")
 def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, epochs, window, horizon,
-             confidence, seed, trials, fee_rate, slippage, out_dir, cache_dir, base_url, retry_time_s,
-             quiet) -> None:
-    """Walk-forward evaluation after costs against buy-and-hold, flat, momentum and a linear model.
+             seed, category, confidence, sizing, stop_loss, take_profit, max_risk, max_exposure,
+             fee_rate, slippage, no_calibration, funding_rate, trials, trials_log, placebo, out_dir,
+             cache_dir, base_url, retry_time_s, quiet) -> None:
+    """Walk-forward evaluation of the traded strategy after costs and funding, against
+    buy-and-hold, flat, momentum, a linear model and the model's own unsized directions.
 
-    Each fold trains on the past only, keeps the best-validation checkpoint and trades the next,
-    never-seen block with fees and slippage. Writes report.md, report.json, returns.csv and the
-    pictures to OUT/<symbol>_<interval>_<last date>/. Rerunning the same command after Ctrl-C or
+    Each fold trains on the past only, keeps the best-validation checkpoint, calibrates it and
+    chooses its confidence threshold on the validation block, and trades the next, never-seen
+    block with the strategy backtest and live trade (same flags). Writes report.md,
+    report.json, returns.csv and the pictures to OUT/<symbol>_<category>_<interval>_<last date>/
+    and appends the run's trials to the trials log. Rerunning the same command after Ctrl-C or
     a crash resumes at the next unfinished fold.
     """
     import sys
 
     from numpyconvnext.checkpoint import CheckpointError
+    from numpyconvnext.data.source import funding_for_source
     from numpyconvnext.evaluate import EvaluationConfig
     from numpyconvnext.evaluate import evaluate as run_evaluation
     from numpyconvnext.train import TrainingDivergedError
 
-    costs = {k: v for k, v in (("fee_rate", fee_rate), ("slippage", slippage)) if v is not None}
+    _check_funding_rate(category, funding_rate)
     try:
-        config = EvaluationConfig(folds=folds, variant=variant, epochs=epochs, window=window,
-                                  horizon=horizon, confidence=confidence, seed=seed, trials=trials,
-                                  **costs)
         candles, description = _resolve_candles(
             source, path=data_path, symbol=symbol, interval=interval, days=days, cache_dir=cache_dir,
-            base_url=base_url, retry_time_s=retry_time_s, last_bars=bars)
-        result = run_evaluation(candles, description, config, out_dir, quiet=quiet)
+            base_url=base_url, retry_time_s=retry_time_s, last_bars=bars, category=category)
+        strategy = _strategy(description["category"], confidence, sizing, stop_loss, take_profit,
+                             max_risk, max_exposure, fee_rate, slippage, no_calibration)
+        _check_funding_rate(strategy.category, funding_rate)
+        config = EvaluationConfig(folds=folds, variant=variant, epochs=epochs, window=window,
+                                  horizon=horizon, seed=seed, strategy=strategy,
+                                  funding_rate=funding_rate, trials=trials, placebo=placebo)
+        funding, note = funding_for_source(description, candles, funding_rate)
+        _notice(note)
+        result = run_evaluation(candles, description, config, out_dir, quiet=quiet, funding=funding,
+                                funding_note=note, trials_log=trials_log)
     except (ValueError, CheckpointError, OSError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     except TrainingDivergedError as error:
@@ -666,6 +948,7 @@ def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, ep
                "command to resume")
         sys.exit(130)
     click.echo(result.report["verdict"]["text"])
+    click.echo(f"trials: {result.report['trials']['text']}")
     click.echo(f"report: {result.report_dir / 'report.md'}")
 
 

@@ -2,9 +2,10 @@
 
     python examples/fetch_data.py --symbol BTCUSDT --interval 1h --days 365
 
-Writes data/BTCUSDT_1h.csv (or .json with --format json), extending an existing file with only
-the newer candles. Offline, it says so and writes the synthetic market to
-data/SYNTHETIC-BTCUSDT_1h.csv instead, a name no one will mistake for real prices.
+Writes data/BTCUSDT_linear_1h.csv (or .json with --format json; --category spot for spot
+candles), bringing an existing file up to date (the newer candles, and older ones when it holds
+less than --days). Offline, it says so and writes the synthetic market to
+data/SYNTHETIC-BTCUSDT_linear_1h.csv instead, a name no one will mistake for real prices.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=365.0)
     parser.add_argument("--out", default="data", help="folder for the candle file")
     parser.add_argument("--format", default="csv", choices=["csv", "json"])
+    parser.add_argument("--category", default="linear", choices=["linear", "spot"])
     parser.add_argument("--base-url", default=None, help="Bybit URL (default: mainnet)")
     parser.add_argument("--retry-time", type=float, default=20.0, help="seconds to keep retrying")
     args = parser.parse_args()
 
-    client = BybitClient(args.base_url, max_retry_time_s=args.retry_time)
+    client = BybitClient(args.base_url, args.category, max_retry_time_s=args.retry_time)
     try:
         result = update_cache(client, args.symbol, args.interval, args.days, args.out, args.format,
                               notice=print)
@@ -42,7 +44,7 @@ def main() -> None:
         print(f"NOTICE: Bybit unreachable ({str(error).splitlines()[0][:100]}); writing the "
               "SYNTHETIC market instead - it says nothing about real prices")
         bars = int(args.days * 86_400 / interval_to_timedelta(args.interval).total_seconds())
-        path = f"{args.out}/SYNTHETIC-{args.symbol.upper()}_{args.interval}.{args.format}"
+        path = f"{args.out}/SYNTHETIC-{args.symbol.upper()}_{args.category}_{args.interval}.{args.format}"
         save_candles(synthetic_candles(bars, interval=args.interval, seed=7), path)
         print(f"{path}: {bars} synthetic candles")
         return

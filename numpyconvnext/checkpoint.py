@@ -62,10 +62,23 @@ def save(
 
 
 def load(path: str | os.PathLike) -> ConvNeXt1D:
-    """Read a model; its metadata dict is attached as `model.metadata`."""
+    """Read a model; its metadata dict is attached as `model.metadata`, and a stored calibration
+    temperature (`metadata["calibration"]["temperature"]`) becomes `model.temperature`."""
     checkpoint = load_checkpoint(path)
     checkpoint.model.metadata = checkpoint.metadata
+    temperature = (checkpoint.metadata.get("calibration") or {}).get("temperature")
+    if temperature is not None:
+        if not (isinstance(temperature, int | float) and np.isfinite(temperature) and temperature > 0):
+            raise CheckpointError(f"{path}: bad calibration temperature {temperature!r}")
+        checkpoint.model.temperature = float(temperature)
     return checkpoint.model
+
+
+def update_metadata(path: str | os.PathLike, extra: dict) -> Path:
+    """Rewrite a checkpoint with ``extra`` merged into its metadata (weights and arrays kept)."""
+    checkpoint = load_checkpoint(path)
+    return save(checkpoint.model, path, metadata={**checkpoint.metadata, **extra},
+                arrays=checkpoint.arrays)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

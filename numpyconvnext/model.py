@@ -137,6 +137,9 @@ class ConvNeXt1D:
             "seed": int(seed),
         }
         self.training = True
+        # temperature scaling of predict_proba (1 = the plain softmax); a checkpoint written
+        # after calibration on a validation block sets it when loaded
+        self.temperature = 1.0
         self.rng = np.random.default_rng(seed)
         self._allocate(parameter_shapes(dims, depths, in_channels, num_classes))
         self._build_layers(dims, depths, drop_path_rate)
@@ -317,9 +320,13 @@ class ConvNeXt1D:
             )
         return self._run(x, cache=False, drop_path_masks=None, inference=True)
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities [B, num_classes] (softmax of `predict`)."""
+    def predict_proba(self, x: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Class probabilities [B, num_classes]: ``softmax(predict(x) / temperature)``, with the
+        temperature fitted on the validation block after training (``calibration``); the plain
+        softmax (temperature 1) when ``calibrated`` is False or the model was never calibrated."""
         logits = self.predict(x)
+        if calibrated and self.temperature != 1.0:
+            logits = logits / np.asarray(self.temperature, dtype=logits.dtype)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 

@@ -73,7 +73,7 @@ def _poly(coefficients: tuple[float, ...], x: float) -> float:
 # --- direction accuracy -------------------------------------------------------------------------
 
 
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion p = k / n.
 
     With z = Phi^-1(1 - (1 - confidence) / 2):
@@ -81,8 +81,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         centre = (p + z^2 / 2n) / (1 + z^2 / n)
         half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2)
 
-    (NaN, NaN) for n = 0. It assumes independent trials: calls whose label horizons overlap are
-    correlated, so for them the true interval is wider.
+    (NaN, NaN) for n = 0. It assumes independent trials: for calls whose label horizons
+    overlap pass the effective sample size (``overlap_effective_n``) as n and ``p * n_eff`` as
+    the successes (both may be fractional).
     """
     if n <= 0:
         return (math.nan, math.nan)
@@ -94,6 +95,36 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     centre = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1.0 - p) / n + z * z / (4 * n * n))
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def overlap_effective_n(hit: np.ndarray, call: np.ndarray, horizon: int) -> float:
+    """Effective number of independent calls when consecutive calls' horizons overlap.
+
+    ``hit`` and ``call`` are per decision bar in time order (``hit`` counts only where ``call``).
+    With ``z_t = call_t (hit_t - p)``, ``p`` the hit rate over the n calls, the variance of the
+    number of hits is estimated with Bartlett weights over the lags a horizon of h bars can
+    correlate (a Newey-West estimate; never negative):
+
+        Var(S) = sum_t z_t^2 + 2 sum_{k=1}^{h-1} (1 - k/h) sum_t z_t z_{t+k}
+        n_eff  = p (1 - p) n^2 / Var(S),   clipped to [1, n]
+
+    Independent calls give n_eff = n; runs of h identical calls give about n / h.
+    """
+    hit = np.asarray(hit, dtype=np.float64)
+    call = np.asarray(call, dtype=bool)
+    n = int(call.sum())
+    if n == 0:
+        return 0.0
+    p = float(hit[call].mean())
+    if p in (0.0, 1.0) or horizon <= 1:
+        return float(n)
+    z = np.where(call, hit - p, 0.0)
+    variance = float(z @ z)
+    for k in range(1, min(horizon, len(z))):
+        variance += 2.0 * (1.0 - k / horizon) * float(z[:-k] @ z[k:])
+    if not variance > 0:
+        return float(n)
+    return float(min(max(p * (1.0 - p) * n * n / variance, 1.0), n))
 
 
 # --- moments and Sharpe ---------------------------------------------------------------------------

@@ -67,6 +67,7 @@ class TrainingResult:
     interrupted: bool = False
     stopped_early: bool = False
     test_metrics: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)  # set by workflow.finish_run
 
 
 @dataclass

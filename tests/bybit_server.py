@@ -19,6 +19,12 @@ Bybit does), so a test skews the two clocks by setting ``now_ms``. ``page_overla
 candles are added to every page (Bybit's duplicates at page borders). Unknown symbols or
 intervals answer retCode 10001.
 
+It also serves ``GET /v5/market/funding/history`` (linear/inverse): settlements every 8 h from
+the first candle to the server's clock, ``fake.funding`` (a frame of ``timestamp`` and ``rate``,
+default: a deterministic series around 0.01 %, settable), rows with ``fundingRateTimestamp`` in
+``[startTime, endTime]``, newest first, at most ``limit`` (max 200); ``startTime`` without
+``endTime`` is a parameter error, as on Bybit; spot answers retCode 10001.
+
 Scriptable failures (``fake.fail(kind, times=1)``), consumed in order by the next requests:
 ``rate_limit`` (retCode 10006), ``http_429``, ``http_502``, ``http_403``, ``retry_after``
 (HTTP 503 with ``Retry-After: <retry_after_s>``), ``retry_after_date`` (the same as an HTTP
@@ -71,8 +77,10 @@ class FakeBybit:
         timeout_sleep_s: float = 0.3,
         reset_in_s: float = 0.05,
         retry_after_s: float = 7.0,
+        funding: pd.DataFrame | None = None,
     ) -> None:
         stamps = pd.DatetimeIndex(candles["timestamp"]).as_unit("ns").asi8 // 1_000_000
+        self.funding = funding if funding is not None else default_funding(candles)
         self._open_ms = np.asarray(stamps, dtype=np.int64)
         step = int(np.median(np.diff(self._open_ms))) if len(stamps) > 1 else 3_600_000
         self.interval_code = next((c for c, m in _CODES.items() if m * 60_000 == step), "60")
@@ -193,6 +201,8 @@ class FakeBybit:
         signature_error = self._check_signature(record)
         if signature_error is not None:
             return _send(handler, 200, self._body(*signature_error), limits)
+        if path == "/v5/market/funding/history":
+            return self._funding_page(handler, record, params, limits)
         if path != "/v5/market/kline":
             return _send(handler, 404, b"not found")
         if params.get("symbol", "").upper() not in self.symbols:
@@ -234,6 +244,26 @@ class FakeBybit:
                             hashlib.sha256).hexdigest()
         return None if hmac.compare_digest(sign, expected) else (10004, "error sign!")
 
+    def _funding_page(self, handler, record: dict, params: dict, limits: dict) -> None:
+        if params.get("symbol", "").upper() not in self.symbols:
+            return _send(handler, 200, self._body(10001, "params error: Symbol Invalid"))
+        if params.get("category") not in ("linear", "inverse"):
+            return _send(handler, 200, self._body(10001, "params error: category only support "
+                                                         "linear or inverse"))
+        if "startTime" in params and "endTime" not in params:
+            return _send(handler, 200, self._body(10001, "params error: endTime is required"))
+        stamps = pd.DatetimeIndex(self.funding["timestamp"]).as_unit("ns").asi8 // 1_000_000
+        rates = self.funding["rate"].to_numpy()
+        end = min(int(params.get("endTime", self.now_ms)), self.now_ms)
+        start = int(params.get("startTime", 0))
+        limit = min(max(int(params.get("limit", 200)), 1), 200)
+        chosen = np.flatnonzero((stamps >= start) & (stamps <= end))[-limit:][::-1]
+        rows = [{"symbol": params["symbol"].upper(), "fundingRate": repr(float(rates[i])),
+                 "fundingRateTimestamp": str(int(stamps[i]))} for i in chosen]
+        record["rows"] = len(rows)
+        body = self._body(0, "OK", {"category": params["category"], "list": rows})
+        _send(handler, 200, body, limits)
+
     def _page(self, params: dict) -> list[list[str]]:
         start = int(params.get("start", 0))
         end = int(params.get("end", self.now_ms))
@@ -251,6 +281,16 @@ def _corrupt(row: list[str]) -> list[str]:
     row = list(row)
     row[2] = repr(float(row[1]) * 0.9)  # high below open
     return row
+
+
+def default_funding(candles: pd.DataFrame) -> pd.DataFrame:
+    """Settlements every 8 h (00, 08, 16 UTC) over the candles' span and a day beyond, at
+    0.01 % give or take a deterministic wobble."""
+    stamps = pd.DatetimeIndex(candles["timestamp"])
+    first = stamps[0].ceil("8h")
+    settle = pd.date_range(first, stamps[-1] + pd.Timedelta(days=1), freq="8h")
+    k = np.arange(len(settle))
+    return pd.DataFrame({"timestamp": settle, "rate": 0.0001 + 0.00002 * ((k % 7) - 3)})
 
 
 def _send(handler, status: int, body: bytes, headers: dict | None = None) -> None:

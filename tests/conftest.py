@@ -63,3 +63,17 @@ def fake_bybit():
 
     with FakeBybit(synthetic_candles(3000, "1h", seed=7, start="2023-01-01")) as fake:
         yield fake
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _trials_log_outside_the_repository(tmp_path_factory):
+    """Runs of train/evaluate append to a trials log; tests keep it out of ./reports."""
+    from numpyconvnext.trials import TRIALS_ENV
+
+    previous = os.environ.get(TRIALS_ENV)
+    os.environ[TRIALS_ENV] = str(tmp_path_factory.mktemp("trials") / "trials.jsonl")
+    yield
+    if previous is None:
+        os.environ.pop(TRIALS_ENV, None)
+    else:
+        os.environ[TRIALS_ENV] = previous

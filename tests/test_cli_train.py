@@ -51,7 +51,8 @@ def test_auto_source_fetches_from_bybit_into_the_cache(tmp_path):
                         "--out", str(tmp_path / "models"), *TINY)
         requests = len(fake.requests)
     assert result.exit_code == 0, result.output
-    assert (cache / "BTCUSDT_1h.csv").exists()
+    assert (cache / "BTCUSDT_linear_1h.csv").exists()
+    assert (cache / "BTCUSDT_linear_funding.csv").exists()  # a perpetual's funding beside it
     assert requests >= 3  # 2,400 candles: three pages of at most 1,000
     model = numpyconvnext.load(saved_model_path(result.output))
     assert model.metadata["data_source"]["fetched_from"] == "bybit"

@@ -59,7 +59,7 @@ def test_backward_fetch_that_dies_mid_way_keeps_its_pages_and_a_rerun_continues(
         fake.die_after_pages = 3
         with pytest.raises(BybitUnreachableError):
             update_cache(client_for(fake), "BTCUSDT", "1h", days, tmp_path, end=end)
-        path = tmp_path / "BTCUSDT_1h.csv"
+        path = tmp_path / "BTCUSDT_linear_1h.csv"
         kept = load_candles(path)
         # the three newest pages are on disk (the forming candle dropped)
         pd.testing.assert_frame_equal(kept, full.iloc[-1 - 3 * PAGE : -1].reset_index(drop=True))
@@ -76,13 +76,13 @@ def test_backward_fetch_that_dies_mid_way_keeps_its_pages_and_a_rerun_continues(
 
 
 def test_forward_refresh_that_dies_leaves_no_hole(tmp_path, full):
-    save_candles(full.iloc[:1000], tmp_path / "BTCUSDT_1h.csv")
+    save_candles(full.iloc[:1000], tmp_path / "BTCUSDT_linear_1h.csv")
     end = end_of(full)
     with FakeBybit(full) as fake:
         fake.die_after_pages = 2
         with pytest.raises(BybitUnreachableError):
             update_cache(client_for(fake), "BTCUSDT", "1h", 30, tmp_path, end=end)
-        kept = load_candles(tmp_path / "BTCUSDT_1h.csv")
+        kept = load_candles(tmp_path / "BTCUSDT_linear_1h.csv")
         assert len(kept) == 1000 + 2 * PAGE
         assert store.gap_report(kept, "1h").n_missing == 0  # one unbroken stretch
         fake.die_after_pages = None
@@ -104,7 +104,7 @@ def test_an_interruption_loses_only_the_page_in_flight(tmp_path, full):
         with pytest.raises(KeyboardInterrupt):
             update_cache(client_for(fake), "BTCUSDT", "1h", 300, tmp_path, end=end,
                          progress=progress)
-    assert len(load_candles(tmp_path / "BTCUSDT_1h.csv")) == 3 * PAGE  # the pages that arrived
+    assert len(load_candles(tmp_path / "BTCUSDT_linear_1h.csv")) == 3 * PAGE  # the pages that arrived
 
 
 def test_progress_is_saved_every_n_pages(tmp_path, full, monkeypatch):
@@ -120,7 +120,7 @@ def test_progress_is_saved_every_n_pages(tmp_path, full, monkeypatch):
 
 
 def test_refresh_and_backfill_each_say_so_in_one_line(tmp_path, full):
-    save_candles(full.iloc[2000:3000], tmp_path / "BTCUSDT_1h.csv")
+    save_candles(full.iloc[2000:3000], tmp_path / "BTCUSDT_linear_1h.csv")
     end = end_of(full)
     with FakeBybit(full) as fake:
         notes = []
@@ -132,7 +132,7 @@ def test_refresh_and_backfill_each_say_so_in_one_line(tmp_path, full):
         assert len(fake.requests) == n_requests  # up to date and long enough: no request
     assert (result.n_newer, result.n_older) == (1999, 500)  # 3000..4998 and 1500..1999
     assert len(notes) == 2 and all("\n" not in n for n in notes)
-    assert notes[0] == (f"BTCUSDT_1h.csv ends {full['timestamp'].iloc[2999]:%Y-%m-%d %H:%M} UTC: "
+    assert notes[0] == (f"BTCUSDT_linear_1h.csv ends {full['timestamp'].iloc[2999]:%Y-%m-%d %H:%M} UTC: "
                         "fetching the newer candles")
     assert "later than the" in notes[1] and "fetching the older candles" in notes[1]
     assert quiet == []
@@ -150,7 +150,7 @@ def test_a_young_market_says_there_is_nothing_older(tmp_path, full):
 
 
 def test_a_damaged_cache_needs_repair(tmp_path, full):
-    path = save_candles(full.iloc[:50], tmp_path / "BTCUSDT_1h.csv")
+    path = save_candles(full.iloc[:50], tmp_path / "BTCUSDT_linear_1h.csv")
     lines = path.read_text().splitlines()
     path.write_text("\n".join([lines[0], *lines[1:][::-1]]) + "\n")  # newest first
     with FakeBybit(full) as fake:
@@ -177,12 +177,12 @@ def test_cli_fetch_continues_after_the_server_died(tmp_path):
         died = CliRunner().invoke(cli.main, args)
         assert died.exit_code == 2 and died.output.startswith("Error: cannot connect")
         assert len(died.output.strip().splitlines()) == 1
-        assert len(load_candles(tmp_path / "BTCUSDT_1h.csv")) == 2 * PAGE
+        assert len(load_candles(tmp_path / "BTCUSDT_linear_1h.csv")) == 2 * PAGE
         fake.die_after_pages = None
         again = CliRunner().invoke(cli.main, args)
     assert again.exit_code == 0, again.output
     assert "fetching the older candles" in again.output
-    written = load_candles(tmp_path / "BTCUSDT_1h.csv")
+    written = load_candles(tmp_path / "BTCUSDT_linear_1h.csv")
     assert store.gap_report(written, "1h").n_missing == 0 and len(written) >= 200 * 24 - 2
 
 
@@ -202,4 +202,4 @@ def test_cli_fetch_ctrl_c_says_how_to_continue(tmp_path, monkeypatch):
                                                "--base-url", fake.url, "--quiet"])
     assert result.exit_code == 130
     assert "rerun the same command to continue" in result.output
-    assert len(load_candles(tmp_path / "BTCUSDT_1h.csv")) == 2 * PAGE
+    assert len(load_candles(tmp_path / "BTCUSDT_linear_1h.csv")) == 2 * PAGE

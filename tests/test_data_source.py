@@ -9,7 +9,8 @@ from bybit_server import FakeBybit
 from click.testing import CliRunner
 
 from cli import main
-from numpyconvnext.data.source import resolve_candles
+from numpyconvnext.data.funding import load_funding, save_funding
+from numpyconvnext.data.source import funding_for_source, resolve_candles
 from numpyconvnext.data.store import load_candles, save_candles
 from numpyconvnext.data.synthetic import synthetic_candles
 
@@ -32,32 +33,41 @@ def resolve(fake_url: str, cache, **options):
 
 
 def test_a_stale_short_cache_is_refreshed_and_extended_with_a_notice_each(tmp_path, recent):
-    save_candles(recent.iloc[-900:-50], tmp_path / "BTCUSDT_1h.csv")  # 50 h old, 35 days long
+    save_candles(recent.iloc[-900:-50], tmp_path / "BTCUSDT_linear_1h.csv")  # 50 h old, 35 days long
     with FakeBybit(recent) as fake:
         candles, description, notes = resolve(fake.url, tmp_path, days=60)
     assert len(notes) == 2
-    assert notes[0].startswith("BTCUSDT_1h.csv ends") and "fetching the newer candles" in notes[0]
+    assert notes[0].startswith("BTCUSDT_linear_1h.csv ends") and "fetching the newer candles" in notes[0]
     assert "later than the 60 days asked: fetching the older candles" in notes[1]
     # the cache now holds the 60 days up to the newest closed candle, and the run uses them
-    cached = load_candles(tmp_path / "BTCUSDT_1h.csv")
+    cached = load_candles(tmp_path / "BTCUSDT_linear_1h.csv")
     pd.testing.assert_frame_equal(candles, cached)
     closed = recent.iloc[:-1].reset_index(drop=True)
     assert len(cached) in (60 * 24 - 1, 60 * 24)
     pd.testing.assert_frame_equal(cached, closed.iloc[-len(cached):].reset_index(drop=True))
     assert description["fetched_from"] == "bybit"
+    # the perpetual's funding series is cached beside the candles and covers them
+    funding = load_funding(tmp_path / "BTCUSDT_linear_funding.csv")
+    assert funding["timestamp"].iloc[0] <= candles["timestamp"].iloc[0] + pd.Timedelta(hours=8)
+    assert funding["timestamp"].iloc[-1] >= candles["timestamp"].iloc[-1] - pd.Timedelta(hours=8)
+    assert funding_for_source(description, candles)[1].startswith("funding: ")
+    assert "BTCUSDT_linear_funding.csv" in funding_for_source(description, candles)[1]
 
 
 def test_an_up_to_date_cache_costs_no_request(tmp_path, recent):
-    save_candles(recent.iloc[:-1], tmp_path / "BTCUSDT_1h.csv")
+    save_candles(recent.iloc[:-1], tmp_path / "BTCUSDT_linear_1h.csv")
     with FakeBybit(recent) as fake:
+        settled = fake.funding[fake.funding["timestamp"] <= pd.Timestamp(fake.now_ms, unit="ms",
+                                                                         tz="UTC")]
+        save_funding(settled.reset_index(drop=True), tmp_path / "BTCUSDT_linear_funding.csv")
         candles, _, notes = resolve(fake.url, tmp_path, days=30)
         assert fake.requests == [] or pd.Timestamp.now(tz="UTC").minute == 0  # hour just turned
-    assert notes[-1] == f"using cached candles {tmp_path / 'BTCUSDT_1h.csv'}"
+    assert notes[-1] == f"using cached candles {tmp_path / 'BTCUSDT_linear_1h.csv'}"
     assert len(candles) == 30 * 24
 
 
 def test_unreachable_bybit_uses_a_stale_cache_as_it_is(tmp_path, recent):
-    save_candles(recent.iloc[:-100], tmp_path / "BTCUSDT_1h.csv")
+    save_candles(recent.iloc[:-100], tmp_path / "BTCUSDT_linear_1h.csv")
     candles, description, notes = resolve(DOWN, tmp_path, days=30)
     assert "Bybit unreachable" in notes[-1] and "as it is" in notes[-1]
     assert candles["timestamp"].iloc[-1] == recent["timestamp"].iloc[-101]

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from numpyconvnext.data import store
 from numpyconvnext.data.bybit import BybitClient
+from numpyconvnext.data.funding import load_funding
 from numpyconvnext.data.store import (
     CandleFileError,
     CandleGapWarning,
@@ -169,7 +170,7 @@ def test_update_cache_is_incremental(tmp_path, fmt):
     with FakeBybit(full) as fake:
         client = BybitClient(fake.url, sleep=lambda s: None)
         one = update_cache(client, "BTCUSDT", "60", 10, tmp_path, fmt, end=first_end)
-        assert one.path == tmp_path / f"BTCUSDT_1h.{fmt}"
+        assert one.path == tmp_path / f"BTCUSDT_linear_1h.{fmt}"
         expected = full.iloc[560:800].reset_index(drop=True)
         pd.testing.assert_frame_equal(load_candles(one.path), expected)
         n_before = len(fake.requests)
@@ -195,17 +196,24 @@ def test_cli_fetch_writes_file_then_updates(tmp_path, recent_fake):
             str(tmp_path), "--base-url", fake.url]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
-    written = load_candles(tmp_path / "BTCUSDT_1h.csv")
+    written = load_candles(tmp_path / "BTCUSDT_linear_1h.csv")
     closed = candles.iloc[:-1].reset_index(drop=True)
     assert 479 <= len(written) <= 481
     pd.testing.assert_frame_equal(written, closed.iloc[-len(written):].reset_index(drop=True))
+    funding = load_funding(tmp_path / "BTCUSDT_linear_funding.csv")  # on by default for linear
+    assert funding["timestamp"].iloc[0] >= written["timestamp"].iloc[0]
+    assert len(funding) in (59, 60, 61)  # 20 days of 8 h settlements
     n_before = len(fake.requests)
     again = CliRunner().invoke(cli.main, args + ["--format", "csv"])
     assert again.exit_code == 0 and "0 new" in again.output
-    # no candle can have closed since: no request at all (one if the hour turned meanwhile)
-    hour_turned = pd.Timestamp.now(tz="UTC").floor("h") > pd.Timestamp(fake.now_ms, unit="ms",
-                                                                        tz="UTC").floor("h")
-    assert len(fake.requests) == n_before + hour_turned
+    assert "funding settlements, 0 new" in again.output
+    # no candle can have closed since: no candle request (one if the hour turned meanwhile),
+    # and no funding request unless a settlement time (every 8 h) passed meanwhile
+    fetched_at = pd.Timestamp(fake.now_ms, unit="ms", tz="UTC")
+    now = pd.Timestamp.now(tz="UTC")
+    hour_turned = now.floor("h") > fetched_at.floor("h")
+    settled = now.floor("8h") > fetched_at.floor("8h")
+    assert len(fake.requests) == n_before + hour_turned + settled
 
 
 def test_cli_fetch_json(tmp_path, recent_fake):
@@ -213,7 +221,7 @@ def test_cli_fetch_json(tmp_path, recent_fake):
     result = CliRunner().invoke(cli.main, ["fetch", "--days", "2", "--out", str(tmp_path),
                                            "--base-url", fake.url, "--format", "json", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert len(load_candles(tmp_path / "BTCUSDT_1h.json")) in (47, 48, 49)
+    assert len(load_candles(tmp_path / "BTCUSDT_linear_1h.json")) in (47, 48, 49)
 
 
 @pytest.mark.parametrize(
@@ -230,7 +238,7 @@ def test_cli_fetch_errors_are_one_line(tmp_path, recent_fake, extra, message):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("Error:")
     assert "Traceback" not in result.output
-    assert not (tmp_path / "BTCUSDT_1h.csv").exists()
+    assert not (tmp_path / "BTCUSDT_linear_1h.csv").exists()
 
 
 # --- strict files: epoch units, field counts, ranges, grid --------------------------------
@@ -381,7 +389,7 @@ def test_cli_fetch_repair(tmp_path, recent_fake):
     fake, candles = recent_fake
     args = ["fetch", "--days", "2", "--out", str(tmp_path), "--base-url", fake.url, "--quiet"]
     assert CliRunner().invoke(cli.main, args).exit_code == 0
-    path = tmp_path / "BTCUSDT_1h.csv"
+    path = tmp_path / "BTCUSDT_linear_1h.csv"
     header, *body = path.read_text().splitlines()
     path.write_text("\n".join([header, *body, body[3]]) + "\n")  # a stray copy at the end
     refused = CliRunner().invoke(cli.main, args)

@@ -40,7 +40,7 @@ def test_fetch_data_from_the_loopback_server(tmp_path):
         result = example("fetch_data.py", "--symbol", "BTCUSDT", "--interval", "1h", "--days", "30",
                          "--base-url", fake.url, "--format", "json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    candles = load_candles(tmp_path / "data" / "BTCUSDT_1h.json")
+    candles = load_candles(tmp_path / "data" / "BTCUSDT_linear_1h.json")
     # 30 days = 720 hourly opens in the range; the still-forming newest one is dropped
     assert len(candles) in (719, 720) and f"{len(candles)} candles" in result.stdout
     assert candles["timestamp"].diff().dropna().eq(pd.Timedelta(hours=1)).all()
@@ -51,8 +51,8 @@ def test_fetch_data_offline_says_so(tmp_path):
                      "--retry-time", "0.2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "SYNTHETIC" in result.stdout
-    assert len(load_candles(tmp_path / "data" / "SYNTHETIC-BTCUSDT_1h.csv")) == 240
-    assert not (tmp_path / "data" / "BTCUSDT_1h.csv").exists()
+    assert len(load_candles(tmp_path / "data" / "SYNTHETIC-BTCUSDT_linear_1h.csv")) == 240
+    assert not (tmp_path / "data" / "BTCUSDT_linear_1h.csv").exists()
 
 
 def test_train_model_on_a_json_file(tmp_path):

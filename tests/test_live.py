@@ -25,6 +25,7 @@ from numpyconvnext.trading.live import (
     history_bars,
     run_live,
 )
+from numpyconvnext.trading.strategy import Strategy
 
 HOUR_S = 3600.0
 FIELDS = {"time", "close_time", "symbol", "interval", "close", "probabilities", "predicted_return",
@@ -177,7 +178,7 @@ def test_regression_checkpoint_lines_carry_the_predicted_return(tmp_path):
     expected = decide(model, history, [len(history) - 1])
     assert record["predicted_return"] == pytest.approx(expected.predicted_return[0], rel=1e-5)
     assert record["signal"] == ["LONG", "SHORT", "HOLD"][int(expected.signal[0])]
-    assert 0 <= record["confidence"] < 1 and 0 <= record["size"]["fraction"] <= 0.5
+    assert 0 <= record["confidence"] < 1 and 0 <= record["size"]["fraction"] <= 1.0
     assert "predicted return" in logs[0]
 
 
@@ -209,7 +210,8 @@ def test_live_once_prints_exactly_one_json_line(checkpoint, model):
     assert record["close"] == closed["close"].iloc[-1]
     assert record["size"]["equity"] == 5000.0
     history = closed.iloc[-history_bars(model):].reset_index(drop=True)
-    expected = decide(model, history, [len(history) - 1], confidence=0.55, equity=5000.0)
+    expected = decide(model, history, [len(history) - 1], strategy=Strategy(confidence=0.55),
+                      equity=5000.0)
     assert record["signal"] == ["LONG", "SHORT", "HOLD"][int(expected.signal[0])]
     assert record["size"]["units"] == pytest.approx(expected.units[0], rel=1e-5, abs=1e-8)
     assert "public data only, no orders" in result.stderr

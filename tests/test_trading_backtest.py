@@ -444,3 +444,59 @@ def test_backtester_with_plain_tuples():
     assert r.metrics == whole.metrics
     with pytest.raises(RuntimeError):
         bt.step(tuple(rows[0]), 0.0)
+
+
+# ------------------------------------------------------------------ next-open fills, property
+
+
+def _reference_equity(candles, directions):
+    """A plain-Python model of the timing rule with zero costs and all-in +-1 positions: the
+    direction decided at bar t's close is traded at bar t+1's open; equity is marked at closes.
+    Also returns the fills as (bar, price)."""
+    o, c = candles["open"].to_numpy(), candles["close"].to_numpy()
+    cash, units, held = E0, 0.0, 0
+    equity, fills = [], []
+    pending = 0
+    for t in range(len(o)):
+        if pending != held:
+            if units:
+                cash += units * o[t]
+                fills.append((t, o[t]))
+                units = 0.0
+            if pending:
+                units = pending * cash / o[t]
+                cash -= units * o[t]
+                fills.append((t, o[t]))
+            held = pending
+        equity.append(cash + units * c[t])
+        pending = int(directions[t])
+    if units:  # closed at the last close
+        equity[-1] = cash + units * c[-1]
+    return np.asarray(equity), fills
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_fills_happen_at_the_next_open_for_any_signals(data):
+    """Over random candles and random class signals: every fill is at the open of the bar after
+    the decision, and the equity curve equals a plain reference of that rule. A fill at the
+    signal bar's close (or any other price) breaks both."""
+    n = data.draw(st.integers(3, 80), label="bars")
+    candles = random_candles(n, seed=data.draw(st.integers(0, 10_000), label="seed"))
+    signals = np.asarray(data.draw(st.lists(st.sampled_from([0, 1, 2]), min_size=n, max_size=n),
+                                   label="signals"), dtype=np.int64)
+    r = backtest(candles, signals, **ZERO_COST)
+    directions = np.array([1, -1, 0])[signals]
+    reference, fills = _reference_equity(candles, directions)
+    np.testing.assert_allclose(r.equity.to_numpy(), reference, rtol=1e-12)
+    o = candles["open"].to_numpy()
+    change = np.flatnonzero(np.diff(np.concatenate(([0], directions))) != 0)  # decision bars
+    for trade in r.trades.itertuples():
+        assert trade.entry_price == pytest.approx(o[trade.entry_bar], rel=1e-14)
+        assert trade.entry_bar - 1 in change  # decided at the close before
+        if trade.exit_reason == "signal":
+            assert trade.exit_price == pytest.approx(o[trade.exit_bar], rel=1e-14)
+            assert trade.exit_bar - 1 in change
+    opened = [bar for bar, _ in fills]
+    assert sorted(set(opened)) == sorted(set(r.trades["entry_bar"]) | set(
+        r.trades.loc[r.trades["exit_reason"] == "signal", "exit_bar"]))

@@ -25,6 +25,7 @@ from numpyconvnext.trading.inference import (
     preprocessing_of,
     valid_decision_indices,
 )
+from numpyconvnext.trading.strategy import Strategy
 
 WINDOW, HORIZON = 32, 4
 
@@ -83,14 +84,14 @@ def assert_one_line_error(result, needle: str = "") -> None:
 def test_inference_rebuilds_the_training_inputs_exactly(model, checkpoint):
     _, candles = checkpoint
     data = prepare_dataset(candles, window=WINDOW, label_config=LabelConfig(horizon=HORIZON))
-    decisions = decide(model, candles, data.test.end_index, confidence=0.5)
+    decisions = decide(model, candles, data.test.end_index, strategy=Strategy(confidence=0.5))
     np.testing.assert_allclose(decisions.probabilities, model.predict_proba(data.test.X),
                                rtol=1e-6, atol=1e-7)
     # the normaliser is the stored one, not refitted on the candles given: a changed stored
     # mean changes the probabilities
     shifted = numpyconvnext.load(checkpoint[0])
     shifted.metadata["preprocessing"]["normalizer"]["mean"][0] += 1.0
-    other = decide(shifted, candles, data.test.end_index, confidence=0.5)
+    other = decide(shifted, candles, data.test.end_index, strategy=Strategy(confidence=0.5))
     assert np.abs(other.probabilities - decisions.probabilities).max() > 1e-4
 
 
@@ -98,7 +99,8 @@ def test_signals_follow_the_threshold_and_sizes_are_finite_and_non_negative(mode
     _, candles = checkpoint
     every = valid_decision_indices(len(candles), preprocessing_of(model))
     assert every[0] == 230 and every[-1] == len(candles) - 1  # warm-up 199 + window 32 - 1
-    decisions = decide(model, candles, every[::3], confidence=0.6, equity=25_000.0)
+    decisions = decide(model, candles, every[::3], strategy=Strategy(confidence=0.6),
+                       equity=25_000.0)
     p, signal = decisions.probabilities, decisions.signal
     assert set(np.unique(signal)) == {0, 1, 2}  # a decisive model: all three occur
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
@@ -112,11 +114,15 @@ def test_signals_follow_the_threshold_and_sizes_are_finite_and_non_negative(mode
     assert (decisions.fraction[~directional] == 0).all()
     assert (decisions.fraction[directional] > 0).any()
     np.testing.assert_allclose(decisions.units, decisions.fraction * 25_000.0 / decisions.close)
-    # half Kelly (b = 2) capped by 2% risk at a 2-ATR stop
-    kelly = 0.5 * np.maximum(decisions.confidence - (1 - decisions.confidence) / 2.0, 0.0)
-    cap = 0.02 * decisions.close / (2.0 * decisions.atr)
-    expected = np.where(directional, np.minimum(np.minimum(kelly, cap), 1.0), 0.0)
+    # half Kelly in risk units on q = p(side) / (p(Long) + p(Short)), b = 1 (nothing chosen in
+    # this checkpoint), at most 2% of equity lost at the 2-ATR stop, at most 1x equity
+    side = np.where(signal == 1, 1, 0)
+    q = p[np.arange(len(p)), side] / (p[:, 0] + p[:, 1])
+    risk = np.minimum(0.5 * np.maximum(q - (1 - q) / 1.0, 0.0), 0.02)
+    expected = np.where(directional, np.minimum(risk * decisions.close / (2.0 * decisions.atr), 1.0),
+                        0.0)
     np.testing.assert_allclose(decisions.fraction, expected, rtol=1e-12)
+    np.testing.assert_allclose(decisions.win_probability[directional], q[directional])
 
 
 def test_regression_checkpoint_signals_on_the_sign_beyond_the_label_threshold(tmp_path):
@@ -132,7 +138,11 @@ def test_regression_checkpoint_signals_on_the_sign_beyond_the_label_threshold(tm
     for values in (decisions.fraction, decisions.units, decisions.confidence):
         assert np.isfinite(values).all() and (values >= 0).all()
     assert (decisions.confidence < 1).all()
-    assert (decisions.fraction[signal == 2] == 0).all() and (decisions.fraction <= 0.5).all()
+    assert (decisions.fraction[signal == 2] == 0).all() and (decisions.fraction <= 1.0).all()
+    # no probability: q = 1, so the 2% risk budget at the 2-ATR stop does the sizing
+    sized = decisions.fraction > 0
+    risk = decisions.fraction[sized] * 2.0 * decisions.atr[sized] / decisions.close[sized]
+    assert (risk <= 0.02 + 1e-12).all() and np.isclose(risk, 0.02).any()
     fixed = decide(model, candles, decisions.end_index[:40], regression_threshold=1.0)  # never 100%
     assert (fixed.signal == 2).all() and (fixed.fraction == 0).all()
 
@@ -182,7 +192,7 @@ def test_no_look_ahead_through_inference_and_backtest(model, checkpoint):
         0.2, 5.0, len(candles) - t - 1)
 
     def run(frame):
-        decisions = decide(model, frame, end_index, confidence=0.5)
+        decisions = decide(model, frame, end_index, strategy=Strategy(confidence=0.5))
         result = backtest(frame, decisions.signal_series(), size=decisions.fraction_series(),
                           stop_loss=2.0, take_profit=3.0, stop_mode="atr")
         return decisions, result
@@ -206,7 +216,7 @@ def test_no_look_ahead_through_inference_and_backtest(model, checkpoint):
 
     # live sees only candles up to t: the same decision as the backtest's at t
     # (equal up to float32 rounding: BLAS may sum in another order for a batch of one)
-    live = decide(model, candles.iloc[: t + 1], [t], confidence=0.5)
+    live = decide(model, candles.iloc[: t + 1], [t], strategy=Strategy(confidence=0.5))
     np.testing.assert_allclose(live.probabilities[0], base.probabilities[upto][-1], rtol=1e-5)
     assert live.signal[0] == base.signal[upto][-1]
     np.testing.assert_allclose(live.fraction[0], base.fraction[upto][-1], rtol=1e-5)
@@ -221,7 +231,8 @@ def test_backtest_cli_on_the_checkpoint_test_period(checkpoint, model, tmp_path)
     result = run_cli("backtest", "--model", path, "--confidence", "0.5", "--out", out)
     assert result.exit_code == 0, result.output
     text = result.stdout
-    assert "Metric" in text and "Model" in text and "Buy & hold" in text
+    assert "Metric" in text and "Strategy" in text and "Buy & hold" in text
+    assert "IN-SAMPLE" not in text  # the recorded test period is out of sample
     for row in ("Total return", "Sharpe", "Max drawdown", "Win rate", "Trades"):
         assert row in text
     split = model.metadata["split"]["test"]
@@ -233,9 +244,18 @@ def test_backtest_cli_on_the_checkpoint_test_period(checkpoint, model, tmp_path)
     # decisions at the test window ends, the last one filled on the next bar
     assert len(equity) == split["last_index"] - split["first_index"] + 2
     assert equity["timestamp"].iloc[0] == first
-    assert list(equity.columns) == ["timestamp", "equity", "position", "benchmark_equity"]
+    assert list(equity.columns) == ["timestamp", "equity", "position", "benchmark_equity", "funding",
+                                    "in_sample"]
+    assert not equity["in_sample"].any()
     assert {"side", "entry_time", "exit_time", "pnl", "fees", "exit_reason"} <= set(trades.columns)
     np.testing.assert_allclose(equity["equity"].iloc[-1] - 10_000.0, trades["pnl"].sum(), rtol=1e-9)
+    # the synthetic market's funding is charged: final - initial = gross - fees - funding
+    assert trades["funding"].abs().sum() > 0 and "synthetic market's series" in text
+    np.testing.assert_allclose(equity["equity"].iloc[-1] - 10_000.0,
+                               trades["gross_pnl"].sum() - trades["fees"].sum()
+                               - equity["funding"].sum(), rtol=1e-9)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["in_sample"] is False and summary["in_sample_ranges"] == []
     signals = pd.read_csv(out / "signals.csv")
     assert len(signals) == split["last_index"] - split["first_index"] + 1
     pytest.importorskip("matplotlib")
@@ -249,7 +269,7 @@ def test_backtest_cli_default_out_dir_is_next_to_the_model(checkpoint):
     assert result.exit_code == 0, result.output
     folders = sorted(path.parent.glob("backtest_*"))
     assert folders and (folders[-1] / "trades.csv").exists() and (folders[-1] / "equity.csv").exists()
-    assert "fee 0.000%, slippage 0.000% per fill; no stop" in result.stdout
+    assert "no stop, no take-profit; fee 0.000% + slippage 0.000% per fill" in result.stdout
 
 
 def test_backtest_cli_on_a_data_file(checkpoint, model, tmp_path):
@@ -262,8 +282,10 @@ def test_backtest_cli_on_a_data_file(checkpoint, model, tmp_path):
     result = run_cli("backtest", "--model", path, "--data", data, "--confidence", "0.5",
                      "--take-profit", "3", "--out", tmp_path / "bt")
     assert result.exit_code == 0, result.output
-    assert "ETHUSDT_1h.csv, all bars after warm-up" in result.stdout
-    assert "win/loss 1.5" in result.stdout  # take-profit / stop-loss = 3 / 2
+    assert "ETHUSDT_1h.csv (linear), all bars after warm-up" in result.stdout
+    assert "payoff ratio b 1.50 (take-profit / stop)" in result.stdout  # 3 / 2
+    assert "NOT charged - no funding series" in result.stdout  # a user's CSV
+    assert "IN-SAMPLE" not in result.stdout  # another market, after the training dates
     equity = pd.read_csv(tmp_path / "bt" / "equity.csv", parse_dates=["timestamp"])
     first = preprocessing_of(model).first_decision_index
     assert equity["timestamp"].iloc[0] == candles["timestamp"].iloc[first]
@@ -283,7 +305,8 @@ def test_backtest_cli_on_bybit_candles(checkpoint, tmp_path):
         bad = run_cli("backtest", "--model", checkpoint[0], "--symbol", "NOPEUSDT", "--days", "15",
                       "--base-url", fake.url)
     assert result.exit_code == 0, result.output
-    assert "Bybit BTCUSDT 1h last 15 days" in result.stdout
+    assert "Bybit BTCUSDT 1h linear last 15 days" in result.stdout
+    assert "settlements from Bybit" in result.stdout
     equity = pd.read_csv(tmp_path / "bt" / "equity.csv", parse_dates=["timestamp"])
     # 15 days of closed 1h candles minus warm-up and window (230 bars); the newest is closed
     assert 15 * 24 - 232 <= len(equity) <= 15 * 24 - 230
@@ -324,3 +347,72 @@ def test_backtest_cli_errors_are_one_line(checkpoint, tmp_path):
                           "either --data")
     assert_one_line_error(run_cli("backtest", "--model", path, "--days", "5"), "--symbol")
     assert_one_line_error(run_cli("backtest", "--model", path, "--confidence", "1.5"), "confidence")
+
+
+# --- IN-SAMPLE -----------------------------------------------------------------------------------
+
+
+def test_backtest_on_the_training_range_says_in_sample(checkpoint, model, tmp_path):
+    from numpyconvnext.data import save_candles
+
+    path, candles = checkpoint
+    data = save_candles(candles, tmp_path / "candles.csv")  # the very candles it was trained on
+    out = tmp_path / "bt"
+    result = run_cli("backtest", "--model", path, "--data", data, "--out", out)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("IN-SAMPLE: decisions overlap the model's training ")
+    split = model.metadata["split"]
+    assert f"{pd.Timestamp(split['val']['last_time']) + pd.Timedelta(hours=HORIZON):%Y-%m-%d %H:%M}" \
+        in lines[0]  # the validation span runs to its last label
+    header = next(line for line in lines if line.startswith("Metric"))
+    assert "IN-SAMPLE" in header
+    signals = pd.read_csv(out / "signals.csv", parse_dates=["timestamp"])
+    train_end = pd.Timestamp(split["train"]["last_time"])
+    assert signals.loc[signals["timestamp"] <= train_end, "in_sample"].all()
+    test_start = pd.Timestamp(split["test"]["first_time"])
+    assert not signals.loc[signals["timestamp"] >= test_start, "in_sample"].any()
+    assert json.loads((out / "summary.json").read_text())["in_sample"] is True
+    assert pd.read_csv(out / "equity.csv")["in_sample"].any()
+    assert "in_sample" in pd.read_csv(out / "trades.csv").columns
+
+
+def _model_trained_on(model, candles, path, train, val):
+    """A copy of ``model`` whose metadata says it was trained on BTCUSDT ``candles`` with these
+    train / validation window-end index ranges."""
+    import copy
+
+    metadata = copy.deepcopy(model.metadata)
+    stamps = pd.DatetimeIndex(candles["timestamp"])
+    metadata["symbol"] = "BTCUSDT"
+    metadata["split"] = {name: {"first_index": r.start, "last_index": r.stop - 1,
+                                "first_time": stamps[r.start].isoformat(),
+                                "last_time": stamps[r.stop - 1].isoformat()}
+                         for name, r in (("train", train), ("val", val))}
+    metadata["split"]["test"] = None
+    numpyconvnext.save(model, path, metadata=metadata)
+    return path
+
+
+def test_backtest_symbol_starts_after_the_validation_end(model, tmp_path):
+    from bybit_server import FakeBybit
+
+    from numpyconvnext.data import synthetic_candles
+
+    start = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=899)).floor("h")
+    candles = synthetic_candles(900, "1h", seed=5, start=start)
+    path = _model_trained_on(model, candles, tmp_path / "m.npz", range(300, 500), range(540, 600))
+    first_free = candles["timestamp"].iloc[599 + HORIZON + 1]
+    with FakeBybit(candles) as fake:
+        args = ["backtest", "--model", path, "--symbol", "BTCUSDT", "--days", "36", "--base-url",
+                fake.url]
+        default = run_cli(*args, "--out", tmp_path / "a")
+        everything = run_cli(*args, "--allow-in-sample", "--out", tmp_path / "b")
+    assert default.exit_code == 0, default.output
+    assert "IN-SAMPLE" not in default.stdout
+    assert f"from {first_free:%Y-%m-%d %H:%M} (after the model's validation period)" in default.stdout
+    signals = pd.read_csv(tmp_path / "a" / "signals.csv", parse_dates=["timestamp"])
+    assert signals["timestamp"].iloc[0] == first_free and not signals["in_sample"].any()
+    assert everything.exit_code == 0, everything.output
+    assert everything.stdout.startswith("IN-SAMPLE: decisions overlap the model's training")
+    assert "validation" in everything.stdout.splitlines()[0]

@@ -10,16 +10,21 @@ import pytest
 from numpyconvnext.trading.metrics import (
     BacktestMetrics,
     cagr,
+    calmar_ratio,
     compute_metrics,
+    expectancy,
     exposure,
     format_comparison_table,
+    longest_drawdown_bars,
     max_drawdown,
+    monthly_returns,
     periods_per_year_from_index,
     profit_factor,
     returns_from_equity,
     sharpe_ratio,
     sortino_ratio,
     total_return,
+    win_loss_ratio,
     win_rate,
 )
 
@@ -100,18 +105,56 @@ def test_compute_metrics_and_table():
     assert m.max_drawdown == pytest.approx(-0.1)
     assert m.win_rate == 0.5 and m.profit_factor == 2.0
     assert m.avg_trade_duration == 2.5 and m.total_trades == 2 and m.exposure == 0.5
+    assert m.calmar_ratio == pytest.approx(2.0) and m.longest_drawdown_bars == 1
+    assert m.avg_win_loss == 2.0 and m.expectancy == 2.5  # pnl stands in for returns
     d = m.to_dict()
     assert list(d) == [
         "total_return", "cagr", "sharpe_ratio", "sortino_ratio", "max_drawdown", "win_rate",
-        "profit_factor", "avg_trade_duration", "total_trades", "exposure",
+        "profit_factor", "avg_trade_duration", "total_trades", "exposure", "calmar_ratio",
+        "avg_win_loss", "expectancy", "longest_drawdown_bars",
     ]
     bench = BacktestMetrics(0.5, 0.4, 1.0, 1.5, -0.3, 1.0, math.inf, 10.0, 1, 1.0)
-    table = format_comparison_table(m, bench)
+    table = format_comparison_table(m, bench, title="Metric (IN-SAMPLE)")
     lines = table.splitlines()
-    assert "Model" in lines[0] and "Buy & hold" in lines[0]
+    assert "Model" in lines[0] and "Buy & hold" in lines[0] and "IN-SAMPLE" in lines[0]
     labels = [line.split("  ")[0].strip() for line in lines[2:]]
     assert labels == ["Total return", "CAGR", "Sharpe", "Sortino", "Max drawdown", "Win rate",
-                      "Profit factor", "Trades", "Avg duration", "Exposure"]
+                      "Profit factor", "Calmar", "Avg win / avg loss", "Expectancy / trade",
+                      "Trades", "Avg duration", "Longest drawdown", "Exposure"]
     assert "+20.00%" in lines[2] and "+50.00%" in lines[2]
     assert "-10.00%" in table and "inf" in table
     assert len({len(line) for line in lines}) == 1  # aligned
+
+
+def test_calmar_win_loss_expectancy_hand():
+    # EQUITY spans 3 bars; with 3 bars a year CAGR = 20 %, max drawdown -10 % -> Calmar 2
+    assert calmar_ratio(EQUITY, 3) == pytest.approx(2.0)
+    assert calmar_ratio(np.array([1.0, 1.1, 1.2]), 2) == math.inf
+    assert calmar_ratio(np.array([1.0, 1.0]), 2) == 0.0
+    r = np.array([0.02, -0.01, 0.04, -0.03, 0.0])
+    assert win_loss_ratio(r) == pytest.approx(0.03 / 0.02)  # mean win 3 %, mean loss 2 %
+    assert expectancy(r) == pytest.approx(0.004)
+    assert win_loss_ratio(np.array([0.01])) == math.inf and win_loss_ratio(np.array([])) == 0.0
+    assert expectancy(np.array([])) == 0.0
+
+
+def test_longest_drawdown_hand():
+    # below the high at bars 2, 3 (peak 110), then a new high, then bars 6, 7, 8 to the end
+    e = np.array([100, 110, 105, 108, 120, 125, 124, 100, 110.0])
+    assert longest_drawdown_bars(e) == 3
+    assert longest_drawdown_bars(np.array([1.0, 2.0, 3.0])) == 0
+    assert longest_drawdown_bars(np.array([3.0, 2.0, 1.0])) == 2
+
+
+def test_monthly_returns_table():
+    stamps = pd.DatetimeIndex(["2023-12-05", "2023-12-31", "2024-01-10", "2024-01-31",
+                               "2024-03-15"], tz="UTC")
+    equity = pd.Series([100.0, 110.0, 99.0, 121.0, 133.1], index=stamps)
+    table = monthly_returns(equity)
+    assert list(table.index) == [2023, 2024] and list(table.columns)[-1] == "Year"
+    assert table.loc[2023, "Dec"] == pytest.approx(0.10)  # from the first value
+    assert table.loc[2024, "Jan"] == pytest.approx(121 / 110 - 1)
+    assert math.isnan(table.loc[2024, "Feb"])
+    assert table.loc[2024, "Mar"] == pytest.approx(0.10)
+    assert table.loc[2024, "Year"] == pytest.approx(133.1 / 110 - 1)
+    assert table.loc[2023, "Year"] == pytest.approx(0.10)

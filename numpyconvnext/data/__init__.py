@@ -23,6 +23,14 @@ from .dataset import (
     walk_forward_folds,
 )
 from .features import FEATURE_NAMES, INDICATOR_NAMES, WARMUP_BARS, build_features, compute_indicators
+from .funding import (
+    constant_funding,
+    funding_per_bar,
+    load_funding,
+    save_funding,
+    synthetic_funding,
+    update_funding_cache,
+)
 from .intervals import (
     INTERVALS,
     interval_to_ms,
@@ -51,9 +59,10 @@ __all__ = [
     "CandleFileError", "CandleGapWarning", "CandleGridWarning", "FEATURE_NAMES", "Fold",
     "INDICATOR_NAMES", "INTERVALS", "LabelConfig", "Normalizer", "PreparedData", "SplitPart",
     "WARMUP_BARS", "augment", "build_features", "chronological_split", "class_weights",
-    "compute_indicators", "gap_report", "interval_to_ms", "interval_to_timedelta", "jitter",
-    "load_candles", "magnitude_scale", "make_labels", "normalize_interval", "periods_per_year",
-    "prepare_dataset", "repair_candles", "save_candles", "sign_request", "sliding_windows",
-    "synthetic_candles", "time_warp", "to_bybit_interval", "update_cache", "validate_symbol",
-    "walk_forward_folds", "window_slice",
+    "compute_indicators", "constant_funding", "funding_per_bar", "gap_report", "interval_to_ms",
+    "interval_to_timedelta", "jitter", "load_candles", "load_funding", "magnitude_scale",
+    "make_labels", "normalize_interval", "periods_per_year", "prepare_dataset", "repair_candles",
+    "save_candles", "save_funding", "sign_request", "sliding_windows", "synthetic_candles",
+    "synthetic_funding", "time_warp", "to_bybit_interval", "update_cache", "update_funding_cache",
+    "validate_symbol", "walk_forward_folds", "window_slice",
 ]

@@ -1,4 +1,5 @@
-"""Bybit v5 public market data client (klines), with bounded retries and response validation.
+"""Bybit v5 public market data client (klines, funding history), with bounded retries and
+response validation.
 
 ``BybitClient.get_klines`` pages backwards through any range (Bybit returns at most 1000
 candles per call, newest first), de-duplicates page borders, drops the still-forming candle and
@@ -65,6 +66,7 @@ URL_ENV = "NUMPYCONVNEXT_BYBIT_URL"
 KEY_ENV, SECRET_ENV = "BYBIT_API_KEY", "BYBIT_API_SECRET"
 CATEGORIES = ("linear", "spot", "inverse")
 MAX_LIMIT = 1000
+FUNDING_LIMIT = 200  # rows per /v5/market/funding/history page
 RETRY_RET_CODES = frozenset({10000, 10006, 10016, 10018})
 RATE_LIMIT_RET_CODES = frozenset({10006, 10018})
 PARAMETER_RET_CODE = 10001
@@ -472,6 +474,66 @@ class BybitClient:
         if not pages:
             return make_candles(np.zeros(0, dtype=np.int64), np.zeros((0, 6)))
         return pd.concat(pages[::-1], ignore_index=True)
+
+    def get_funding_history(
+        self,
+        symbol: str,
+        start: datetime | pd.Timestamp | str | int | None = None,
+        end: datetime | pd.Timestamp | str | int | None = None,
+        category: str = "linear",
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> pd.DataFrame:
+        """Funding settlements of a perpetual with time in ``[start, end]`` (UTC; datetimes or ms
+        ints), from ``/v5/market/funding/history``: a frame of ``timestamp`` and ``rate`` (see
+        ``numpyconvnext.data.funding``), ascending, possibly empty.
+
+        Bybit returns at most 200 rows a call, newest first; pages go backwards by ``endTime``
+        (the next page ends 1 ms before the oldest row), through ``request`` with its retries.
+        ``start=None`` means 200 settlements before ``end``; ``end=None`` means now. Spot has no
+        funding: ``ValueError``. A row that is not a time and a finite rate within
+        ``MAX_ABS_RATE`` raises ``BybitResponseError`` naming it.
+        """
+        from .funding import MAX_ABS_RATE, make_funding
+
+        if category not in ("linear", "inverse"):
+            raise ValueError(f"category {category!r} has no funding; use linear or inverse")
+        now_ms = int(time.time() * 1000)
+        end_ms = _to_ms(end, now_ms)
+        start_ms = _to_ms(start, end_ms - FUNDING_LIMIT * 8 * 3_600_000)
+        if start_ms > end_ms:
+            raise ValueError(f"start {start} is after end {end}")
+        rows: dict[int, float] = {}
+        page_end = end_ms
+        while page_end >= start_ms:
+            params = {"category": category, "symbol": symbol.upper(), "startTime": start_ms,
+                      "endTime": page_end, "limit": FUNDING_LIMIT}
+            page = self.request("/v5/market/funding/history", params).get("list")
+            if not isinstance(page, list):
+                raise BybitResponseError(f"{symbol} funding: response has no list")
+            stamps = []
+            for row in page:
+                try:
+                    stamp = int(row["fundingRateTimestamp"])
+                    rate = float(row["fundingRate"])
+                    if not (np.isfinite(rate) and abs(rate) <= MAX_ABS_RATE):
+                        raise ValueError
+                except (TypeError, ValueError, KeyError):
+                    raise BybitResponseError(
+                        f"{symbol} funding: bad row {json.dumps(row)[:200]} (expected "
+                        f"fundingRateTimestamp ms and a finite fundingRate within ±{MAX_ABS_RATE})"
+                    ) from None
+                stamps.append(stamp)
+                rows.setdefault(stamp, rate)
+            if progress is not None:
+                progress(len(page))
+            if not page or len(page) < FUNDING_LIMIT or min(stamps) <= start_ms:
+                break
+            if min(stamps) - 1 >= page_end:  # the server ignored endTime: stop rather than loop
+                raise BybitResponseError(f"{symbol} funding: paging made no progress at {page_end}")
+            page_end = min(stamps) - 1
+        keep = sorted(t for t in rows if start_ms <= t <= end_ms)
+        return make_funding(np.array(keep, dtype=np.int64), np.array([rows[t] for t in keep]))
 
     def get_latest_klines(self, symbol: str, interval: str | int, count: int) -> pd.DataFrame:
         """The last ``count`` closed candles (fewer only if the market is younger than that)."""

@@ -31,6 +31,17 @@ def timestamps_ms(candles: pd.DataFrame) -> np.ndarray:
     return stamps.asi8 // 1_000_000
 
 
+def candles_sha256(candles: pd.DataFrame) -> str:
+    """SHA-256 of the open times and OHLC prices (float64 bytes): the content hash a checkpoint
+    records of its training candles and a walk-forward report of its data."""
+    import hashlib
+
+    prices = np.ascontiguousarray(candles[list(PRICE_COLUMNS)].to_numpy(np.float64))
+    digest = hashlib.sha256(timestamps_ms(candles).astype(np.int64).tobytes())
+    digest.update(prices.tobytes())
+    return digest.hexdigest()
+
+
 def ohlc_violations(values: np.ndarray) -> np.ndarray:
     """Row mask of impossible candles in a ``[N, >=5]`` OHLCV array.
 

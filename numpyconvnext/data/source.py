@@ -1,10 +1,12 @@
 """Where a run's candles come from: a file, Bybit (through the local cache), or the synthetic
 market, with the `auto` chain `python cli.py train` uses on a fresh machine:
 
-    auto = Bybit through the cache file data/{SYMBOL}_{interval}.csv (or .json): the file is
+    auto = Bybit through the cache file data/{SYMBOL}_{category}_{interval}.csv (or .json, an
+           old-style linear data/{SYMBOL}_{interval}.csv is read with a notice): the file is
            refreshed when a newer candle has closed and extended back when it holds less than
-           `days`, one notice line either way (nothing is fetched when it is up to date);
-           when Bybit cannot be reached at all (connection, DNS, timeout after the retry
+           `days`, one notice line either way (nothing is fetched when it is up to date); a
+           linear cache's funding series (data/{SYMBOL}_linear_funding.csv) is refreshed with
+           it. When Bybit cannot be reached at all (connection, DNS, timeout after the retry
            budget): the cache as it is, else the synthetic market, with a notice saying so.
 
 Anything else is an error, never a silent fallback: an unknown symbol or bad parameters
@@ -12,7 +14,10 @@ Anything else is an error, never a silent fallback: an unknown symbol or bad par
 The run uses the last `days` of the candles.
 
 Every source returns the candles and a JSON-able description that is stored in checkpoints, so
-`--resume`, `backtest` and `live` can get the very same candles back (`load_source`).
+`--resume`, `backtest` and `live` can get the very same candles back (`load_source`). The
+description carries the market ``category`` (linear perpetual or spot); `funding_for_source`
+finds the funding a perpetual's candles pay (the series cached beside them, the synthetic
+market's own, or a stated constant-rate assumption).
 """
 
 from __future__ import annotations
@@ -22,8 +27,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from .funding import (
+    constant_funding,
+    funding_path,
+    load_funding,
+    synthetic_funding,
+    update_funding_cache,
+)
 from .intervals import interval_to_timedelta, normalize_interval
-from .store import cache_path, load_candles
+from .store import category_from_path, find_cache, load_candles, symbol_from_path
 from .symbols import validate_symbol
 
 SOURCES = ("auto", "file", "bybit", "synthetic")
@@ -42,13 +54,18 @@ def resolve_candles(
     retry_time_s: float = 20.0,
     last_bars: int | None = None,
     notice: Callable[[str], None] = print,
+    category: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Candles and their description {"kind", "symbol", "interval", "path"|"seed", "first", "last"}.
+    """Candles and their description {"kind", "symbol", "interval", "category", "path"|"seed",
+    "first", "last", "bars", "sha256"}.
 
-    `last_bars` keeps only the most recent bars (for quick runs). Errors are ValueError with one
-    readable line (a missing file, a bad or unknown symbol, a cache that cannot be written,
-    Bybit unreachable with source="bybit").
+    `category` None means the one in the file's name, else linear; a file named for another
+    category than the one asked for is an error. `last_bars` keeps only the most recent bars
+    (for quick runs). Errors are ValueError with one readable line (a missing file, a bad or
+    unknown symbol, a cache that cannot be written, Bybit unreachable with source="bybit").
     """
+    from .candles import candles_sha256
+
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; choose from {', '.join(SOURCES)}")
     interval = normalize_interval(interval)
@@ -58,13 +75,20 @@ def resolve_candles(
     if source == "file":
         if path is None:
             raise ValueError("source 'file' needs a path")
+        named = category_from_path(path)
+        if category is not None and named is not None and named != category:
+            raise ValueError(f"{Path(path).name} holds {named} candles, not {category}")
+        category = category or named or "linear"
         candles = load_candles(path)
-        description = {"kind": "file", "path": str(Path(path).resolve())}
+        description = {"kind": "file", "path": str(Path(path).resolve()),
+                       "symbol": symbol_from_path(path) or symbol}
     elif source == "synthetic":
+        category = category or "linear"
         candles, description = _synthetic(symbol, interval, days)
     else:
+        category = category or "linear"
         candles, description = _through_cache(source, symbol, interval, days, cache_dir, base_url,
-                                              retry_time_s, notice)
+                                              retry_time_s, notice, category)
     if last_bars is not None:
         if last_bars < 1:
             raise ValueError("last_bars must be >= 1")
@@ -72,8 +96,9 @@ def resolve_candles(
     if len(candles) == 0:
         raise ValueError("no candles in the data source")
     description.update(symbol=description.get("symbol", symbol), interval=interval,
-                       first=candles["timestamp"].iloc[0].isoformat(),
-                       last=candles["timestamp"].iloc[-1].isoformat(), bars=len(candles))
+                       category=category, first=candles["timestamp"].iloc[0].isoformat(),
+                       last=candles["timestamp"].iloc[-1].isoformat(), bars=len(candles),
+                       sha256=candles_sha256(candles))
     return candles, description
 
 
@@ -96,23 +121,45 @@ def load_source(description: dict) -> pd.DataFrame:
     return selected
 
 
-def _cached_file(cache_dir, symbol: str, interval: str) -> Path | None:
-    for fmt in ("csv", "json"):
-        candidate = cache_path(cache_dir, symbol, interval, fmt)
-        if candidate.exists():
-            return candidate
-    return None
+def funding_for_source(description: dict, candles: pd.DataFrame,
+                       funding_rate: float | None = None) -> tuple[pd.DataFrame | None, str]:
+    """The funding the candles of ``description`` pay, and one line saying where it comes from.
+
+    Spot: none. The synthetic market: its own series (``funding.synthetic_funding``). A file:
+    the series cached beside it (``SYM_linear_funding.csv``); without one, a constant
+    ``funding_rate`` per 8 h when given (a stated assumption), else none - and the line says
+    that funding is not charged.
+    """
+    category = description.get("category", "linear")
+    if category == "spot":
+        return None, "spot market: no funding"
+    first, last = candles["timestamp"].iloc[0], candles["timestamp"].iloc[-1]
+    if description.get("kind") == "synthetic":
+        seed = int(description.get("seed", 0))
+        return synthetic_funding(candles, seed), f"funding: the synthetic market's series (seed {seed})"
+    beside = funding_path(description["path"]) if description.get("path") else None
+    if beside is not None and beside.exists():
+        funding = load_funding(beside)
+        return funding, f"funding: {len(funding)} settlements from {beside.name}"
+    if funding_rate is not None:
+        return (constant_funding(first, last, funding_rate),
+                f"funding: ASSUMED constant {100 * funding_rate:.4f}% per 8 h (no series for "
+                f"this data; --funding-rate)")
+    return None, ("funding: NOT charged - no funding series for this data (pass --funding-rate "
+                  "R to assume a constant rate per 8 h, e.g. Bybit's base 0.0001)")
 
 
-def _through_cache(source, symbol, interval, days, cache_dir, base_url, retry_time_s, notice):
-    """`auto` / `bybit`: the cache brought up to date from Bybit (see the module docstring)."""
+def _through_cache(source, symbol, interval, days, cache_dir, base_url, retry_time_s, notice,
+                   category="linear"):
+    """`auto` / `bybit`: the cache brought up to date from Bybit, with the funding series of a
+    linear market (see the module docstring)."""
     from .bybit import BybitClient, BybitError, BybitParameterError, BybitUnreachableError
     from .store import update_cache, warn_about_grid
 
-    cached = _cached_file(cache_dir, symbol, interval)
-    client = BybitClient(base_url, max_retry_time_s=retry_time_s, timeout_s=10.0)
+    cached = find_cache(cache_dir, symbol, interval, category)  # update_cache notes an old name
+    client = BybitClient(base_url, category, max_retry_time_s=retry_time_s, timeout_s=10.0)
     if cached is None:
-        notice(f"fetching {days:g} days of {symbol} {interval} candles from Bybit")
+        notice(f"fetching {days:g} days of {symbol} {interval} {category} candles from Bybit")
     try:
         update = update_cache(client, symbol, interval, days, cache_dir,
                               cached.suffix[1:] if cached is not None else "csv", notice=notice)
@@ -138,8 +185,17 @@ def _through_cache(source, symbol, interval, days, cache_dir, base_url, retry_ti
     if cached is not None and not update.n_new:
         notice(f"using cached candles {update.path}")
     warn_about_grid(update.candles, update.path, interval)
-    return _last_days(update.candles, days), {"kind": "file", "path": str(Path(update.path).resolve()),
-                                              "fetched_from": "bybit"}
+    candles = _last_days(update.candles, days)
+    if category == "linear" and len(candles):
+        try:
+            update_funding_cache(client, symbol, candles["timestamp"].iloc[0], cache_dir)
+        except BybitError as error:  # the candles are good; the run says what funding it has
+            notice(f"funding history not updated ({str(error).splitlines()[0][:120]})")
+        except OSError as error:
+            raise ValueError(f"cannot write the funding cache in {cache_dir}: "
+                             f"{error.strerror or error}") from None
+    return candles, {"kind": "file", "path": str(Path(update.path).resolve()),
+                     "fetched_from": "bybit"}
 
 
 def _last_days(candles: pd.DataFrame, days: float) -> pd.DataFrame:

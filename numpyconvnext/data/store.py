@@ -1,6 +1,9 @@
 """Candle files: load and save CSV or JSON (chosen by extension), atomic writes, gap and grid
 reports, ``repair_candles``, and an incremental, resumable cache
-``{out_dir}/{SYMBOL}_{interval}.{csv|json}``.
+``{out_dir}/{SYMBOL}_{category}_{interval}.{csv|json}`` (``BTCUSDT_linear_1h.csv``): spot and
+perpetual candles of one symbol never share a file. An old-style name without a category
+(``BTCUSDT_1h.csv``, written when linear was the only default) is still read as linear, with a
+notice.
 
 CSV: a header with ``timestamp,open,high,low,close,volume[,turnover]`` (other named columns are
 ignored); every line has exactly the header's number of fields. JSON: a list of objects
@@ -115,6 +118,23 @@ def gap_report(candles: pd.DataFrame, interval: str | None = None) -> GapReport:
     where = np.flatnonzero(missing > 0)
     gaps = tuple((stamps.iloc[i], int(missing[i])) for i in where)
     return GapReport(step, int(missing[where].sum()), gaps, **off_grid)
+
+
+CATEGORIES = ("linear", "spot", "inverse")
+
+
+def category_from_path(path: str | os.PathLike) -> str | None:
+    """The category in a ``SYMBOL_category_interval.ext`` file name, or None."""
+    parts = Path(path).stem.split("_")
+    return parts[-2] if len(parts) >= 3 and parts[-2] in CATEGORIES else None
+
+
+def symbol_from_path(path: str | os.PathLike) -> str | None:
+    """The symbol of a ``SYMBOL[_category]_interval.ext`` file name (upper case), or None."""
+    parts = Path(path).stem.split("_")
+    if len(parts) < 2 or not parts[0].isalnum() or interval_from_path(path) is None:
+        return None
+    return parts[0].upper()
 
 
 def interval_from_path(path: str | os.PathLike) -> str | None:
@@ -280,11 +300,42 @@ def save_candles(candles: pd.DataFrame, path: str | os.PathLike) -> Path:
     return path
 
 
-def cache_path(out_dir: str | os.PathLike, symbol: str, interval: str, fmt: str = "csv") -> Path:
-    """``out_dir/SYMBOL_interval.fmt``, with the canonical interval name (``BTCUSDT_1h.csv``)."""
+def cache_path(out_dir: str | os.PathLike, symbol: str, interval: str, fmt: str = "csv",
+               category: str = "linear") -> Path:
+    """``out_dir/SYMBOL_category_interval.fmt`` with the canonical interval name
+    (``BTCUSDT_linear_1h.csv``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use csv or json")
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}; use one of {', '.join(CATEGORIES)}")
+    return Path(out_dir) / f"{validate_symbol(symbol)}_{category}_{normalize_interval(interval)}.{fmt}"
+
+
+def legacy_cache_path(out_dir: str | os.PathLike, symbol: str, interval: str,
+                      fmt: str = "csv") -> Path:
+    """The old cache name without a category, ``out_dir/SYMBOL_interval.fmt``."""
     return Path(out_dir) / f"{validate_symbol(symbol)}_{normalize_interval(interval)}.{fmt}"
+
+
+def find_cache(out_dir: str | os.PathLike, symbol: str, interval: str, category: str = "linear",
+               notice: Callable[[str], None] | None = None) -> Path | None:
+    """The existing cache file of (symbol, interval, category), csv before json; else, for
+    linear only, an old-style file without a category (read as linear, the old default, with a
+    notice); else None. A spot cache is never an old-style file."""
+    for fmt in FORMATS:
+        path = cache_path(out_dir, symbol, interval, fmt, category)
+        if path.exists():
+            return path
+    if category != "linear":
+        return None
+    for fmt in FORMATS:
+        old = legacy_cache_path(out_dir, symbol, interval, fmt)
+        if old.exists():
+            if notice is not None:
+                notice(f"{old}: old-style cache name without a category, read as linear "
+                       f"(rename it to {cache_path(out_dir, symbol, interval, fmt).name})")
+            return old
+    return None
 
 
 @dataclass(frozen=True)
@@ -302,10 +353,12 @@ class CacheUpdate:
 class _ProgressWriter:
     """Collects fetched pages and merges them into the cache file every ``save_every`` pages."""
 
-    def __init__(self, path: Path, stored: pd.DataFrame | None, save_every: int) -> None:
+    def __init__(self, path: Path, stored: pd.DataFrame | None, save_every: int, *,
+                 unsaved: bool = False) -> None:
         self.path, self.stored, self.save_every = path, stored, max(1, int(save_every))
         self.pending: list[pd.DataFrame] = []
         self.n_new = 0
+        self.unsaved = unsaved or stored is None  # `path` does not hold `stored` yet
 
     def add(self, page: pd.DataFrame) -> None:
         self.pending.append(page)
@@ -314,7 +367,7 @@ class _ProgressWriter:
             self.flush()
 
     def flush(self, *, always: bool = False) -> None:
-        if not self.pending and not (always and self.stored is None):
+        if not self.pending and not (always and self.unsaved):
             return
         parts = ([] if self.stored is None else [self.stored]) + self.pending
         merged = (pd.concat(parts, ignore_index=True) if parts
@@ -322,7 +375,7 @@ class _ProgressWriter:
         merged = (merged.drop_duplicates("timestamp", keep="last").sort_values("timestamp")
                   .reset_index(drop=True))
         save_candles(merged, self.path)
-        self.stored, self.pending = merged, []
+        self.stored, self.pending, self.unsaved = merged, [], False
 
 
 def update_cache(
@@ -339,7 +392,8 @@ def update_cache(
     repair: bool = False,
     save_every: int = SAVE_EVERY_PAGES,
 ) -> CacheUpdate:
-    """Bring ``out_dir/SYMBOL_interval.fmt`` up to date from ``client`` (a ``BybitClient``).
+    """Bring ``out_dir/SYMBOL_category_interval.fmt`` (the client's category) up to date from
+    ``client`` (a ``BybitClient``).
 
     A new file gets the candles opened in the ``days`` days up to ``end`` (default now). An
     existing file is refreshed when a candle after its last one has closed (fetched forwards,
@@ -348,24 +402,29 @@ def update_cache(
     (atomically) every ``save_every`` pages and whenever the fetch fails or is interrupted, so
     a failure loses at most the page in flight and rerunning the call continues where it
     stopped. ``repair`` first sorts and de-duplicates a damaged file (see ``repair_candles``);
-    without it such a file raises ``CandleFileError``.
+    without it such a file raises ``CandleFileError``. An old-style linear file without a
+    category is read (with a notice) and continued under the new name.
     """
     say = notice or (lambda message: None)
     name = normalize_interval(interval)
-    path = cache_path(out_dir, symbol, name, fmt)
+    category = getattr(client, "category", "linear")
+    path = cache_path(out_dir, symbol, name, fmt, category)
     end = pd.Timestamp.now(tz="UTC") if end is None else pd.Timestamp(end)
     end_ms = int(end.value // 1_000_000)
     start_ms = end_ms - int(round(days * 86_400_000)) + 1  # `days` bars, not one more
     step_ms = interval_to_ms(name)
+    source = path if path.exists() else find_cache(out_dir, symbol, name, category, say)
+    if source is not None and source.suffix.lower() != f".{fmt}":
+        source = None  # a cache in the other format is not converted
     stored = None
-    if path.exists():
+    if source is not None:
         if repair:
-            fixed = repair_candles(path)
+            fixed = repair_candles(source)
             if fixed.changed:
                 say(fixed.summary().splitlines()[0])
-        stored = load_candles(path, warn_gaps=False)
+        stored = load_candles(source, warn_gaps=False)
         stored = stored if len(stored) else None
-    writer = _ProgressWriter(path, stored, save_every)
+    writer = _ProgressWriter(path, stored, save_every, unsaved=source != path)
     n_newer = 0
     try:
         if stored is None:

@@ -30,10 +30,17 @@ or the initial equity (``compounding=False``). The fee is paid on top, from cash
 (long -> short) first closes the old trade completely, then opens the new one from the
 resulting equity. With this accounting, for any run:
 
-    final_equity - initial_equity = sum(trade.pnl) = sum(trade.gross_pnl) - sum(trade.fees)
+    final_equity - initial_equity = sum(trade.pnl)
+                                  = sum(trade.gross_pnl) - sum(trade.fees) - sum(trade.funding)
 
 and, without compounding and slippage, the quantities do not depend on the fee rate, so
 ``final(fee=0) - final(fee) = sum(trade.fees)`` exactly.
+
+Funding (perpetuals). At a settlement time s the position held then pays
+``rate_s * units * mark`` (units signed, so a positive rate charges longs and pays shorts),
+mark = the open of the bar at s. It is settled at that bar's open on the position held going
+into the bar, before the open fill (the fill happens a moment after the settlement), and
+belongs to the trade open at that moment. See ``data.funding.funding_per_bar``.
 
 Stops. ``stop_loss``/``take_profit`` are distances from the entry fill price, as fractions of
 it (``stop_mode="fraction"``) or as multiples of the ATR at the decision bar
@@ -64,6 +71,8 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
+from numpyconvnext.data.funding import coverage_note, funding_per_bar, validate_funding
+
 from .metrics import (
     BacktestMetrics,
     compute_metrics,
@@ -79,21 +88,21 @@ DEFAULT_SLIPPAGE = 0.0002  # 2 bp adverse on every fill
 # state vector
 S_CASH, S_UNITS, S_EXEC, S_PEND, S_PEND_SL, S_PEND_TP = 0, 1, 2, 3, 4, 5
 S_SIDE, S_ENTRY_BAR, S_ENTRY_QTY, S_ENTRY_VAL, S_EXIT_QTY, S_EXIT_VAL = 6, 7, 8, 9, 10, 11
-S_FEES, S_STOP, S_TP, S_BAR, S_LAST_CLOSE = 12, 13, 14, 15, 16
-N_STATE = 17
+S_FEES, S_STOP, S_TP, S_BAR, S_LAST_CLOSE, S_FUNDING = 12, 13, 14, 15, 16, 17
+N_STATE = 18
 # parameter vector
 P_FEE, P_SLIP, P_SL_FRAC, P_TP_FRAC, P_INIT, P_COMPOUND = 0, 1, 2, 3, 4, 5
 N_PARAMS = 6
 # trade record
 T_SIDE, T_ENTRY_BAR, T_EXIT_BAR, T_ENTRY_PRICE, T_EXIT_PRICE = 0, 1, 2, 3, 4
-T_SIZE, T_GROSS, T_FEES, T_DURATION, T_REASON = 5, 6, 7, 8, 9
-N_TRADE = 10
+T_SIZE, T_GROSS, T_FEES, T_DURATION, T_REASON, T_FUNDING = 5, 6, 7, 8, 9, 10
+N_TRADE = 11
 EXIT_SIGNAL, EXIT_STOP, EXIT_TAKE_PROFIT, EXIT_END = 0, 1, 2, 3
 EXIT_REASONS = ("signal", "stop_loss", "take_profit", "end")
 
 TRADE_COLUMNS = [
     "side", "entry_time", "exit_time", "entry_price", "exit_price", "size", "gross_pnl",
-    "fees", "pnl", "return", "duration_bars", "exit_reason", "entry_bar", "exit_bar",
+    "fees", "funding", "pnl", "return", "duration_bars", "exit_reason", "entry_bar", "exit_bar",
 ]
 
 
@@ -117,6 +126,7 @@ def _fill(state, params, qty, raw_price, bar):
         state[S_EXIT_QTY] = 0.0
         state[S_EXIT_VAL] = 0.0
         state[S_FEES] = 0.0
+        state[S_FUNDING] = 0.0
         state[S_STOP] = np.nan
         state[S_TP] = np.nan
         sl_abs = state[S_PEND_SL]
@@ -153,6 +163,7 @@ def _close_trade(state, params, raw_price, bar, reason, through_bar, out, k):
     out[k, T_SIZE] = state[S_ENTRY_QTY]
     out[k, T_GROSS] = side * (state[S_EXIT_VAL] - state[S_ENTRY_VAL])
     out[k, T_FEES] = state[S_FEES]
+    out[k, T_FUNDING] = state[S_FUNDING]
     out[k, T_DURATION] = bar - state[S_ENTRY_BAR] + through_bar
     out[k, T_REASON] = reason
     state[S_SIDE] = 0.0
@@ -227,10 +238,23 @@ def _check_exits(state, params, o, h, lo, bar, out, k):
 
 
 @njit(cache=True)
-def _step(state, params, o, h, lo, c, target, sl_dist, tp_dist, out):
-    """Process one bar; returns (equity at close, number of trades closed into ``out``)."""
+def _settle_funding(state, o, rate):
+    """Funding at this bar's open on the position held going in: ``rate * units * open``."""
+    units = state[S_UNITS]
+    if units == 0.0 or not (rate == rate) or rate == 0.0:
+        return 0.0
+    paid = rate * units * o
+    state[S_CASH] -= paid
+    state[S_FUNDING] += paid
+    return paid
+
+
+@njit(cache=True)
+def _step(state, params, o, h, lo, c, target, sl_dist, tp_dist, funding_rate, out):
+    """Process one bar; returns (equity at close, trades closed into ``out``, funding paid)."""
     bar = state[S_BAR]
     n_closed = 0
+    paid = _settle_funding(state, o, funding_rate)
     pending = state[S_PEND]
     if pending != state[S_EXEC]:
         n_closed += _rebalance(state, params, o, pending, bar, out, n_closed)
@@ -242,7 +266,7 @@ def _step(state, params, o, h, lo, c, target, sl_dist, tp_dist, out):
     state[S_PEND_SL] = sl_dist
     state[S_PEND_TP] = tp_dist
     state[S_BAR] = bar + 1.0
-    return equity, n_closed
+    return equity, n_closed, paid
 
 
 @njit(cache=True)
@@ -257,18 +281,21 @@ def _finish(state, params, out):
 
 
 @njit(cache=True)
-def _run(state, params, o, h, lo, c, targets, sl_dist, tp_dist):
+def _run(state, params, o, h, lo, c, targets, sl_dist, tp_dist, funding_rates):
     """Drive ``_step`` over all bars, then ``_finish``. Returns equity (realised at the end),
-    mark-to-market equity, units held at each close, and the trade records."""
+    mark-to-market equity, units held at each close, funding paid per bar and the trade
+    records."""
     n = o.shape[0]
     equity = np.empty(n)
     units = np.empty(n)
+    funding = np.empty(n)
     trades = np.empty((2 * n + 1, N_TRADE))
     buf = np.empty((2, N_TRADE))
     n_trades = 0
     for t in range(n):
-        eq, k = _step(state, params, o[t], h[t], lo[t], c[t], targets[t], sl_dist[t],
-                      tp_dist[t], buf)
+        eq, k, paid = _step(state, params, o[t], h[t], lo[t], c[t], targets[t], sl_dist[t],
+                            tp_dist[t], funding_rates[t], buf)
+        funding[t] = paid
         for j in range(k):
             trades[n_trades] = buf[j]
             n_trades += 1
@@ -281,7 +308,7 @@ def _run(state, params, o, h, lo, c, targets, sl_dist, tp_dist):
             trades[n_trades] = buf[j]
             n_trades += 1
         equity[n - 1] = eq
-    return equity, marked, units, trades[:n_trades]
+    return equity, marked, units, funding, trades[:n_trades]
 
 
 # ----------------------------------------------------------------------------- results
@@ -294,9 +321,16 @@ class BacktestResult:
     equity     equity at each bar's close (the last value after closing any open position)
     returns    per-bar simple returns of ``equity`` (first bar dropped: it has no return)
     positions  signed exposure at each close: units * close / equity (0 = flat)
-    trades     one row per round trip, columns ``TRADE_COLUMNS``; pnl is net of fees
+    trades     one row per round trip, columns ``TRADE_COLUMNS``; pnl is net of fees and
+               funding: ``pnl = gross_pnl - fees - funding``
     metrics    ``BacktestMetrics`` of this run
+    funding    funding paid at each bar's open (negative = received; 0 without a settlement)
+    funding_note  None when funding was charged from a series covering the bars, else one line
+               saying what was not charged (no series, spot, partial coverage)
     benchmark  buy-and-hold over the same bars with the same costs (None for the benchmark)
+
+    Accounting identity (exact up to float rounding, tested):
+    ``final - initial = sum(trades.gross_pnl) - fees_paid - funding_paid = sum(trades.pnl)``.
     """
 
     equity: pd.Series
@@ -306,12 +340,21 @@ class BacktestResult:
     metrics: BacktestMetrics
     periods_per_year: float
     initial_equity: float
+    funding: pd.Series
+    funding_note: str | None = None
     benchmark: BacktestResult | None = None
 
     @property
-    def total_fees(self) -> float:
+    def fees_paid(self) -> float:
         """Sum of all fees paid."""
         return float(self.trades["fees"].sum())
+
+    total_fees = fees_paid
+
+    @property
+    def funding_paid(self) -> float:
+        """Sum of all funding paid (negative: received on balance)."""
+        return float(self.funding.sum())
 
     def equity_frame(self) -> pd.DataFrame:
         """timestamp, equity, position (and benchmark_equity): ready for ``to_csv``."""
@@ -345,7 +388,8 @@ def _trades_frame(records: np.ndarray, timestamps: pd.Index) -> pd.DataFrame:
     exit_bar = records[:, T_EXIT_BAR].astype(np.int64)
     gross = records[:, T_GROSS]
     fees = records[:, T_FEES]
-    pnl = gross - fees
+    funding = records[:, T_FUNDING]
+    pnl = gross - fees - funding
     return pd.DataFrame({
         "side": np.where(records[:, T_SIDE] > 0, "long", "short"),
         "entry_time": timestamps[entry_bar],
@@ -355,6 +399,7 @@ def _trades_frame(records: np.ndarray, timestamps: pd.Index) -> pd.DataFrame:
         "size": records[:, T_SIZE],
         "gross_pnl": gross,
         "fees": fees,
+        "funding": funding,
         "pnl": pnl,
         "return": pnl / (records[:, T_ENTRY_PRICE] * records[:, T_SIZE]),
         "duration_bars": records[:, T_DURATION].astype(np.int64),
@@ -370,6 +415,7 @@ def _build_result(
     equity: np.ndarray,
     marked: np.ndarray,
     units: np.ndarray,
+    funding: np.ndarray,
     records: np.ndarray,
     periods_per_year: float,
     initial_equity: float,
@@ -380,7 +426,8 @@ def _build_result(
     trades = _trades_frame(records, timestamps)
     eq = pd.Series(equity, index=timestamps, name="equity")
     metrics = compute_metrics(eq.to_numpy(), position, trades["pnl"].to_numpy(),
-                              trades["duration_bars"].to_numpy(), periods_per_year)
+                              trades["duration_bars"].to_numpy(), periods_per_year,
+                              trades["return"].to_numpy())
     return BacktestResult(
         equity=eq,
         returns=eq.pct_change().iloc[1:].rename("returns"),
@@ -389,6 +436,7 @@ def _build_result(
         metrics=metrics,
         periods_per_year=float(periods_per_year),
         initial_equity=float(initial_equity),
+        funding=pd.Series(funding, index=timestamps, name="funding"),
     )
 
 
@@ -451,6 +499,7 @@ class Backtester:
         self._close: list[float] = []
         self._equity: list[float] = []
         self._units: list[float] = []
+        self._funding: list[float] = []
         self._records: list[np.ndarray] = []
         self._final_equity: float | None = None
 
@@ -470,9 +519,12 @@ class Backtester:
         target: float,
         stop_distance: float | None = None,
         take_profit_distance: float | None = None,
+        funding_rate: float = 0.0,
     ) -> float:
         """Process a closed ``bar`` (open/high/low/close[/timestamp]) and record ``target``
         (signed fraction of equity, NaN = flat) to be filled at the next bar's open.
+        ``funding_rate``: the rate settled at this bar's open (0 if none; see
+        ``data.funding.funding_per_bar``), charged on the position held going into the bar.
         Returns the equity marked at this bar's close."""
         if self._final_equity is not None:
             raise RuntimeError("finish() was called; create a new Backtester")
@@ -484,8 +536,9 @@ class Backtester:
             raise ValueError(f"bar prices must be finite and positive, got {(o, h, lo, c)}")
         sl = np.nan if stop_distance is None else float(stop_distance)
         tp = np.nan if take_profit_distance is None else float(take_profit_distance)
-        equity, n_closed = _step(self._state, self._params, o, h, lo, c, target, sl, tp,
-                                 self._buf)
+        equity, n_closed, paid = _step(self._state, self._params, o, h, lo, c, target, sl, tp,
+                                       float(funding_rate), self._buf)
+        self._funding.append(float(paid))
         for j in range(n_closed):
             self._records.append(self._buf[j].copy())
         timestamp = bar.get("timestamp") if isinstance(bar, Mapping | pd.Series) else None
@@ -522,8 +575,8 @@ class Backtester:
                 periods_per_year = periods_per_year_from_index(timestamps)
         records = (np.vstack(self._records) if self._records else np.empty((0, N_TRADE)))
         return _build_result(timestamps, np.asarray(self._close), equity, marked,
-                             np.asarray(self._units), records, periods_per_year,
-                             float(self._params[P_INIT]))
+                             np.asarray(self._units), np.asarray(self._funding), records,
+                             periods_per_year, float(self._params[P_INIT]))
 
 
 def _make_params(fee_rate, slippage, stop_loss, take_profit, initial_equity, compounding):
@@ -616,6 +669,7 @@ def backtest(
     max_leverage: float = 1.0,
     periods_per_year: float | None = None,
     with_benchmark: bool = True,
+    funding: pd.DataFrame | None = None,
 ) -> BacktestResult:
     """Backtest targets or class signals over ``candles``; see the module docstring.
 
@@ -629,8 +683,14 @@ def backtest(
     ``sizing.position_fraction``); only for signals. ``stop_mode``: "fraction" (``stop_loss``
     and ``take_profit`` are fractions of the entry price) or "atr" (multiples of the ATR at
     the decision bar). ``periods_per_year``: inferred from the timestamp spacing if None.
+    ``funding``: a frame of settlement ``timestamp`` and ``rate`` (``data.funding``), charged
+    at each settlement on the position held then, ``rate * units * open`` (None: no funding,
+    as for spot; the result's ``funding_note`` says so).
     """
     timestamps, o, h, lo, c = _candle_arrays(candles)
+    if funding is not None:
+        validate_funding(funding)
+    funding_rates = funding_per_bar(timestamps, funding)
     _check_costs(fee_rate, slippage, initial_equity)
     if stop_mode not in ("fraction", "atr"):
         raise ValueError(f"stop_mode must be 'fraction' or 'atr', got {stop_mode!r}")
@@ -682,6 +742,7 @@ def backtest(
         sl = slice(first, last + 1)
         timestamps, o, h, lo, c = timestamps[sl], o[sl], h[sl], lo[sl], c[sl]
         targets, sl_dist, tp_dist = aligned[sl], sl_dist[sl], tp_dist[sl]
+        funding_rates = funding_rates[sl]
     elif len(targets) != len(o):
         raise ValueError(f"an array of targets/signals must match the candles: "
                          f"{len(targets)} != {len(o)}; pass a Series indexed by timestamp")
@@ -690,16 +751,17 @@ def backtest(
 
     params = _make_params(fee_rate, slippage, sl_frac, tp_frac, initial_equity, compounding)
     arrays = [np.ascontiguousarray(x, dtype=np.float64)
-              for x in (o, h, lo, c, targets, sl_dist, tp_dist)]
-    equity, marked, units, records = _run(_initial_state(initial_equity), params, *arrays)
-    result = _build_result(timestamps, arrays[3], equity, marked, units, records,
+              for x in (o, h, lo, c, targets, sl_dist, tp_dist, funding_rates)]
+    equity, marked, units, paid, records = _run(_initial_state(initial_equity), params, *arrays)
+    result = _build_result(timestamps, arrays[3], equity, marked, units, paid, records,
                            periods_per_year, initial_equity)
+    result.funding_note = coverage_note(timestamps, funding)
     if with_benchmark:
         period = pd.DataFrame({"timestamp": timestamps, "open": o, "high": h, "low": lo,
                                "close": c})
         result.benchmark = buy_and_hold(period, fee_rate=fee_rate, slippage=slippage,
                                         initial_equity=initial_equity,
-                                        periods_per_year=periods_per_year)
+                                        periods_per_year=periods_per_year, funding=funding)
     return result
 
 
@@ -710,13 +772,15 @@ def buy_and_hold(
     slippage: float = DEFAULT_SLIPPAGE,
     initial_equity: float = 10_000.0,
     periods_per_year: float | None = None,
+    funding: pd.DataFrame | None = None,
 ) -> BacktestResult:
     """Buy all-in at bar 1's open (the first fillable bar), sell at the last close, with costs.
 
     final_equity = E0 * (1 - fee) * sell / buy - fee * E0,  buy = open_1 * (1 + slippage),
-    sell = close_last * (1 - slippage)  (the buy fee is paid on top of the position's value).
+    sell = close_last * (1 - slippage)  (the buy fee is paid on top of the position's value),
+    minus the funding of a perpetual held all along when ``funding`` is given.
     """
     ones = np.ones(len(candles))
     return backtest(candles, ones, kind="position", fee_rate=fee_rate, slippage=slippage,
                     initial_equity=initial_equity, periods_per_year=periods_per_year,
-                    with_benchmark=False)
+                    with_benchmark=False, funding=funding)

@@ -1,7 +1,8 @@
 """From a trained checkpoint and candles to decisions: probabilities, signals and position sizes.
 
 The one path ``backtest`` and ``live`` share, so a decision made live equals the one the
-backtest made for the same bar.
+backtest made for the same bar; the signal and sizing rules are the strategy's
+(``strategy.plan_positions``), the one definition ``evaluate`` trades too.
 
 For every decision bar ``t`` (the window ends with bar t's close; the trade is filled at bar
 t+1's open):
@@ -10,7 +11,8 @@ t+1's open):
      candles 0..t), checked against the checkpoint's ``feature_names``;
   2. normalise with the checkpoint's stored statistics, never refitted:
      ``Z[c, s] = (F[s, c] - mean_c) / std_c``;
-  3. window ``X_t = Z[:, t - window + 1 .. t]`` ``[C, window]``; batched ``predict_proba``;
+  3. window ``X_t = Z[:, t - window + 1 .. t]`` ``[C, window]``; batched ``predict_proba``
+     (calibrated with the checkpoint's temperature unless the strategy says otherwise);
   4. signal   classification: ``generate_signals(p_t, confidence)`` (0 Long, 1 Short, 2 Hold);
               regression (``num_classes == 1``, output = forward log return / target_scale):
               ``r_hat_t = output_t * target_scale`` and
@@ -18,15 +20,13 @@ t+1's open):
               ``thr_t`` = the label threshold the model was trained with (``label_threshold``:
               fixed, or ``vol_multiple * sigma_t * sqrt(horizon)`` from returns up to t), or a
               fixed ``regression_threshold`` (a log return) if given;
-  5. size     half Kelly with an ATR stop (``sizing.position_fraction``):
-              ``stop_distance_t = atr_multiple * ATR_t`` (Wilder ATR from bars 0..t) and
-              ``fraction = min(kelly_fraction * max(p - (1 - p) / b, 0),
-                               max_risk_per_trade * close_t / stop_distance_t, max_exposure)``
-              with ``p`` the probability of the signalled class and ``b = win_loss_ratio``.
-              Regression models give no probability: ``p = 1`` is used, so the Kelly term is
-              its ceiling ``kelly_fraction`` and the ATR risk budget does the sizing.
-              Hold -> 0. ``units = fraction * equity / close_t``. Sizes are >= 0 and finite;
-              the direction is in the signal.
+  5. size     the strategy's (``strategy.plan_positions``): half Kelly in risk units on
+              ``q = p_side / (p_L + p_S)`` with the ATR stop ``stop_loss * ATR_t`` (Wilder ATR
+              from bars 0..t), ``units = min(risk * equity / stop_distance, max_exposure *
+              equity / close_t)``, ``fraction = units * close_t / equity``. Regression models
+              give no probability: ``q = 1`` is used, so the risk budget does the sizing.
+              Hold -> 0; spot never shorts. Sizes are >= 0 and finite; the direction is in the
+              signal.
 
 Nothing here reads a candle after bar t for the decision at t: features, ATR and the
 regression threshold are causal, the normaliser is fixed, and the window ends at t.
@@ -43,13 +43,10 @@ from numpyconvnext.data.dataset import Normalizer, sliding_windows
 from numpyconvnext.data.features import FEATURE_NAMES, WARMUP_BARS, build_features
 from numpyconvnext.data.labels import LabelConfig, label_threshold
 
-from .signals import Signal, generate_signals
-from .sizing import average_true_range, position_fraction
+from .signals import Signal
+from .sizing import average_true_range
+from .strategy import PositionPlan, Strategy, plan_positions
 
-DEFAULT_CONFIDENCE = 0.6
-DEFAULT_ATR_PERIOD = 14
-DEFAULT_ATR_MULTIPLE = 2.0
-DEFAULT_WIN_LOSS_RATIO = 2.0
 DEFAULT_EQUITY = 10_000.0
 
 
@@ -152,12 +149,12 @@ def valid_decision_indices(n_candles: int, preprocessing: Preprocessing) -> np.n
 
 
 def predict_outputs(model, matrix: np.ndarray, end_index: np.ndarray, window: int,
-                    batch_size: int = 256) -> np.ndarray:
+                    batch_size: int = 256, calibrated: bool = True) -> np.ndarray:
     """Model outputs for the windows of ``matrix [C, T_total]`` ending at ``end_index``.
 
-    Probabilities ``[N, 3]`` (``predict_proba``) for a classifier, raw outputs ``[N, 1]`` for a
-    regression head. Windows are gathered one batch at a time, so memory stays
-    ``batch_size * C * window``.
+    Probabilities ``[N, 3]`` (``predict_proba``, temperature-scaled if ``calibrated``) for a
+    classifier, raw outputs ``[N, 1]`` for a regression head. Windows are gathered one batch at
+    a time, so memory stays ``batch_size * C * window``.
     """
     end_index = np.asarray(end_index, dtype=np.int64)
     windows = sliding_windows(matrix, window)  # a view: window k covers columns k..k+window-1
@@ -170,7 +167,7 @@ def predict_outputs(model, matrix: np.ndarray, end_index: np.ndarray, window: in
         if not np.isfinite(batch).all():
             bad = int(rows[~np.isfinite(batch).all(axis=(1, 2))][0]) + window - 1
             raise ValueError(f"the window ending at bar {bad} has non-finite features")
-        out[start : start + len(rows)] = (model.predict_proba(batch) if num_classes > 1
+        out[start : start + len(rows)] = (model.predict_proba(batch, calibrated) if num_classes > 1
                                           else model.predict(batch))
     return out
 
@@ -187,9 +184,11 @@ class Decisions:
     signal            int64 class id: 0 Long, 1 Short, 2 Hold
     confidence        max probability (classification); regression: |r_hat| / (|r_hat| + thr)
                       in [0, 1), 0.5 exactly at the threshold
-    atr               Wilder ATR at the bar; stop_distance = atr_multiple * atr (price units)
+    win_probability   q fed to Kelly: p_side / (p_long + p_short) (regression: 1; NaN for Hold)
+    atr               Wilder ATR at the bar; stop_distance = stop_loss * atr (price units)
     fraction          suggested fraction of equity (>= 0; 0 for Hold)
     units             suggested units, ``fraction * equity / close``
+    strategy          the strategy these decisions follow, with the checkpoint's choices filled in
     """
 
     end_index: np.ndarray
@@ -199,11 +198,13 @@ class Decisions:
     predicted_return: np.ndarray | None
     signal: np.ndarray
     confidence: np.ndarray
+    win_probability: np.ndarray
     atr: np.ndarray
     stop_distance: np.ndarray
     fraction: np.ndarray
     units: np.ndarray
     equity: float
+    strategy: Strategy
 
     def __len__(self) -> int:
         return len(self.end_index)
@@ -216,6 +217,12 @@ class Decisions:
         """Suggested fractions indexed by decision time (the backtest's ``size``)."""
         return pd.Series(self.fraction, index=self.timestamp, name="fraction")
 
+    @property
+    def plan(self) -> PositionPlan:
+        """The decisions as the strategy's position plan (for ``strategy.run_strategy``)."""
+        return PositionPlan(signal=self.signal, win_probability=self.win_probability,
+                            stop_distance=self.stop_distance, fraction=self.fraction)
+
     def frame(self) -> pd.DataFrame:
         """One row per decision, ready for ``to_csv``."""
         frame = pd.DataFrame({"timestamp": self.timestamp, "bar": self.end_index,
@@ -227,6 +234,7 @@ class Decisions:
             frame["predicted_return"] = self.predicted_return
         frame["signal"] = [Signal(int(s)).name for s in self.signal]
         frame["confidence"] = self.confidence
+        frame["win_probability"] = self.win_probability
         frame["atr"] = self.atr
         frame["stop_distance"] = self.stop_distance
         frame["fraction"] = self.fraction
@@ -239,24 +247,20 @@ def decide(
     candles: pd.DataFrame,
     end_index: np.ndarray | None = None,
     *,
-    confidence: float = DEFAULT_CONFIDENCE,
+    strategy: Strategy | None = None,
     equity: float = DEFAULT_EQUITY,
-    atr_period: int = DEFAULT_ATR_PERIOD,
-    atr_multiple: float | None = DEFAULT_ATR_MULTIPLE,
-    win_loss_ratio: float = DEFAULT_WIN_LOSS_RATIO,
-    max_risk_per_trade: float = 0.02,
-    max_exposure: float = 1.0,
-    kelly_fraction: float = 0.5,
     regression_threshold: float | None = None,
     batch_size: int = 256,
 ) -> Decisions:
     """Signals and suggested sizes for the bars ``end_index`` (default: every decidable bar).
 
-    See the module docstring for the math. ``atr_multiple=None`` sizes without a stop (no
-    risk cap: Kelly and ``max_exposure`` only). Raises ``IncompatibleModelError`` for a model
-    that cannot be used and ``ValueError`` for candles too short or indices out of range.
+    ``strategy`` (default ``Strategy()``) gives the signal rule, sizing and stops; what it leaves
+    open (confidence, payoff ratio) comes from the checkpoint's stored choices. See the module
+    docstring for the math. Raises ``IncompatibleModelError`` for a model that cannot be used
+    and ``ValueError`` for candles too short or indices out of range.
     """
     prep = preprocessing_of(model)
+    strategy = (strategy or Strategy()).with_checkpoint(getattr(model, "metadata", None))
     n = len(candles)
     if n < prep.min_candles:
         raise ValueError(f"{n} candles are too few: the model needs {prep.min_candles} "
@@ -269,13 +273,17 @@ def decide(
                          f"(warm-up {prep.warmup_bars} + window {prep.window})")
     if not (np.isfinite(equity) and equity > 0):
         raise ValueError(f"equity must be positive, got {equity}")
-    if atr_multiple is not None and not (np.isfinite(atr_multiple) and atr_multiple > 0):
-        raise ValueError(f"atr_multiple must be positive, got {atr_multiple}")
 
     matrix = normalized_features(candles, prep, model.dtype)
-    outputs = predict_outputs(model, matrix, end_index, prep.window, batch_size)
+    outputs = predict_outputs(model, matrix, end_index, prep.window, batch_size,
+                              calibrated=strategy.calibrated)
     close_all = candles["close"].to_numpy(np.float64)
     close = close_all[end_index]
+    atr = average_true_range(candles["high"].to_numpy(np.float64),
+                             candles["low"].to_numpy(np.float64), close_all,
+                             strategy.atr_period)[end_index]
+    stop_distance = atr * strategy.stop_loss if strategy.stop_loss is not None else \
+        np.full(len(end_index), np.nan)
     if prep.regression:
         probabilities = None
         predicted = outputs[:, 0] * prep.target_scale
@@ -291,25 +299,18 @@ def decide(
         move = np.abs(predicted)
         with np.errstate(divide="ignore", invalid="ignore"):
             conf = np.where(move + threshold > 0, move / (move + threshold), 0.0)
-        win_probability = np.ones(len(end_index))
+        plan = plan_positions(strategy, close, stop_distance, signal=signal,
+                              win_prob=np.ones(len(end_index)))
     else:
         probabilities = outputs
         predicted = None
-        signal, conf = generate_signals(probabilities, confidence)
-        win_probability = conf
-
-    atr_all = average_true_range(candles["high"].to_numpy(np.float64),
-                                 candles["low"].to_numpy(np.float64), close_all, atr_period)
-    atr = atr_all[end_index]
-    stop_distance = atr * atr_multiple if atr_multiple is not None else np.full(len(end_index), np.nan)
-    fraction = np.asarray(position_fraction(
-        win_probability, close, None if atr_multiple is None else stop_distance, win_loss_ratio,
-        max_risk_per_trade, max_exposure, kelly_fraction), dtype=np.float64).reshape(-1)
-    fraction = np.where(signal == Signal.HOLD, 0.0, fraction)
-    units = fraction * equity / close
+        conf = probabilities.max(axis=1)
+        plan = plan_positions(strategy, close, stop_distance, probabilities)
     timestamps = pd.DatetimeIndex(candles["timestamp"], name="timestamp")[end_index]
     return Decisions(end_index=end_index, timestamp=timestamps, close=close,
-                     probabilities=probabilities, predicted_return=predicted, signal=signal,
-                     confidence=np.asarray(conf, dtype=np.float64), atr=atr,
-                     stop_distance=stop_distance, fraction=fraction, units=units,
-                     equity=float(equity))
+                     probabilities=probabilities, predicted_return=predicted, signal=plan.signal,
+                     confidence=np.asarray(conf, dtype=np.float64),
+                     win_probability=np.where(plan.signal == Signal.HOLD, np.nan,
+                                              plan.win_probability),
+                     atr=atr, stop_distance=stop_distance, fraction=plan.fraction,
+                     units=plan.fraction * equity / close, equity=float(equity), strategy=strategy)

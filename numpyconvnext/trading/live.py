@@ -64,17 +64,10 @@ import pandas as pd
 from numpyconvnext.data.bybit import BybitError, BybitParameterError, BybitResponseError
 from numpyconvnext.data.intervals import interval_to_ms, next_open_ms, normalize_interval
 
-from .inference import (
-    DEFAULT_ATR_MULTIPLE,
-    DEFAULT_CONFIDENCE,
-    DEFAULT_EQUITY,
-    DEFAULT_WIN_LOSS_RATIO,
-    Decisions,
-    decide,
-    preprocessing_of,
-)
+from .inference import DEFAULT_EQUITY, Decisions, decide, preprocessing_of
 from .live_state import LiveState, iso_utc_ms
 from .signals import Signal
+from .strategy import Strategy
 
 HISTORY_MARGIN_BARS = 600
 DEFAULT_CLOSE_DELAY_S = 3.0
@@ -93,12 +86,11 @@ class LiveParameterError(ValueError):
 
 @dataclass(frozen=True)
 class LiveSettings:
-    """Decision settings shared by every round (see ``inference.decide``)."""
+    """Decision settings shared by every round: the strategy (the same definition ``backtest``
+    and ``evaluate`` trade; see ``strategy.Strategy``) and the equity sizes refer to."""
 
-    confidence: float = DEFAULT_CONFIDENCE
+    strategy: Strategy = Strategy()
     equity: float = DEFAULT_EQUITY
-    atr_multiple: float | None = DEFAULT_ATR_MULTIPLE
-    win_loss_ratio: float = DEFAULT_WIN_LOSS_RATIO
 
 
 def history_bars(model) -> int:
@@ -301,9 +293,8 @@ def run_live(
                     f"newest {max_catch_up_bars}")
                 new = new[-max_catch_up_bars:]
         if len(new):
-            decisions = decide(model, candles, new, confidence=settings.confidence,
-                               equity=settings.equity, atr_multiple=settings.atr_multiple,
-                               win_loss_ratio=settings.win_loss_ratio)
+            decisions = decide(model, candles, new, strategy=settings.strategy,
+                               equity=settings.equity)
             for i in range(len(decisions)):
                 now = pd.Timestamp(clock(), unit="s", tz="UTC")
                 record = signal_record(decisions, i, symbol, name,
