@@ -688,19 +688,15 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
     import pandas as pd
 
     from numpyconvnext.data.intervals import normalize_interval
-    from numpyconvnext.data.source import funding_for_source, load_source
-    from numpyconvnext.data.store import category_from_path, load_candles, symbol_from_path
+    from numpyconvnext.data.source import file_market, funding_for_source, load_source
+    from numpyconvnext.data.store import load_candles
     from numpyconvnext.trading.inference import valid_decision_indices
 
     model_interval = metadata.get("interval")
     model_category = metadata.get("category")
     if data_path:
-        named = category_from_path(data_path)
-        if category and named and named != category:
-            raise ValueError(f"{Path(data_path).name} holds {named} candles, not {category}")
-        category = category or named or model_category or "linear"
+        category, data_symbol = file_market(data_path, category, model_category or "linear")
         candles = load_candles(data_path)
-        data_symbol = symbol_from_path(data_path)
         funding, note = funding_for_source({"kind": "file", "path": str(data_path),
                                             "category": category}, candles, funding_rate)
         what = f"{Path(data_path).name} ({category}), all bars after warm-up"

@@ -12,12 +12,12 @@ from click.testing import CliRunner
 
 import cli
 from numpyconvnext.data.bybit import BybitClient, BybitParameterError, BybitResponseError
+from numpyconvnext.data.cache_names import CacheName, cache_file, parse_cache_name
 from numpyconvnext.data.candles import candles_sha256
-from numpyconvnext.data.funding import load_funding, update_funding_cache
+from numpyconvnext.data.funding import funding_path, load_funding, update_funding_cache
 from numpyconvnext.data.source import funding_for_source, resolve_candles
 from numpyconvnext.data.store import (
     cache_path,
-    category_from_path,
     find_cache,
     save_candles,
     update_cache,
@@ -88,7 +88,8 @@ def test_spot_and_linear_caches_never_share_a_file(market, tmp_path):
     linear = update_cache(BybitClient(fake.url, "linear"), "BTCUSDT", "1h", 5, tmp_path)
     assert spot.path.name == "BTCUSDT_spot_1h.csv" and linear.path.name == "BTCUSDT_linear_1h.csv"
     assert spot.path != linear.path and spot.path.exists() and linear.path.exists()
-    assert category_from_path(spot.path) == "spot" and category_from_path(linear.path) == "linear"
+    assert parse_cache_name(spot.path).category == "spot"
+    assert parse_cache_name(linear.path).category == "linear"
     assert [r["params"]["category"] for r in fake.requests if r["path"] == "/v5/market/kline"] == \
         ["spot", "linear"]
     result = CliRunner().invoke(cli.main, ["fetch", "--category", "spot", "--days", "3", "--out",
@@ -152,3 +153,25 @@ def test_content_hash_sees_any_changed_price_or_time():
     shifted = candles.copy()
     shifted["timestamp"] = shifted["timestamp"] + pd.Timedelta(hours=1)
     assert candles_sha256(shifted) != digest
+
+
+def test_one_naming_scheme_built_and_read_back(tmp_path):
+    candles = cache_file(tmp_path, "btcusdt", "60", "linear")
+    assert candles.name == "BTCUSDT_linear_1h.csv"
+    assert parse_cache_name(candles) == CacheName("BTCUSDT", "linear", "1h")
+    funding = funding_path(candles)
+    assert funding == cache_file(tmp_path, "BTCUSDT", "funding", "linear")
+    assert funding.name == "BTCUSDT_linear_funding.csv" and parse_cache_name(funding).funding
+    dated = cache_file(tmp_path, "BTC-27JUN25", "1d", "inverse", "json")  # a dated future
+    assert parse_cache_name(dated).symbol == "BTC-27JUN25" and funding_path(dated) is not None
+    assert parse_cache_name(tmp_path / "btcusdt_1h.json").symbol == "BTCUSDT"  # the old name
+    assert funding_path(cache_file(tmp_path, "BTCUSDT", "1h", "spot")) is None
+    # a user's own file names say what they say, and nothing more
+    assert parse_cache_name(tmp_path / "h_1h.csv").interval == "1h"
+    assert parse_cache_name(tmp_path / "my_candles.csv") == parse_cache_name(tmp_path / "x.csv")
+    assert parse_cache_name(tmp_path / "my_own_1h.csv").symbol is None
+    assert funding_path(tmp_path / "my_candles.csv") is None
+    with pytest.raises(ValueError, match="bad symbol"):
+        cache_file(tmp_path, "../x", "1h", "linear")
+    with pytest.raises(ValueError, match="unknown category"):
+        cache_file(tmp_path, "BTCUSDT", "1h", "futures")

@@ -18,11 +18,12 @@ funding file serves every interval of a symbol), CSV with ``timestamp`` (ISO 860
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .cache_names import FUNDING, cache_file, parse_cache_name
 
 FUNDING_COLUMNS = ("timestamp", "rate")
 SETTLEMENT_HOURS = 8
@@ -62,18 +63,17 @@ def validate_funding(funding: pd.DataFrame, where: str = "funding") -> pd.DataFr
 
 
 def funding_path(candle_path: str | os.PathLike) -> Path | None:
-    """The funding file beside a category-named candle file, ``SYM_linear_1h.csv`` ->
-    ``SYM_linear_funding.csv``; None for a name without a category (a user's CSV)."""
-    path = Path(candle_path)
-    match = re.fullmatch(r"([A-Za-z0-9]+)_(linear|inverse)_[0-9A-Za-z]+", path.stem)
-    if match is None:
+    """The funding file beside a category-named perpetual candle file, ``SYM_linear_1h.csv`` ->
+    ``SYM_linear_funding.csv``; None for spot or a name without a category (a user's CSV)."""
+    name = parse_cache_name(candle_path)
+    if name.symbol is None or name.category not in ("linear", "inverse") or name.funding:
         return None
-    return path.with_name(f"{match.group(1)}_{match.group(2)}_funding.csv")
+    return funding_cache_path(Path(candle_path).parent, name.symbol, name.category)
 
 
 def funding_cache_path(out_dir: str | os.PathLike, symbol: str, category: str) -> Path:
-    """``out_dir/SYMBOL_category_funding.csv``."""
-    return Path(out_dir) / f"{symbol.upper()}_{category}_funding.csv"
+    """``out_dir/SYMBOL_category_funding.csv`` (see ``cache_names``)."""
+    return cache_file(out_dir, symbol, FUNDING, category)
 
 
 def load_funding(path: str | os.PathLike) -> pd.DataFrame:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .cache_names import parse_cache_name
 from .funding import (
     constant_funding,
     funding_path,
@@ -35,7 +36,7 @@ from .funding import (
     update_funding_cache,
 )
 from .intervals import interval_to_timedelta, normalize_interval
-from .store import category_from_path, find_cache, load_candles, symbol_from_path
+from .store import find_cache, load_candles
 from .symbols import validate_symbol
 
 SOURCES = ("auto", "file", "bybit", "synthetic")
@@ -75,13 +76,10 @@ def resolve_candles(
     if source == "file":
         if path is None:
             raise ValueError("source 'file' needs a path")
-        named = category_from_path(path)
-        if category is not None and named is not None and named != category:
-            raise ValueError(f"{Path(path).name} holds {named} candles, not {category}")
-        category = category or named or "linear"
+        category, named_symbol = file_market(path, category)
         candles = load_candles(path)
         description = {"kind": "file", "path": str(Path(path).resolve()),
-                       "symbol": symbol_from_path(path) or symbol}
+                       "symbol": named_symbol or symbol}
     elif source == "synthetic":
         category = category or "linear"
         candles, description = _synthetic(symbol, interval, days)
@@ -100,6 +98,17 @@ def resolve_candles(
                        last=candles["timestamp"].iloc[-1].isoformat(), bars=len(candles),
                        sha256=candles_sha256(candles))
     return candles, description
+
+
+def file_market(path: str | Path, category: str | None = None,
+                default: str = "linear") -> tuple[str, str | None]:
+    """The (category, symbol) of a candle file: ``category`` when given (a file whose name says
+    another is an error), else the one its name says, else ``default``; the symbol its name
+    says, or None (see ``cache_names``)."""
+    name = parse_cache_name(path)
+    if category is not None and name.category is not None and name.category != category:
+        raise ValueError(f"{Path(path).name} holds {name.category} candles, not {category}")
+    return category or name.category or default, name.symbol
 
 
 def load_source(description: dict) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .cache_names import cache_file, parse_cache_name
 from .candles import (
     CANDLE_COLUMNS,
     VALUE_COLUMNS,
@@ -46,7 +47,6 @@ from .candles import (
     timestamps_ms,
 )
 from .intervals import interval_from_ms, interval_to_ms, next_open_ms, normalize_interval, on_grid
-from .symbols import validate_symbol
 
 FORMATS = ("csv", "json")
 _REQUIRED = ("timestamp", "open", "high", "low", "close", "volume")
@@ -120,34 +120,6 @@ def gap_report(candles: pd.DataFrame, interval: str | None = None) -> GapReport:
     return GapReport(step, int(missing[where].sum()), gaps, **off_grid)
 
 
-CATEGORIES = ("linear", "spot", "inverse")
-
-
-def category_from_path(path: str | os.PathLike) -> str | None:
-    """The category in a ``SYMBOL_category_interval.ext`` file name, or None."""
-    parts = Path(path).stem.split("_")
-    return parts[-2] if len(parts) >= 3 and parts[-2] in CATEGORIES else None
-
-
-def symbol_from_path(path: str | os.PathLike) -> str | None:
-    """The symbol of a ``SYMBOL[_category]_interval.ext`` file name (upper case), or None."""
-    parts = Path(path).stem.split("_")
-    if len(parts) < 2 or not parts[0].isalnum() or interval_from_path(path) is None:
-        return None
-    return parts[0].upper()
-
-
-def interval_from_path(path: str | os.PathLike) -> str | None:
-    """The interval in a ``SYMBOL_interval.ext`` file name, or None when the name has none."""
-    stem = Path(path).stem
-    if "_" not in stem:
-        return None
-    try:
-        return normalize_interval(stem.rsplit("_", 1)[1])
-    except ValueError:
-        return None
-
-
 def load_candles(path: str | os.PathLike, *, warn_gaps: bool = True) -> pd.DataFrame:
     """Read a CSV or JSON candle file into the candle frame (see ``candles.py``).
 
@@ -165,7 +137,7 @@ def load_candles(path: str | os.PathLike, *, warn_gaps: bool = True) -> pd.DataF
                               f"{REPAIR_HINT.replace('FILE', str(path))}")
     candles = make_candles(ts, values)
     if warn_gaps:
-        warn_about_grid(candles, path, interval_from_path(path), lines)
+        warn_about_grid(candles, path, parse_cache_name(path).interval, lines)
     return candles
 
 
@@ -267,7 +239,7 @@ def repair_candles(path: str | os.PathLike, out: str | os.PathLike | None = None
     target = Path(out) if out is not None else path
     report = dict(path=target, rows_read=len(order), rows_written=len(candles),
                   out_of_order=out_of_order, duplicates=int(sum(same)), conflicts=conflicts,
-                  gaps=gap_report(candles, interval_from_path(target)))
+                  gaps=gap_report(candles, parse_cache_name(target).interval))
     saved_backup = None
     if out is not None or out_of_order or len(dropped):
         if out is None and backup:
@@ -303,18 +275,12 @@ def save_candles(candles: pd.DataFrame, path: str | os.PathLike) -> Path:
 def cache_path(out_dir: str | os.PathLike, symbol: str, interval: str, fmt: str = "csv",
                category: str = "linear") -> Path:
     """``out_dir/SYMBOL_category_interval.fmt`` with the canonical interval name
-    (``BTCUSDT_linear_1h.csv``)."""
+    (``BTCUSDT_linear_1h.csv``; see ``cache_names``)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use csv or json")
-    if category not in CATEGORIES:
-        raise ValueError(f"unknown category {category!r}; use one of {', '.join(CATEGORIES)}")
-    return Path(out_dir) / f"{validate_symbol(symbol)}_{category}_{normalize_interval(interval)}.{fmt}"
-
-
-def legacy_cache_path(out_dir: str | os.PathLike, symbol: str, interval: str,
-                      fmt: str = "csv") -> Path:
-    """The old cache name without a category, ``out_dir/SYMBOL_interval.fmt``."""
-    return Path(out_dir) / f"{validate_symbol(symbol)}_{normalize_interval(interval)}.{fmt}"
+    if category is None:
+        raise ValueError("a cache name needs a category")
+    return cache_file(out_dir, symbol, interval, category, fmt)
 
 
 def find_cache(out_dir: str | os.PathLike, symbol: str, interval: str, category: str = "linear",
@@ -329,7 +295,7 @@ def find_cache(out_dir: str | os.PathLike, symbol: str, interval: str, category:
     if category != "linear":
         return None
     for fmt in FORMATS:
-        old = legacy_cache_path(out_dir, symbol, interval, fmt)
+        old = cache_file(out_dir, symbol, interval, None, fmt)  # the old name
         if old.exists():
             if notice is not None:
                 notice(f"{old}: old-style cache name without a category, read as linear "
