@@ -688,7 +688,12 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
     import pandas as pd
 
     from numpyconvnext.data.intervals import normalize_interval
-    from numpyconvnext.data.source import file_market, funding_for_source, load_source
+    from numpyconvnext.data.source import (
+        choose_funding,
+        file_market,
+        funding_for_source,
+        load_source,
+    )
     from numpyconvnext.data.store import load_candles
     from numpyconvnext.trading.inference import valid_decision_indices
 
@@ -703,7 +708,6 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
         end_index = None
     elif symbol:
         from numpyconvnext.data.bybit import BybitClient, BybitError
-        from numpyconvnext.data.funding import constant_funding
 
         category = category or model_category or "linear"
         interval = normalize_interval(interval or model_interval or "1h")
@@ -712,20 +716,16 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
         end = pd.Timestamp.now(tz="UTC")
         try:
             candles = client.get_klines(symbol, interval, end - pd.Timedelta(days=days), end)
-            funding = None
+            series = None
             if category == "linear" and len(candles):
-                funding = client.get_funding_history(symbol, candles["timestamp"].iloc[0], end)
+                series = client.get_funding_history(symbol, candles["timestamp"].iloc[0], end)
         except BybitError as error:
             raise ValueError(f"cannot fetch {symbol} {interval}: {str(error).splitlines()[0]}") from None
-        if category == "spot":
-            note = "spot market: no funding"
-        elif funding is not None and len(funding):
-            note = f"funding: {len(funding)} settlements from Bybit"
-        elif funding_rate is not None:
-            funding = constant_funding(candles["timestamp"].iloc[0], end, funding_rate)
-            note = f"funding: ASSUMED constant {100 * funding_rate:.4f}% per 8 h (Bybit sent none)"
-        else:
-            funding, note = None, "funding: NOT charged - Bybit sent no funding history"
+        if not len(candles):
+            raise ValueError(f"Bybit has no {symbol} {interval} candles in the last {days:g} days")
+        settled = 0 if series is None else len(series)
+        funding, note = choose_funding(category, series, f"{settled} settlements from Bybit",
+                                       candles, funding_rate)
         data_symbol = symbol.upper()
         what = f"Bybit {symbol.upper()} {interval} {category} last {days:g} days, after warm-up"
         end_index = None

@@ -134,23 +134,38 @@ def funding_for_source(description: dict, candles: pd.DataFrame,
                        funding_rate: float | None = None) -> tuple[pd.DataFrame | None, str]:
     """The funding the candles of ``description`` pay, and one line saying where it comes from.
 
-    Spot: none. The synthetic market: its own series (``funding.synthetic_funding``). A file:
-    the series cached beside it (``SYM_linear_funding.csv``); without one, a constant
-    ``funding_rate`` per 8 h when given (a stated assumption), else none - and the line says
-    that funding is not charged.
+    The synthetic market: its own series (``funding.synthetic_funding``). A file: the series
+    cached beside it (``SYM_linear_funding.csv``). Then as ``choose_funding``.
     """
-    category = description.get("category", "linear")
+    series, origin = None, ""
+    if description.get("category", "linear") != "spot":
+        beside = funding_path(description["path"]) if description.get("path") else None
+        if description.get("kind") == "synthetic":
+            seed = int(description.get("seed", 0))
+            series = synthetic_funding(candles, seed)
+            origin = f"the synthetic market's series (seed {seed})"
+        elif beside is not None and beside.exists():
+            series = load_funding(beside)
+            origin = f"{len(series)} settlements from {beside.name}"
+    return choose_funding(description.get("category", "linear"), series, origin, candles,
+                          funding_rate)
+
+
+def choose_funding(category: str, series: pd.DataFrame | None, origin: str,
+                   candles: pd.DataFrame, funding_rate: float | None = None
+                   ) -> tuple[pd.DataFrame | None, str]:
+    """The funding a run over ``candles`` charges, and one line saying where it comes from.
+
+    Spot: none. A perpetual: ``series`` (found at ``origin``, words for the line) when it holds
+    settlements; else a constant ``funding_rate`` per 8 h when given (a stated assumption); else
+    none, and the line says funding is not charged.
+    """
     if category == "spot":
         return None, "spot market: no funding"
-    first, last = candles["timestamp"].iloc[0], candles["timestamp"].iloc[-1]
-    if description.get("kind") == "synthetic":
-        seed = int(description.get("seed", 0))
-        return synthetic_funding(candles, seed), f"funding: the synthetic market's series (seed {seed})"
-    beside = funding_path(description["path"]) if description.get("path") else None
-    if beside is not None and beside.exists():
-        funding = load_funding(beside)
-        return funding, f"funding: {len(funding)} settlements from {beside.name}"
+    if series is not None and len(series):
+        return series, f"funding: {origin}"
     if funding_rate is not None:
+        first, last = candles["timestamp"].iloc[0], candles["timestamp"].iloc[-1]
         return (constant_funding(first, last, funding_rate),
                 f"funding: ASSUMED constant {100 * funding_rate:.4f}% per 8 h (no series for "
                 f"this data; --funding-rate)")
