@@ -429,6 +429,38 @@ def test_float_signals_with_nan_mean_hold():
         backtest(candles, np.array([0.5, 0, 0, 0, 0]), kind="signal")
 
 
+@pytest.mark.parametrize("compounding", [True, False])
+def test_a_restored_backtester_continues_bit_for_bit(compounding):
+    """snapshot() -> JSON -> restore() mid-run: the same equity, trades and final close as a
+    run never stopped, with fraction stops, leverage and no compounding restored too."""
+    import json
+
+    candles = random_candles(400, seed=21)
+    targets = random_targets(400, seed=22)
+    settings = dict(stop_loss=0.01, take_profit=0.015, compounding=compounding, fee_rate=0.001,
+                    slippage=0.0003, initial_equity=5_000.0)
+    whole = backtest(candles, targets, **settings)
+    bars = candles.to_dict("records")
+    bt, equity, trades = Backtester(**settings), [], []
+    for t, bar in enumerate(bars):
+        if t in (1, 137, 250, 251):
+            trades.append(bt.trade_records())
+            bt = Backtester.restore(json.loads(json.dumps(bt.snapshot(), allow_nan=False)))
+            assert bt.bars == t and bt.n_trades == 0
+        equity.append(bt.step(bar, targets[t]))
+    final = bt.finish()
+    np.testing.assert_array_equal(equity[:-1], whole.equity.to_numpy()[:-1])
+    assert final == whole.equity.iloc[-1]
+    records = np.vstack([*trades, bt.trade_records()])
+    np.testing.assert_array_equal(records[:, 2], whole.trades["exit_bar"].to_numpy())
+    np.testing.assert_array_equal(records[:, 6], whole.trades["gross_pnl"].to_numpy())
+    assert len(whole.trades) > 30
+    with pytest.raises(RuntimeError, match="restored at bar 251"):
+        bt.result()
+    with pytest.raises(ValueError, match="not a Backtester snapshot"):
+        Backtester.restore({"settings": {}, "account": {}})
+
+
 def test_backtester_with_plain_tuples():
     candles = random_candles(50, seed=14)
     targets = random_targets(50, seed=15)

@@ -93,6 +93,14 @@ N_STATE = 18
 # parameter vector
 P_FEE, P_SLIP, P_SL_FRAC, P_TP_FRAC, P_INIT, P_COMPOUND = 0, 1, 2, 3, 4, 5
 N_PARAMS = 6
+# the names the state and parameter vectors have in a ``Backtester.snapshot``
+STATE_NAMES = (
+    "cash", "units", "executed_target", "pending_target", "pending_stop_distance",
+    "pending_take_profit_distance", "trade_side", "trade_entry_bar", "trade_entry_units",
+    "trade_entry_value", "trade_exit_units", "trade_exit_value", "trade_fees", "stop_price",
+    "take_profit_price", "bars", "last_close", "trade_funding",
+)
+PARAM_NAMES = ("fee_rate", "slippage", "stop_loss", "take_profit", "initial_equity", "compounding")
 # trade record
 T_SIDE, T_ENTRY_BAR, T_EXIT_BAR, T_ENTRY_PRICE, T_EXIT_PRICE = 0, 1, 2, 3, 4
 T_SIZE, T_GROSS, T_FEES, T_DURATION, T_REASON, T_FUNDING = 5, 6, 7, 8, 9, 10
@@ -376,6 +384,16 @@ class BacktestResult:
 
 def _trades_frame(records: np.ndarray, timestamps: pd.Index) -> pd.DataFrame:
     if records.shape[0] == 0:
+        return trades_frame(records, timestamps[:0], timestamps[:0])
+    return trades_frame(records, timestamps[records[:, T_ENTRY_BAR].astype(np.int64)],
+                        timestamps[records[:, T_EXIT_BAR].astype(np.int64)])
+
+
+def trades_frame(records: np.ndarray, entry_times: pd.Index, exit_times: pd.Index) -> pd.DataFrame:
+    """Trade records ``[N, N_TRADE]`` as the ``TRADE_COLUMNS`` frame, with the open times of
+    their entry and exit bars given."""
+    timestamps = pd.Index(entry_times)
+    if records.shape[0] == 0:
         frame = pd.DataFrame({name: pd.Series(dtype=np.float64) for name in TRADE_COLUMNS})
         frame["side"] = frame["side"].astype(object)
         frame["exit_reason"] = frame["exit_reason"].astype(object)
@@ -392,8 +410,8 @@ def _trades_frame(records: np.ndarray, timestamps: pd.Index) -> pd.DataFrame:
     pnl = gross - fees - funding
     return pd.DataFrame({
         "side": np.where(records[:, T_SIDE] > 0, "long", "short"),
-        "entry_time": timestamps[entry_bar],
-        "exit_time": timestamps[exit_bar],
+        "entry_time": timestamps,
+        "exit_time": pd.Index(exit_times),
         "entry_price": records[:, T_ENTRY_PRICE],
         "exit_price": records[:, T_EXIT_PRICE],
         "size": records[:, T_SIZE],
@@ -477,6 +495,12 @@ class Backtester:
     ``stop_distance`` / ``take_profit_distance`` (price units, e.g. 2 * ATR) overrides them for
     a trade entered at the next open. Call ``finish()`` after the last bar to close the
     position; ``result()`` then gives the same ``BacktestResult`` as ``backtest``.
+
+    ``snapshot()`` is the account after the last step (cash, position, the open trade with its
+    stop and take-profit, the pending target) and the settings, as JSON-able numbers;
+    ``Backtester.restore(snapshot)`` continues from it bit for bit, as if never stopped (paper
+    trading across restarts). Bars are numbered from the first step ever (``bars``);
+    ``result()``, which needs every bar, is not available after a restore.
     """
 
     def __init__(
@@ -502,6 +526,71 @@ class Backtester:
         self._funding: list[float] = []
         self._records: list[np.ndarray] = []
         self._final_equity: float | None = None
+        self._first_bar = 0  # the bar number of the first step of this object
+
+    @classmethod
+    def restore(cls, snapshot: Mapping) -> Backtester:
+        """A Backtester that continues from ``snapshot()`` exactly."""
+        try:
+            settings, account = snapshot["settings"], snapshot["account"]
+            params = np.array([_from_json(settings[name]) for name in PARAM_NAMES])
+            state = np.array([_from_json(account[name]) for name in STATE_NAMES])
+            max_leverage = float(settings["max_leverage"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not a Backtester snapshot ({error!r} missing or wrong)") from None
+        restored = cls(float(params[P_INIT]), float(params[P_FEE]), float(params[P_SLIP]),
+                       max_leverage=max_leverage)
+        restored._params, restored._state = params, state
+        restored._first_bar = int(state[S_BAR])
+        return restored
+
+    def snapshot(self) -> dict:
+        """The account after the last step and the settings (see the class docstring)."""
+        if self._final_equity is not None:
+            raise RuntimeError("finish() was called: the account is closed")
+        return {"settings": {**{n: _to_json(v) for n, v in zip(PARAM_NAMES, self._params,
+                                                                strict=True)},
+                             "max_leverage": self.max_leverage},
+                "account": {n: _to_json(v) for n, v in zip(STATE_NAMES, self._state, strict=True)}}
+
+    @property
+    def bars(self) -> int:
+        """Bars stepped since the first step ever (a restore keeps counting)."""
+        return int(self._state[S_BAR])
+
+    @property
+    def open_trade(self) -> dict | None:
+        """The open trade: side (+1 / -1), entry bar, units, average entry price, fees and
+        funding so far, stop and take-profit prices (None when not set); None when flat."""
+        st = self._state
+        if st[S_SIDE] == 0.0:
+            return None
+        return {"side": int(st[S_SIDE]), "entry_bar": int(st[S_ENTRY_BAR]),
+                "units": abs(float(st[S_UNITS])),
+                "entry_price": float(st[S_ENTRY_VAL] / st[S_ENTRY_QTY]),
+                "fees": float(st[S_FEES]), "funding": float(st[S_FUNDING]),
+                "stop_price": _to_json(st[S_STOP]), "take_profit_price": _to_json(st[S_TP])}
+
+    @property
+    def pending_target(self) -> float:
+        """The target decided at the last close, to be filled at the next open."""
+        return float(self._state[S_PEND])
+
+    @property
+    def n_trades(self) -> int:
+        """Trades closed since this object was made (or restored)."""
+        return len(self._records)
+
+    def trade_records(self, start: int = 0) -> np.ndarray:
+        """Records ``[N, N_TRADE]`` of the trades closed since this object was made (or
+        restored), from the ``start``-th on; ``trades_frame`` turns them into rows."""
+        rows = self._records[start:]
+        return np.vstack(rows) if rows else np.empty((0, N_TRADE))
+
+    @property
+    def funding_paid_last_step(self) -> float:
+        """Funding paid at the last step's open (negative: received)."""
+        return self._funding[-1] if self._funding else 0.0
 
     @property
     def cash(self) -> float:
@@ -551,7 +640,7 @@ class Backtester:
     def finish(self) -> float:
         """Close any open position at the last close (with costs); returns the final equity."""
         if self._final_equity is None:
-            if not self._close:
+            if self.bars == 0:
                 raise RuntimeError("no bars were processed")
             equity, n_closed = _finish(self._state, self._params, self._buf)
             for j in range(n_closed):
@@ -560,7 +649,11 @@ class Backtester:
         return self._final_equity
 
     def result(self, periods_per_year: float | None = None) -> BacktestResult:
-        """The ``BacktestResult`` of the bars processed so far (calls ``finish()``)."""
+        """The ``BacktestResult`` of the bars processed so far (calls ``finish()``); it needs
+        every bar from the first, so not after a ``restore``."""
+        if self._first_bar:
+            raise RuntimeError(f"restored at bar {self._first_bar}: result() needs every bar "
+                               "from the first; use trade_records() and snapshot()")
         self.finish()
         marked = np.asarray(self._equity)
         equity = marked.copy()
@@ -577,6 +670,15 @@ class Backtester:
         return _build_result(timestamps, np.asarray(self._close), equity, marked,
                              np.asarray(self._units), np.asarray(self._funding), records,
                              periods_per_year, float(self._params[P_INIT]))
+
+
+def _to_json(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None  # NaN: not set (JSON has no NaN)
+
+
+def _from_json(value: float | None) -> float:
+    return np.nan if value is None else float(value)
 
 
 def _make_params(fee_rate, slippage, stop_loss, take_profit, initial_equity, compounding):

@@ -114,6 +114,13 @@ class Strategy:
             return float(self.take_profit / self.stop_loss)
         return DEFAULT_WIN_LOSS_RATIO if self.win_loss_ratio is None else float(self.win_loss_ratio)
 
+    @property
+    def costs(self) -> dict:
+        """What every fill costs and the leverage cap, as ``backtest`` and ``Backtester`` take
+        them (``fee_rate``, ``slippage``, ``max_leverage``)."""
+        return {"fee_rate": self.fee, "slippage": self.slippage,
+                "max_leverage": max(1.0, self.max_exposure)}
+
     def with_checkpoint(self, metadata: dict | None) -> Strategy:
         """Fill what is left open (``confidence``, ``win_loss_ratio``) from the choices stored
         in a checkpoint by ``numpyconvnext.calibration``; explicit settings win."""
@@ -245,11 +252,10 @@ def run_strategy(
     index = pd.DatetimeIndex(decision_times)
     result = backtest(
         candles, pd.Series(plan.signal, index=index), kind="signal",
-        size=pd.Series(plan.fraction, index=index), fee_rate=strategy.fee,
-        slippage=strategy.slippage, stop_loss=strategy.stop_loss,
+        size=pd.Series(plan.fraction, index=index), stop_loss=strategy.stop_loss,
         take_profit=strategy.take_profit, stop_mode="atr", atr_period=strategy.atr_period,
-        initial_equity=initial_equity, max_leverage=max(1.0, strategy.max_exposure),
-        periods_per_year=periods_per_year, with_benchmark=with_benchmark,
+        initial_equity=initial_equity, periods_per_year=periods_per_year,
+        with_benchmark=with_benchmark, **strategy.costs,
         funding=None if strategy.long_only else funding)
     if strategy.long_only:
         result.funding_note = "spot: no funding"
