@@ -798,18 +798,28 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
 @_strategy_options("the threshold chosen on the validation block (stored in the checkpoint), "
                    "else 0.6; a regression model signals beyond its label threshold")
 @click.option("--equity", default=10_000.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Account equity the suggested size refers to.")
+              help="Account equity the suggested size refers to (with --paper: the paper "
+                   "account's starting equity).")
+@click.option("--paper", is_flag=True,
+              help="Paper trading: also trade the strategy on a simulated account, with the "
+                   "fills, stops, fees and funding of backtest, kept in the state file. "
+                   "Simulated fills only: no orders.")
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=60.0,
               show_default=True, help="Seconds one request keeps retrying before the loop backs off.")
 def live(symbol, interval, model_path, once, out_dir, no_state, base_url, category, confidence,
          sizing, stop_loss, take_profit, max_risk, max_exposure, fee_rate, slippage,
-         no_calibration, equity, retry_time_s) -> None:
+         no_calibration, equity, paper, retry_time_s) -> None:
     """Print a signal for every newly closed candle: one JSON line on stdout, a readable line on
     stderr. The signal and size follow the strategy backtest and evaluate trade. It never places
     orders: it reads public market data only and needs no API key.
 
     A state file in OUT remembers the last candle signalled: after a restart every candle that
     closed meanwhile is signalled (marked "late": true) and none twice. Ctrl-C stops.
+
+    --paper trades each of those candles on a paper account exactly as backtest would (the
+    same fills at the next open, stops, take-profit, fees and, on a perpetual, funding), prints
+    its fills and equity, and keeps it in the state file: after Ctrl-C or a crash it continues
+    where it was.
     """
     import os
     import sys
@@ -820,7 +830,7 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
     from numpyconvnext.data.bybit import BybitClient
     from numpyconvnext.data.intervals import normalize_interval
     from numpyconvnext.trading.inference import preprocessing_of
-    from numpyconvnext.trading.live import LiveError, LiveSettings, run_live
+    from numpyconvnext.trading.live import LiveError, LiveSettings, paper_account, run_live
     from numpyconvnext.trading.live_state import LiveState, state_path
 
     if model_path is None:
@@ -838,11 +848,15 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
                              stop_loss, take_profit, max_risk, max_exposure, fee_rate, slippage,
                              no_calibration)
         client = BybitClient(base_url, strategy.category, max_retry_time_s=retry_time_s)
+        if paper and no_state:
+            raise ValueError("--paper keeps its account in the state file: drop --no-state")
         state = None
         if not no_state:
             path = state_path(out_dir, model_path, symbol, interval, client.category)
             state = LiveState.load(path, model=model_path, symbol=symbol, interval=interval,
                                    category=client.category)
+        settings = LiveSettings(strategy=strategy, equity=equity)
+        account = paper_account(model, state, settings, paper)
     except (CheckpointError, ValueError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     if model_interval and normalize_interval(model_interval) != interval:
@@ -853,9 +867,11 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
     if state is not None and state.last_emitted is not None:
         click.echo(f"state {state.path}: last signal for the candle of "
                    f"{state.last_emitted:%Y-%m-%d %H:%M} UTC", err=True)
-    settings = LiveSettings(strategy=strategy, equity=equity)
+    if account is not None:
+        click.echo(_paper_summary(account, equity), err=True)
     try:
-        run_live(model, client, symbol, interval, settings=settings, once=once, state=state)
+        run_live(model, client, symbol, interval, settings=settings, once=once, state=state,
+                 paper=paper)
     except KeyboardInterrupt:
         click.echo("stopped", err=True)
     except BrokenPipeError:  # stdout closed (e.g. `| head -1`): stop quietly
@@ -864,6 +880,26 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
         raise UserError(str(error).splitlines()[0]) from None
     except LiveError as error:
         raise click.ClickException(str(error)) from None
+
+
+def _paper_summary(account, equity: float) -> str:
+    """One line: a new paper account, or where a kept one stands."""
+    strategy = account.strategy.describe()
+    if account.last_bar is None:
+        return (f"paper account: new, equity {account.initial_equity:,.2f}, trading from the next "
+                f"closed candle: {strategy}")
+    trade = account.backtester.open_trade
+    held = "flat" if trade is None else (
+        f"{'long' if trade['side'] > 0 else 'short'} {trade['units']:.6g} from "
+        f"{trade['entry_price']:,.6g}")
+    line = (f"paper account since {account.first_bar:%Y-%m-%d %H:%M} UTC: equity "
+            f"{account.equity:,.2f} ({100 * (account.equity / account.initial_equity - 1):+.2f}%) "
+            f"at the {account.last_bar:%Y-%m-%d %H:%M} candle's close, {len(account.trades)} "
+            f"trades, {held}")
+    if equity != account.initial_equity:
+        line += (f" (it started with {account.initial_equity:,.2f}; --equity {equity:,.2f} is "
+                 "not used)")
+    return line
 
 
 # evaluate: defaults sized so the whole BTCUSDT 1h run fits in ~20 minutes on 2 busy cores

@@ -1,5 +1,5 @@
 """Trading library: the strategy (signals from calibrated probabilities, Kelly sizing in risk
-units, stops, costs), backtest with funding, metrics and the IN-SAMPLE check.
+units, stops, costs), backtest with funding, paper trading, metrics and the IN-SAMPLE check.
 
 Class order everywhere: 0 = Long, 1 = Short, 2 = Hold. A decision made at bar t's close is
 filled at bar t+1's open.
@@ -33,6 +33,7 @@ from .metrics import (
     win_loss_ratio,
     win_rate,
 )
+from .paper import PaperAccount
 from .signals import Signal, generate_signal, generate_signals, signal_direction
 from .sizing import (
     average_true_range,
@@ -56,6 +57,7 @@ __all__ = [
     "CATEGORIES",
     "DEFAULT_FEE_RATE",
     "DEFAULT_FEE_RATES",
+    "PaperAccount",
     "PositionPlan",
     "Strategy",
     "calmar_ratio",

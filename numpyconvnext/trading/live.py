@@ -19,6 +19,18 @@ ever signalled twice; a crash between the two writes loses that one line rather 
 it. A line for a candle that was not the newest closed one when it was printed (a catch-up
 after a restart, or after a long outage) carries ``"late": true``.
 
+Paper trading (``paper=True``, ``live --paper``): every candle that gets a line is also traded
+on a simulated account (``paper.PaperAccount``) exactly as ``backtest`` trades it: the hold
+rule, the fill at the next open with fees and slippage, the ATR stop and take-profit, and on a
+perpetual the funding settled at each candle's open (from Bybit's funding history, fetched
+with the candles). The account lives in the state file and is written in the same atomic write
+as the candle's ``last_emitted``: a candle's fills are never applied twice nor lost, and a
+restart continues the account exactly where it was (catching up on the candles closed
+meanwhile). The line then carries ``"paper"``: equity, cash, position (with its stop and
+take-profit), the target for the next open, this candle's fills and closed trades, funding.
+An account that fell more than ``max_catch_up_bars`` candles behind cannot continue exactly
+and is an error. Still no orders: the fills are simulated.
+
 Network trouble never ends the loop: the client already retries a request with backoff; when it
 gives up, the loop logs one line and tries again after ``retry_min_s * 2^k`` seconds (capped at
 ``retry_max_s``; after HTTP 403, an IP ban, at least the client's ``forbidden_wait_s``). An
@@ -66,6 +78,7 @@ from numpyconvnext.data.intervals import interval_to_ms, next_open_ms, normalize
 
 from .inference import DEFAULT_EQUITY, Decisions, decide, preprocessing_of
 from .live_state import LiveState, iso_utc_ms
+from .paper import PaperAccount, format_paper
 from .signals import Signal
 from .strategy import Strategy
 
@@ -216,6 +229,7 @@ def run_live(
     bad_row_attempts: int = DEFAULT_BAD_ROW_ATTEMPTS,
     max_catch_up_bars: int = DEFAULT_MAX_CATCH_UP_BARS,
     max_lines: int | None = None,
+    paper: bool = False,
 ) -> int:
     """Emit one JSON line per newly closed candle until interrupted; returns the lines emitted.
 
@@ -224,6 +238,8 @@ def run_live(
     client's own retries) raises ``LiveError`` instead of waiting for another round.
     ``state``: a ``LiveState`` saved before every line (see the module docstring); None keeps
     nothing between runs. ``max_lines`` stops after that many lines (tests).
+    ``paper``: also trade the strategy on the paper account kept in ``state`` (see
+    ``paper_account`` and the module docstring); each line then carries ``"paper"``.
     ``clock`` (epoch seconds, default ``time.time``) and ``sleep`` (default ``time.sleep``) drive
     all waiting; ``poll_s`` is the wait when an expected candle is late (default: a sixtieth of
     the interval, 2..30 s). ``KeyboardInterrupt`` propagates (the CLI turns it into exit 0).
@@ -238,6 +254,7 @@ def run_live(
     prep = preprocessing_of(model)
     count = prep.min_candles + HISTORY_MARGIN_BARS
     last_time: pd.Timestamp | None = state.last_emitted if state is not None else None
+    account = paper_account(model, state, settings, paper)
     emitted = 0
     failures = 0
     succeeded = False
@@ -257,6 +274,7 @@ def run_live(
                 if not succeeded:
                     raise LiveParameterError(message)
                 raise BybitResponseError(f"a short answer: {message}")
+            funding = _paper_funding(client, symbol, account, candles, last_time)
         except BybitParameterError as error:
             raise LiveParameterError(f"Bybit rejected {symbol} {name}: {error}") from None
         except (BybitError, BybitResponseError, OSError) as error:
@@ -288,6 +306,11 @@ def run_live(
         else:
             new = np.flatnonzero(stamps > last_time)
             new = new[new >= prep.first_decision_index]
+            if account is not None and (stamps[0] > last_time or len(new) > max_catch_up_bars):
+                raise LiveParameterError(
+                    f"the paper account's last candle ({_iso(last_time)}) is more than "
+                    f"{max_catch_up_bars} candles ago: it cannot continue exactly; start a new "
+                    f"account (another --out, or delete {state.path})")
             if len(new) > max_catch_up_bars:
                 log(f"warning: {len(new)} candles closed since the last line; signalling the "
                     f"newest {max_catch_up_bars}")
@@ -295,16 +318,27 @@ def run_live(
         if len(new):
             decisions = decide(model, candles, new, strategy=settings.strategy,
                                equity=settings.equity)
+            rates = _rates(account, stamps[new], funding)
             for i in range(len(decisions)):
                 now = pd.Timestamp(clock(), unit="s", tz="UTC")
                 record = signal_record(decisions, i, symbol, name,
                                        late=bool(new[i] < len(candles) - 1),
                                        emitted_at=iso_utc_ms(now))
+                if account is not None:  # the candle's fills, before the state records it done
+                    step = account.step(candles.iloc[new[i]], decisions.signal[i],
+                                        decisions.fraction[i], decisions.stop_distance[i],
+                                        decisions.atr[i], rates[i])
+                    record["paper"] = account.record(step)
+                    record["size"].update(equity=step.equity, units=_number(
+                        decisions.fraction[i] * step.equity / decisions.close[i], 8))
+                    state.paper = account.to_dict()
                 if state is not None:  # recorded first: a crash now loses a line, never repeats
                     state.last_emitted = pd.Timestamp(decisions.timestamp[i])
                     state.save(now)
                 emit(json.dumps(record, allow_nan=False))
                 log(format_human(record))
+                if account is not None:
+                    log(format_paper(record["paper"]))
                 emitted += 1
                 if max_lines is not None and emitted >= max_lines:
                     return emitted
@@ -322,6 +356,67 @@ def run_live(
         if delay_s < poll_s and not len(new):  # the expected candle is late: poll
             delay_s = poll_s
         sleep(max(delay_s, 0.0))
+
+
+def paper_account(model, state: LiveState | None, settings: LiveSettings,
+                  paper: bool = True) -> PaperAccount | None:
+    """The paper account kept in ``state``, or a new one of ``settings.equity``; None when not
+    ``paper``.
+
+    ValueError (one line): ``paper`` without a state; an account that trades another strategy
+    than ``settings.strategy`` (with the checkpoint's choices filled in) or is out of step with
+    the state's last candle; a state that holds an account when not ``paper`` (signalling
+    without it would leave it behind for good).
+    """
+    if not paper:
+        if state is not None and state.paper is not None:
+            raise ValueError(f"state file {state.path} holds a paper account: run with --paper "
+                             "to keep trading it, or use another --out")
+        return None
+    if state is None:
+        raise ValueError("paper trading keeps its account in the state file: it needs one "
+                         "(drop --no-state)")
+    strategy = settings.strategy.with_checkpoint(getattr(model, "metadata", None))
+    if state.paper is None:
+        return PaperAccount.start(strategy, settings.equity)
+    try:
+        account = PaperAccount.from_dict(state.paper)
+    except ValueError as error:
+        raise ValueError(f"state file {state.path}: {error}; delete it to start afresh") from None
+    if account.strategy != strategy:
+        raise ValueError(f"state file {state.path}: the paper account trades "
+                         f"{account.strategy.describe()}, not {strategy.describe()}: pass the "
+                         "strategy flags it started with, or use another --out")
+    if account.last_bar != state.last_emitted:
+        raise ValueError(f"state file {state.path}: the paper account's last candle "
+                         f"({account.last_bar}) is not the last one signalled "
+                         f"({state.last_emitted}); delete the file to start afresh")
+    return account
+
+
+def _paper_funding(client, symbol: str, account: PaperAccount | None, candles: pd.DataFrame,
+                   last_time: pd.Timestamp | None) -> pd.DataFrame | None:
+    """The settlements a paper account on a perpetual pays after the last candle done
+    (``last_time``), up to the newest candle's open (None: spot, no account, nothing new)."""
+    if account is None or account.strategy.long_only or not len(candles):
+        return None
+    newest = pd.Timestamp(candles["timestamp"].iloc[-1])
+    since = last_time if last_time is not None else newest
+    if newest <= since:
+        return None
+    return client.get_funding_history(symbol, since + pd.Timedelta(milliseconds=1), newest,
+                                      getattr(client, "category", "linear"))
+
+
+def _rates(account: PaperAccount | None, opens: pd.DatetimeIndex,
+           funding: pd.DataFrame | None) -> np.ndarray:
+    """The funding rate charged at each of ``opens`` (see ``data.funding.funding_per_bar``):
+    the settlements after the account's last candle up to each one's open."""
+    from numpyconvnext.data.funding import funding_per_bar
+
+    if account is None or account.last_bar is None:
+        return funding_per_bar(opens, funding)
+    return funding_per_bar(pd.DatetimeIndex([account.last_bar]).append(opens), funding)[1:]
 
 
 def _check_clock(client, now_s: float, log: Callable[[str], None]) -> None:

@@ -11,9 +11,10 @@ File ``{out}/{model stem}-{8 hex of the model's path}_{SYMBOL}_{category}_{inter
      "updated_at": "2024-05-01T14:00:03.120Z",
      "paper": null}
 
-``paper`` is reserved for ``live --paper`` (a simulated account: cash, position, equity, open
-stop, fills). It lives in the same file as ``last_emitted`` so that applying a candle's fill
-and recording that candle as done is one atomic write. Keys this version does not know are
+``paper`` is the account of ``live --paper`` (``paper.PaperAccount.to_dict()``: cash,
+position, equity, open stop, trades), null without one. It lives in the same file as
+``last_emitted`` so that applying a candle's fills and recording that candle as done is one
+atomic write. Keys this version does not know are
 kept as they are on rewrite, so an older program never drops a newer one's fields.
 """
 
