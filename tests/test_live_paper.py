@@ -18,6 +18,7 @@ from bybit_server import FakeBybit
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_live import SimulatedTime, recent_candles
 from test_trading_cli import make_checkpoint
 
 import numpyconvnext
@@ -57,21 +58,6 @@ def model(checkpoint):
     return numpyconvnext.load(checkpoint)
 
 
-class Clock:
-    """Simulated time: a clock and a sleep that advance the fake server's clock with them."""
-
-    def __init__(self, fake: FakeBybit, now_s: float) -> None:
-        self.fake, self.now_s = fake, now_s
-        fake.now_ms = int(now_s * 1000)
-
-    def clock(self) -> float:
-        return self.now_s
-
-    def sleep(self, seconds: float) -> None:
-        self.now_s += seconds
-        self.fake.now_ms = int(self.now_s * 1000)
-
-
 class KilledError(Exception):
     """The process dies here (the in-process stand-in for a kill)."""
 
@@ -83,15 +69,15 @@ def load_state(folder: Path, checkpoint: Path) -> LiveState:
 
 
 def replay(model, checkpoint, folder: Path, crash_at: int | None = None, crash_in: str = "emit",
-           down_hours: float = 5.0) -> list[dict]:
+           down_hours: float = 5.0) -> tuple[list[dict], pd.DataFrame]:
     """Trade N candles with `run_live(paper=True)` in simulated time; with `crash_at`, the run
     dies at its crash_at-th candle (in `emit`: after the state was saved; in `save`: before),
     stays down `down_hours` and a new run continues from the state file. Returns the JSON
-    records printed."""
+    records printed and the funding series the server served."""
     records: list[dict] = []
-    settings = LiveSettings(strategy=STRATEGY, equity=EQUITY)
+    live_settings = LiveSettings(strategy=STRATEGY, equity=EQUITY)
     with FakeBybit(CANDLES) as fake:
-        sim = Clock(fake, CANDLES["timestamp"].iloc[K].value / 1e9 + HOUR_S / 2)
+        sim = SimulatedTime(fake, CANDLES["timestamp"].iloc[K].value / 1e9 + HOUR_S / 2)
         client = BybitClient(fake.url, sleep=sim.sleep, clock=sim.clock, seed=0)
         state = load_state(folder, checkpoint)
         saves, crashed = [], []
@@ -112,7 +98,7 @@ def replay(model, checkpoint, folder: Path, crash_at: int | None = None, crash_i
                 original(now)
 
             state.save = save
-        run = dict(settings=settings, paper=True, emit=emit, log=lambda message: None,
+        run = dict(settings=live_settings, paper=True, emit=emit, log=lambda message: None,
                    clock=sim.clock, sleep=sim.sleep)
         try:
             run_live(model, client, "BTCUSDT", "1h", state=state, max_lines=N, **run)
@@ -256,12 +242,6 @@ def test_an_account_restored_anywhere_trades_bit_for_bit_like_run_strategy(resta
 
 
 # --- the command ----------------------------------------------------------------------------
-
-def recent_candles(n: int, seed: int) -> pd.DataFrame:
-    """Hourly candles whose last one opened this hour (the fake serves it as still forming)."""
-    start = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=n - 1)).floor("h")
-    return synthetic_candles(n, "1h", seed=seed, start=start)
-
 
 FLAGS = ["--equity", "25000", "--confidence", "0.4", "--stop-loss", "1", "--take-profit", "2"]
 
