@@ -8,6 +8,11 @@ nothing is kept and backward is unavailable.
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
+
 import numba
 import numpy as np
 
@@ -33,24 +38,68 @@ LAYERNORM_EPS = 1e-6
 
 
 class Workspace:
-    """Scratch buffers by (name, shape, dtype), reused from step to step and shared by layers.
+    """Scratch buffers by (name, shape, dtype), reused from call to call and shared by layers.
 
     A buffer holds only values consumed within one layer call (or, for the `out` ping-pong of
     inference, until the next layer has read it); anything `backward` needs is a fresh array.
+    Each Python thread has buffers of its own (so predict may run in several threads at once),
+    grouped by the input shape of the model call that uses them (`select`): a thread keeps the
+    groups of its `max_groups` most recently used input shapes and drops older ones, so a
+    stream of varying batch sizes does not grow memory. `clear()` drops every thread's buffers.
     """
 
-    def __init__(self):
-        self._buffers: dict[tuple, np.ndarray] = {}
+    def __init__(self, max_groups: int = 4):
+        self.max_groups = max_groups
+        self._local = threading.local()
+        self._stores: weakref.WeakSet[_Store] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def _store(self) -> _Store:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = _Store()
+            with self._lock:
+                self._stores.add(store)
+        return store
+
+    def select(self, key: Hashable) -> None:
+        """Make the buffers of `key` (a model call's input shape) this thread's current group."""
+        store = self._store()
+        group = store.groups.pop(key, None)
+        store.groups[key] = group = {} if group is None else group
+        while len(store.groups) > self.max_groups:
+            store.groups.popitem(last=False)
+        store.current = group
 
     def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        store = self._store()
+        if store.current is None:
+            self.select(None)
+        buffers = store.current
         key = (name, shape, np.dtype(dtype).char)
-        buffer = self._buffers.get(key)
+        buffer = buffers.get(key)
         if buffer is None:
-            buffer = self._buffers[key] = np.empty(shape, dtype=dtype)
+            buffer = buffers[key] = np.empty(shape, dtype=dtype)
         return buffer
 
+    def nbytes(self) -> int:
+        """Bytes held by this thread's buffers."""
+        return sum(b.nbytes for group in self._store().groups.values() for b in group.values())
+
     def clear(self) -> None:
-        self._buffers.clear()
+        with self._lock:
+            stores = list(self._stores)
+        for store in stores:
+            store.groups = OrderedDict()
+            store.current = None
+
+
+class _Store:
+    """One thread's buffers: input shape -> {(name, shape, dtype): array}, oldest first."""
+
+    def __init__(self):
+        self.groups: OrderedDict[Hashable, dict] = OrderedDict()
+        self.current: dict | None = None
 
 
 class Layer:

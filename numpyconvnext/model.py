@@ -31,6 +31,7 @@ from numpyconvnext.layers import (
     Workspace,
     drop_path_keep,
 )
+from numpyconvnext.threads import compute, computes
 
 CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "atto": {"dims": (40, 80, 160, 320), "depths": (2, 2, 6, 2)},
@@ -292,6 +293,7 @@ class ConvNeXt1D:
             raise ValueError("input contains NaN or inf")
         return x
 
+    @computes()
     def forward(self, x: np.ndarray, drop_path_masks: Sequence[np.ndarray] | None = None):
         """Logits [B, num_classes] for x[B, C_in, T]; keeps what backward() needs.
 
@@ -299,23 +301,39 @@ class ConvNeXt1D:
         (scaling kept samples by 1/keep_prob), drawing from `self.rng`; `drop_path_masks`, one
         0/1 keep mask [B] per block, fixes those draws (for tests).
         """
-        return self._run(self.check_input(x), cache=True, drop_path_masks=drop_path_masks)
+        x = self.check_input(x)
+        self.workspace.select(x.shape)
+        return self._run(x, cache=True, drop_path_masks=drop_path_masks)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Inference: logits [B, num_classes] with no drop path and nothing kept for backward.
 
         Few rows (batch * T / 4 <= 64, e.g. one window of 256 bars) run the whole network in
-        one compiled call (`kernels.network`); larger batches go layer by layer.
+        one compiled call (`kernels.network`); larger batches go layer by layer. Safe to call
+        from several Python threads at once (each has its own scratch buffers).
         """
         x = self.check_input(x)
-        if x.shape[0] * x.shape[2] // STEM_STRIDE <= BLOCK_ROWS:
-            config = self.config
-            return network_forward_rows(
-                np.ascontiguousarray(x.transpose(0, 2, 1)), self.flat_params, self._spans,
-                np.array(config["dims"], dtype=np.int64), np.array(config["depths"], dtype=np.int64),
-                DWCONV_KERNEL, LAYERNORM_EPS, numba.get_num_threads(),
-            )
-        return self._run(x, cache=False, drop_path_masks=None, inference=True)
+        few_rows = x.shape[0] * x.shape[2] // STEM_STRIDE <= BLOCK_ROWS
+        with compute(blas=not few_rows):  # the one-call path uses no BLAS
+            if few_rows:
+                config = self.config
+                # each block splits its matmuls over the threads our call runs the kernels on
+                parts = numba.get_num_threads()
+                return network_forward_rows(
+                    np.ascontiguousarray(x.transpose(0, 2, 1)), self.flat_params, self._spans,
+                    np.array(config["dims"], dtype=np.int64),
+                    np.array(config["depths"], dtype=np.int64), DWCONV_KERNEL, LAYERNORM_EPS,
+                    parts,
+                )
+            self.workspace.select(x.shape)
+            return self._run(x, cache=False, drop_path_masks=None, inference=True)
+
+    def clear_cache(self) -> None:
+        """Free the scratch buffers of every thread and the activations kept for backward
+        (a backward() then needs a new forward()). They are allocated again when needed."""
+        self.workspace.clear()
+        for layer in [self.stem, *self.downsamples, *self.blocks, self.head]:
+            layer._cache = None
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities [B, num_classes] (softmax of `predict`)."""
@@ -351,6 +369,7 @@ class ConvNeXt1D:
             return mask / self.dtype.type(1.0 - rate)
         return drop_path_keep(rate, batch, self.rng, self.dtype.type)
 
+    @computes()
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """Gradients of the last forward: fills grads(), returns dL/dx [B, C_in, T]."""
         dlogits = np.ascontiguousarray(dlogits, dtype=self.dtype)

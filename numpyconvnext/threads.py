@@ -1,0 +1,236 @@
+"""Threads: how numpyconvnext shares the cores with the process it runs in. The one place that
+sets the policy (README "Embedding" summarises it).
+
+Importing numpyconvnext changes nothing outside the package: no environment variable, no BLAS
+thread count, no other package's internals. Everything below happens only inside our own calls
+that compute (`ConvNeXt1D.forward`, `backward`, `predict`, `AdamW.step`, the Trainer), and is
+undone when they return:
+
+- **Numba** (the kernels): `set_num_threads(n)` fixes how many threads our calls use, from any
+  Python thread; by default (`None`) a call uses Numba's count for the calling thread
+  (`numba.get_num_threads()`, i.e. NUMBA_NUM_THREADS = all cores unless you changed it).
+  Numba's own setting is thread-local, so we set it at the start of a call and restore it after.
+  The pool is started explicitly by `start()` before the first kernel runs, never as a side
+  effect of an argument.
+- **BLAS** (NumPy's matmuls): during a call that does big products (training, large batches)
+  NumPy's BLAS runs one thread (threadpoolctl, reference-counted across concurrent calls, the
+  previous count restored when the last one returns) and our matmuls split their rows over our
+  own helper threads instead: OpenBLAS's threads spin-wait and collapse 3-80x when another
+  process holds a core (bench/NOTES.md). Other threads of your process that call BLAS while one
+  of our calls runs get one BLAS thread too. Batch-1 predict uses no BLAS and limits nothing.
+- **OpenMP wait policy**: we set none. Numba's default threading layer on Linux is GNU OpenMP,
+  whose idle threads spin 300,000 times (milliseconds) before sleeping unless the process
+  environment says otherwise, and when torch was imported first Numba shares torch's OpenMP
+  runtime with whatever policy torch started it with. Spinning OpenMP threads take the cores
+  from our helper threads (training 3-4x slower, batch 1 up to 20x under load, bench/NOTES.md
+  "Embedding"). So when Numba's pool is OpenMP and the environment sets no short wait
+  (`OMP_WAIT_POLICY=PASSIVE`, `GOMP_SPINCOUNT` <= 10000, or for Intel/LLVM OpenMP
+  `KMP_BLOCKTIME` <= 1), our calls leave the OpenMP threads asleep: the kernels run on the
+  calling thread and only the matmuls use helper threads. Give the process a short wait (before
+  anything loads OpenMP, e.g. `GOMP_SPINCOUNT=300`), use Numba's `tbb` or `workqueue` layer, or
+  call `set_num_threads(n)` to use n threads in the kernels too.
+- The CLI owns its process: it sets `GOMP_SPINCOUNT=300` and `KMP_BLOCKTIME=0` (unless you set
+  an OpenMP wait yourself) before anything is imported, so it always runs with all threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import numba
+
+from kernels.linear import split_matmuls
+
+F = TypeVar("F", bound=Callable)
+
+# GNU OpenMP spins this many times at most for a wait we call short (300 is ~10 us)
+SHORT_SPIN_COUNT = 10_000
+# Intel/LLVM OpenMP: blocktime in ms at most for a short wait
+SHORT_BLOCKTIME_MS = 1
+
+_requested: int | None = None  # set_num_threads
+_local = threading.local()  # .depth: our calls on this thread's stack
+_start_lock = threading.Lock()
+_started = False
+_openmp_spins_long = False
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_saved: list = []
+_blas_libraries: list | None = None
+
+
+def set_num_threads(n: int | None) -> None:
+    """Threads for numpyconvnext's calls from now on, in every Python thread (None: automatic,
+    see the module docstring). 1 <= n <= numba.config.NUMBA_NUM_THREADS."""
+    global _requested
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"number of threads must be an int or None, got {n!r}")
+        limit = numba.config.NUMBA_NUM_THREADS
+        if not 1 <= n <= limit:
+            raise ValueError(f"number of threads must be between 1 and {limit} "
+                             f"(NUMBA_NUM_THREADS), got {n}")
+    _requested = n
+
+
+def get_num_threads() -> int:
+    """Threads a numpyconvnext call made from this Python thread would use (helper threads
+    for big matmuls included)."""
+    start()
+    return _requested if _requested is not None else numba.get_num_threads()
+
+
+def start() -> None:
+    """Start Numba's thread pool if nothing has yet, and note how its threads wait.
+
+    Called before the first kernel of every computing call (a no-op after the first time):
+    a compiled function that calls a parallel one must not run before the pool exists.
+    """
+    global _started, _openmp_spins_long
+    if _started:
+        return
+    with _start_lock:
+        if _started:
+            return
+        from numba.np.ufunc import parallel
+
+        parallel._launch_threads()  # what numba.get_num_threads() would do as a side effect
+        _openmp_spins_long = _long_openmp_wait(numba.threading_layer(), os.environ)
+        _started = True
+
+
+def _long_openmp_wait(layer: str, environ) -> bool:
+    """True if Numba's pool is an OpenMP runtime whose idle threads spin for long (its default)."""
+    if layer != "omp":
+        return False  # tbb threads yield within microseconds, workqueue threads block
+    if environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive":
+        return False
+    try:
+        from numba.np.ufunc import omppool
+
+        vendor = getattr(omppool, "openmp_vendor", "GNU")
+    except ImportError:
+        vendor = "GNU"
+    if vendor == "GNU":
+        count = _number(environ.get("GOMP_SPINCOUNT", ""), {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12})
+        return count is None or count > SHORT_SPIN_COUNT
+    blocktime = _number(environ.get("KMP_BLOCKTIME", ""), {"ms": 1.0, "us": 1e-3, "s": 1e3})
+    return blocktime is None or blocktime > SHORT_BLOCKTIME_MS
+
+
+def _number(text: str, units: dict[str, float]) -> float | None:
+    """A count or time with an optional unit suffix ('300', '10k', '5ms'); None if unset or
+    unreadable (the runtime then uses its default too)."""
+    text = text.strip().lower()
+    for suffix, scale in sorted(units.items(), key=lambda item: -len(item[0])):
+        if text.endswith(suffix):
+            text, factor = text[: -len(suffix)], scale
+            break
+    else:
+        factor = 1.0
+    try:
+        return float(text) * factor
+    except ValueError:
+        return None
+
+
+def thread_counts() -> tuple[int, int]:
+    """(threads for Numba kernels, threads for our split matmuls) of a call on this thread."""
+    start()
+    if _requested is not None:
+        return _requested, _requested
+    threads = numba.get_num_threads()
+    return (1 if _openmp_spins_long else threads), threads
+
+
+@contextmanager
+def compute(blas: bool = True) -> Iterator[None]:
+    """Around one of our computing calls: start Numba's pool, apply our thread counts, and with
+    `blas` run NumPy's BLAS single-threaded and split our big matmuls. Re-entrant: a call nested
+    in another (forward inside the Trainer's step) costs only a counter."""
+    depth = getattr(_local, "depth", 0)
+    if depth:
+        _local.depth = depth + 1
+        try:
+            yield
+        finally:
+            _local.depth = depth
+        return
+    kernel_threads, matmul_threads = thread_counts()
+    saved = numba.get_num_threads()
+    if kernel_threads != saved:
+        numba.set_num_threads(kernel_threads)
+    limited = blas and _limit_blas()
+    _local.depth = 1
+    try:
+        if limited and matmul_threads > 1:
+            with split_matmuls(matmul_threads):
+                yield
+        else:
+            yield
+    finally:
+        _local.depth = 0
+        if limited:
+            _release_blas()
+        if kernel_threads != saved:
+            numba.set_num_threads(saved)
+
+
+def computes(blas: bool = True) -> Callable[[F], F]:
+    """Decorator: run the function inside `compute(blas)`."""
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            with compute(blas):
+                return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _numpy_blas() -> list:
+    """threadpoolctl controllers of the BLAS NumPy calls (found once; scanning costs ~3 ms)."""
+    global _blas_libraries
+    if _blas_libraries is None:
+        import numpy
+        from threadpoolctl import ThreadpoolController
+
+        libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+        here = os.path.dirname(os.path.realpath(numpy.__file__))
+        mine = [lib for lib in libraries
+                if os.path.realpath(lib.filepath).startswith((here + os.sep, here + ".libs"))]
+        _blas_libraries = mine or libraries
+    return _blas_libraries
+
+
+def _limit_blas() -> bool:
+    """Enter a one-BLAS-thread section; True if NumPy's BLAS is known to run one thread now."""
+    global _blas_users, _blas_saved
+    with _blas_lock:
+        libraries = _numpy_blas()
+        if not libraries:
+            return False
+        if _blas_users == 0:
+            _blas_saved = [(lib, lib.get_num_threads()) for lib in libraries]
+            for lib, count in _blas_saved:
+                if count != 1:
+                    lib.set_num_threads(1)
+        _blas_users += 1
+        return True
+
+
+def _release_blas() -> None:
+    global _blas_users
+    with _blas_lock:
+        _blas_users -= 1
+        if _blas_users == 0:
+            for lib, count in _blas_saved:
+                if count != 1:
+                    lib.set_num_threads(count)
