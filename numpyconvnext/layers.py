@@ -106,11 +106,14 @@ class Layer:
     """Base: `params` and `grads` are dicts of arrays (views into the model's flat buffers).
 
     `workspace` is this layer's scratch space; the model shares one among all its layers.
+    `eps` is the LayerNorm epsilon.
     """
 
-    def __init__(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]):
+    def __init__(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+                 eps: float = LAYERNORM_EPS):
         self.params = params
         self.grads = grads
+        self.eps = eps
         self._cache: tuple | None = None
         self.workspace = Workspace()
 
@@ -127,14 +130,14 @@ class Layer:
 SERIAL_ELEMENTS = 1 << 14
 
 
-def _layernorm(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray):
+def _layernorm(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float):
     fn = layernorm_forward_serial if rows.size <= SERIAL_ELEMENTS else layernorm_forward
-    return fn(rows, weight, bias, LAYERNORM_EPS)
+    return fn(rows, weight, bias, eps)
 
 
-def _layernorm_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray):
+def _layernorm_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float):
     rows = x.reshape(-1, x.shape[-1])
-    y, mean, rstd = _layernorm(rows, weight, bias)
+    y, mean, rstd = _layernorm(rows, weight, bias, eps)
     return y.reshape(x.shape), mean, rstd
 
 
@@ -154,7 +157,7 @@ class Stem(Layer):
         p = self.params
         x_last = np.ascontiguousarray(x.transpose(0, 2, 1))
         y = patchify_forward(x_last, p["0.weight"], p["0.bias"])
-        z, mean, rstd = _layernorm_rows(y, p["1.weight"], p["1.bias"])
+        z, mean, rstd = _layernorm_rows(y, p["1.weight"], p["1.bias"], self.eps)
         if cache:
             self._cache = (x_last, y, mean, rstd)
         return z
@@ -179,7 +182,7 @@ class Downsample(Layer):
 
     def forward(self, x: np.ndarray, cache: bool = True) -> np.ndarray:
         p = self.params
-        z, mean, rstd = _layernorm_rows(x, p["0.weight"], p["0.bias"])
+        z, mean, rstd = _layernorm_rows(x, p["0.weight"], p["0.bias"], self.eps)
         y = patchify_forward(z, p["1.weight"], p["1.bias"])
         if cache:
             self._cache = (x, z, mean, rstd)
@@ -221,7 +224,7 @@ class Block(Layer):
         p, ws = self.params, self.workspace
         B, T, C = x.shape
         return dwconv_layernorm_forward_into(
-            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
+            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps,
             ws.get("y", (B, T, C), x.dtype), ws.get("z", (B, T, C), x.dtype),
             ws.get("mean", (B, T), x.dtype), ws.get("rstd", (B, T), x.dtype),
         )
@@ -238,7 +241,7 @@ class Block(Layer):
         B, T, C = x.shape
         w_taps = np.ascontiguousarray(p["dwconv.weight"][:, 0, :].T)
         _, z, _, _ = dwconv_layernorm_forward(
-            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS
+            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps
         )
         # few rows: the same matmul kernel as block_forward_rows, so that forward() in eval mode
         # and predict() give the same bits
@@ -272,7 +275,7 @@ class Block(Layer):
                 numba.set_num_threads(parts)
             try:
                 return block_forward_rows(
-                    x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
+                    x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps,
                     p["pwconv1.weight"], p["pwconv1.bias"], p["pwconv2.weight"],
                     p["pwconv2.bias"], p["gamma"], keep, ws.get("z", (parts, B * T, C), x.dtype),
                     ws.get("a", wide, x.dtype), out, parts,
@@ -319,7 +322,7 @@ class Head(Layer):
     def forward(self, x: np.ndarray, cache: bool = True) -> np.ndarray:
         p = self.params
         pooled = x.mean(axis=1)
-        z, mean, rstd = _layernorm(pooled, p["norm.weight"], p["norm.bias"])
+        z, mean, rstd = _layernorm(pooled, p["norm.weight"], p["norm.bias"], self.eps)
         logits = linear_forward(z, p["head.weight"], p["head.bias"])
         if cache:
             self._cache = (x.shape, pooled, z, mean, rstd)
