@@ -201,10 +201,11 @@ def _open_npy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, fail):
         handle.close()
         fail(f"entry {name[:80]!r} declares {len(shape)} dimensions")
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes != info.file_size - handle.tell():
+    held = info.file_size - handle.tell()
+    if nbytes != held:
         handle.close()
         fail(f"entry {name[:80]!r} declares shape {shape} of {dtype} ({nbytes} bytes) but holds "
-             f"{info.file_size - handle.tell()} bytes")
+             f"{held} bytes")
     return handle, shape, fortran, dtype
 
 
