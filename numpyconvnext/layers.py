@@ -13,7 +13,6 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Hashable
 
-import numba
 import numpy as np
 
 from kernels.block import BLOCK_ROWS, SPLIT_WEIGHTS, block_forward_rows, matmul_rows
@@ -33,6 +32,7 @@ from kernels.linear import (
     patchify_forward,
 )
 from kernels.residual import bias_residual_forward, residual_backward, residual_forward
+from numpyconvnext.threads import numba_threads, set_numba_threads
 
 LAYERNORM_EPS = 1e-6
 
@@ -269,10 +269,10 @@ class Block(Layer):
         if np.shares_memory(out, x):  # ping-pong so that out never aliases x
             out = ws.get("out1", x.shape, x.dtype)
         if B * T <= BLOCK_ROWS:  # few rows: one call, big matmuls split by columns over threads
-            threads = numba.get_num_threads()
+            threads = numba_threads()
             parts = threads if p["pwconv1.weight"].size >= SPLIT_WEIGHTS else 1
             if parts < threads:  # small block: no fork/join at all (it costs more than it saves)
-                numba.set_num_threads(parts)
+                set_numba_threads(parts)
             try:
                 return block_forward_rows(
                     x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps,
@@ -282,7 +282,7 @@ class Block(Layer):
                 )
             finally:
                 if parts < threads:
-                    numba.set_num_threads(threads)
+                    set_numba_threads(threads)
         _, z, _, _ = self._norm_input(x, w_taps)
         pre = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
         a, _ = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", wide, x.dtype))

@@ -18,7 +18,6 @@ import math
 import re
 from collections.abc import Sequence
 
-import numba
 import numpy as np
 
 from kernels.block import BLOCK_ROWS
@@ -32,7 +31,7 @@ from numpyconvnext.layers import (
     Workspace,
     drop_path_keep,
 )
-from numpyconvnext.threads import compute, computes
+from numpyconvnext.threads import compute, computes, numba_threads
 
 CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "atto": {"dims": (40, 80, 160, 320), "depths": (2, 2, 6, 2)},
@@ -347,7 +346,7 @@ class ConvNeXt1D:
             if few_rows:
                 config = self.config
                 # each block splits its matmuls over the threads our call runs the kernels on
-                parts = numba.get_num_threads()
+                parts = numba_threads()
                 return network_forward_rows(
                     np.ascontiguousarray(x.transpose(0, 2, 1)), self.flat_params, self._spans,
                     np.array(config["dims"], dtype=np.int64),

@@ -62,6 +62,10 @@ _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_saved: list = []
 _blas_libraries: list | None = None
+# Numba's thread-local count, read and set through its C functions once the pool runs: the
+# public numba.get/set_num_threads take a process lock on every call (~15-20 us under load)
+_numba_get: Callable[[], int] = numba.get_num_threads
+_numba_set: Callable[[int], None] = numba.set_num_threads
 
 
 def set_num_threads(n: int | None) -> None:
@@ -82,7 +86,17 @@ def get_num_threads() -> int:
     """Threads a numpyconvnext call made from this Python thread would use (helper threads
     for big matmuls included)."""
     start()
-    return _requested if _requested is not None else numba.get_num_threads()
+    return _requested if _requested is not None else _numba_get()
+
+
+def numba_threads() -> int:
+    """Numba's thread count for the calling thread (the pool must be started)."""
+    return _numba_get()
+
+
+def set_numba_threads(n: int) -> None:
+    """Set Numba's thread count for the calling thread (1 <= n <= NUMBA_NUM_THREADS)."""
+    _numba_set(n)
 
 
 def start() -> None:
@@ -91,7 +105,7 @@ def start() -> None:
     Called before the first kernel of every computing call (a no-op after the first time):
     a compiled function that calls a parallel one must not run before the pool exists.
     """
-    global _started, _openmp_spins_long
+    global _started, _openmp_spins_long, _numba_get, _numba_set
     if _started:
         return
     with _start_lock:
@@ -101,6 +115,10 @@ def start() -> None:
 
         parallel._launch_threads()  # what numba.get_num_threads() would do as a side effect
         _openmp_spins_long = _long_openmp_wait(numba.threading_layer(), os.environ)
+        fast_get = getattr(parallel, "_get_num_threads", None)
+        fast_set = getattr(parallel, "_set_num_threads", None)
+        if fast_get is not None and fast_set is not None and fast_get() == numba.get_num_threads():
+            _numba_get, _numba_set = fast_get, fast_set
         _started = True
 
 
@@ -144,7 +162,7 @@ def thread_counts() -> tuple[int, int]:
     start()
     if _requested is not None:
         return _requested, _requested
-    threads = numba.get_num_threads()
+    threads = _numba_get()
     return (1 if _openmp_spins_long else threads), threads
 
 
@@ -162,10 +180,10 @@ def compute(blas: bool = True) -> Iterator[None]:
             _local.depth = depth
         return
     kernel_threads, matmul_threads = thread_counts()
-    saved = numba.get_num_threads()
+    saved = _numba_get()
     if kernel_threads != saved:
-        numba.set_num_threads(kernel_threads)
-    limited = blas and _limit_blas()
+        _numba_set(kernel_threads)
+    limited = _limit_blas() if blas else None
     _local.depth = 1
     try:
         if limited and matmul_threads > 1:
@@ -175,10 +193,10 @@ def compute(blas: bool = True) -> Iterator[None]:
             yield
     finally:
         _local.depth = 0
-        if limited:
+        if limited is not None:
             _release_blas()
         if kernel_threads != saved:
-            numba.set_num_threads(saved)
+            _numba_set(saved)
 
 
 def computes(blas: bool = True) -> Callable[[F], F]:
@@ -210,20 +228,28 @@ def _numpy_blas() -> list:
     return _blas_libraries
 
 
-def _limit_blas() -> bool:
-    """Enter a one-BLAS-thread section; True if NumPy's BLAS is known to run one thread now."""
+def _set_blas_threads(library, count: int) -> None:
+    # threadpoolctl lets only the first Python thread that limited OpenBLAS change it later
+    # (others are ignored, so Python threads do not fight); our calls may come from any thread
+    # and count their users themselves, so they use its unguarded setter where it has one
+    getattr(library, "_real_set_num_threads", library.set_num_threads)(count)
+
+
+def _limit_blas() -> bool | None:
+    """Enter a one-BLAS-thread section (None: no BLAS library found, nothing entered); True if
+    NumPy's BLAS is known to run one thread now."""
     global _blas_users, _blas_saved
     with _blas_lock:
         libraries = _numpy_blas()
         if not libraries:
-            return False
+            return None
         if _blas_users == 0:
             _blas_saved = [(lib, lib.get_num_threads()) for lib in libraries]
             for lib, count in _blas_saved:
                 if count != 1:
-                    lib.set_num_threads(1)
+                    _set_blas_threads(lib, 1)
         _blas_users += 1
-        return True
+        return all(lib.get_num_threads() == 1 for lib in libraries)
 
 
 def _release_blas() -> None:
@@ -232,5 +258,5 @@ def _release_blas() -> None:
         _blas_users -= 1
         if _blas_users == 0:
             for lib, count in _blas_saved:
-                if count != 1:
-                    lib.set_num_threads(count)
+                if count != 1 and count is not None:
+                    _set_blas_threads(lib, count)

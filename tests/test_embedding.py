@@ -74,6 +74,10 @@ def test_blas_single_threaded_inside_our_calls_and_restored_after_concurrent_one
     blas = ThreadpoolController().select(user_api="blas")
     if not blas.lib_controllers:
         pytest.skip("threadpoolctl finds no BLAS library in this NumPy")
+    # this thread sets BLAS threads through threadpoolctl first: for OpenBLAS it then ignores
+    # what other Python threads ask for, which must not stop our calls from worker threads
+    for lib in blas.lib_controllers:
+        lib.set_num_threads(lib.get_num_threads())
     original = [lib.get_num_threads() for lib in threads._numpy_blas()]
     inside: list[list[int]] = []
     entered = threading.Barrier(3)
