@@ -3,7 +3,7 @@
 
 Layout of the `.npz` archive (every entry a plain array; strings are 0-d unicode arrays):
 
-    format            0-d int, FORMAT_VERSION
+    format            0-d int, FORMAT_VERSION (1 is read too)
     config            JSON of the model's constructor arguments
     metadata          JSON dict of anything the caller adds (preprocessing, metrics, ...)
     param/<name>      each parameter, official ConvNeXt names
@@ -37,7 +37,8 @@ import numpy as np
 
 from numpyconvnext.model import CONFIGS, ConvNeXt1D, from_timm_names, parameter_shapes, uses_timm_names
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config may hold kernel_size, layernorm_eps, layer_scale_init null
+READABLE_VERSIONS = (1, 2)
 _PARAM = "param/"
 _EXTRA = "extra/"
 SAFETENSORS_FORMAT = "numpyconvnext"
@@ -137,9 +138,9 @@ def _load_npz(path: Path) -> Checkpoint:
             if "format" not in entries or "config" not in entries:
                 fail("not a numpyconvnext checkpoint (no format version)")
             version = _read_scalar(archive, entries["format"], "iu", fail)
-            if version != FORMAT_VERSION:
-                fail(f"checkpoint format version {version}, this numpyconvnext reads version "
-                     f"{FORMAT_VERSION}")
+            if version not in READABLE_VERSIONS:
+                fail(f"checkpoint format version {version}, this numpyconvnext reads versions "
+                     f"{', '.join(map(str, READABLE_VERSIONS))}")
             config = _json_object(_read_scalar(archive, entries["config"], "U", fail), "config",
                                   fail)
             metadata = ({} if "metadata" not in entries else _json_object(
@@ -265,9 +266,9 @@ def _load_safetensors(path: Path, config: dict | str | None) -> Checkpoint:
     arrays = {k[len(_EXTRA):]: v for k, v in tensors.items() if k.startswith(_EXTRA)}
     state = {k: v for k, v in tensors.items() if not k.startswith(_EXTRA)}
     if text.get("format") == SAFETENSORS_FORMAT:
-        if text.get("format_version") != str(FORMAT_VERSION):
+        if text.get("format_version") not in map(str, READABLE_VERSIONS):
             fail(f"checkpoint format version {text.get('format_version')!r}, this numpyconvnext "
-                 f"reads version {FORMAT_VERSION}")
+                 f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         stored = _json_object(text.get("config", ""), "config", fail)
         metadata = _json_object(text.get("metadata", "{}"), "metadata", fail)
         if config is not None:

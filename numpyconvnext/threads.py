@@ -26,9 +26,10 @@ undone when they return:
   "Embedding"). So when Numba's pool is OpenMP and the environment sets no short wait
   (`OMP_WAIT_POLICY=PASSIVE`, `GOMP_SPINCOUNT` <= 10000, or for Intel/LLVM OpenMP
   `KMP_BLOCKTIME` <= 1), our calls leave the OpenMP threads asleep: the kernels run on the
-  calling thread and only the matmuls use helper threads. Give the process a short wait (before
-  anything loads OpenMP, e.g. `GOMP_SPINCOUNT=300`), use Numba's `tbb` or `workqueue` layer, or
-  call `set_num_threads(n)` to use n threads in the kernels too.
+  calling thread and only the matmuls use helper threads (training ~0.85x of all threads with a
+  short wait; next to torch 1.1x of alone instead of 0.2-0.4x). Give the process a short wait
+  (before anything loads OpenMP, e.g. `GOMP_SPINCOUNT=300`) or use Numba's `tbb` layer to use
+  every thread in the kernels too; `set_num_threads(n)` is obeyed as given.
 - The CLI owns its process: it sets `GOMP_SPINCOUNT=300` and `KMP_BLOCKTIME=0` (unless you set
   an OpenMP wait yourself) before anything is imported, so it always runs with all threads.
 """

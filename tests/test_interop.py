@@ -144,7 +144,7 @@ def test_safetensors_round_trip_with_config_and_metadata_in_the_header(tmp_path)
     with safe_open(str(path), framework="numpy") as f:
         header = f.metadata()
         keys = set(f.keys())
-    assert header["format"] == "numpyconvnext" and header["format_version"] == "1"
+    assert header["format"] == "numpyconvnext" and header["format_version"] == "2"
     assert json.loads(header["config"]) == model.config
     assert json.loads(header["metadata"]) == {"symbol": "BTCUSDT"}
     assert keys == set(model.state_dict()) | {"extra/optim.step"}  # official names
