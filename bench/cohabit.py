@@ -51,10 +51,9 @@ def child(setting: str, variant: str, tasks: list[str], seconds: float) -> dict:
             for _ in range(5):
                 neighbour(torch.randn(8, C_IN, T))
     import numpy as np
+    from measure import training_step
 
     from numpyconvnext import ConvNeXt1D
-    from numpyconvnext.losses import cross_entropy
-    from numpyconvnext.optim import AdamW
 
     before = torch_call if setting == "interleaved" else None
 
@@ -75,16 +74,7 @@ def child(setting: str, variant: str, tasks: list[str], seconds: float) -> dict:
     model = ConvNeXt1D.from_config(variant, C_IN, CLASSES)
     result = {}
     if "train" in tasks:
-        x = rng.standard_normal((BATCH_TRAIN, C_IN, T)).astype(np.float32)
-        y = rng.integers(0, CLASSES, BATCH_TRAIN)
-        optimizer = AdamW.for_model(model, lr=1e-3, weight_decay=0.05)
-        model.train()
-
-        def step():
-            _, dlogits = cross_entropy(model.forward(x), y)
-            model.backward(dlogits)
-            optimizer.step()
-
+        step = training_step(model, rng, BATCH_TRAIN, C_IN, T, CLASSES)
         result["train_samples_s"] = BATCH_TRAIN / timed(step, 2, 5)
     if "b1" in tasks:
         model.eval()

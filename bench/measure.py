@@ -44,3 +44,22 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     out = np.empty((n, n), dtype=np.float32)
     seconds = median_seconds(lambda: np.matmul(a, b, out=out), repeat, warmup=1)
     return 2 * n**3 / seconds / 1e9
+
+
+def training_step(model, rng: np.random.Generator, batch: int, in_channels: int, length: int,
+                  classes: int) -> Callable[[], None]:
+    """One of our training steps on random data: forward, cross-entropy, backward, AdamW."""
+    from numpyconvnext.losses import cross_entropy
+    from numpyconvnext.optim import AdamW
+
+    x = rng.standard_normal((batch, in_channels, length)).astype(np.float32)
+    y = rng.integers(0, classes, batch)
+    optimizer = AdamW.for_model(model, lr=1e-3, weight_decay=0.05)
+    model.train()
+
+    def step():
+        _, dlogits = cross_entropy(model.forward(x), y)
+        model.backward(dlogits)
+        optimizer.step()
+
+    return step

@@ -51,11 +51,9 @@ def _repeats(quick: bool, slow: bool) -> dict:
 def child_ours(task: str, variant: str, quick: bool, threads: int) -> dict:
     import numba
     import numpy as np
-    from measure import median_seconds, peak_rss_mb
+    from measure import median_seconds, peak_rss_mb, training_step
 
     from numpyconvnext import ConvNeXt1D
-    from numpyconvnext.losses import cross_entropy
-    from numpyconvnext.optim import AdamW
 
     numba.set_num_threads(threads)
     reps = _repeats(quick, variant == "tiny")
@@ -70,16 +68,7 @@ def child_ours(task: str, variant: str, quick: bool, threads: int) -> dict:
         xb = rng.standard_normal((BATCH_INFER, C_IN, T)).astype(np.float32)
         big = median_seconds(lambda: model.predict(xb), reps["big"], 1)
         return {"b1_ms": b1 * 1e3, "b256_samples_s": BATCH_INFER / big}
-    x = rng.standard_normal((BATCH_TRAIN, C_IN, T)).astype(np.float32)
-    y = rng.integers(0, CLASSES, BATCH_TRAIN)
-    optimizer = AdamW.for_model(model, lr=1e-3, weight_decay=0.05)
-    model.train()
-
-    def step():
-        _, dlogits = cross_entropy(model.forward(x), y)
-        model.backward(dlogits)
-        optimizer.step()
-
+    step = training_step(model, rng, BATCH_TRAIN, C_IN, T, CLASSES)
     seconds = median_seconds(step, reps["train"], 2)
     return {"train_samples_s": BATCH_TRAIN / seconds, "train_peak_rss_mb": peak_rss_mb()}
 
