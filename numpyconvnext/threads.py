@@ -22,8 +22,8 @@ undone when they return:
   whose idle threads spin 300,000 times (milliseconds) before sleeping unless the process
   environment says otherwise, and when torch was imported first Numba shares torch's OpenMP
   runtime with whatever policy torch started it with. Spinning OpenMP threads take the cores
-  from our helper threads (training 3-4x slower, batch 1 up to 20x under load, bench/NOTES.md
-  "Embedding"). So when Numba's pool is OpenMP and the environment sets no short wait
+  from our helper threads (training 2.5-5x slower, batch 1 up to 25x under load; bench/NOTES.md,
+  "Issue 12"). So when Numba's pool is OpenMP and the environment sets no short wait
   (`OMP_WAIT_POLICY=PASSIVE`, `GOMP_SPINCOUNT` <= 10000, or for Intel/LLVM OpenMP
   `KMP_BLOCKTIME` <= 1), our calls leave the OpenMP threads asleep: the kernels run on the
   calling thread and only the matmuls use helper threads (training ~0.85x of all threads with a
@@ -114,7 +114,11 @@ def start() -> None:
             return
         from numba.np.ufunc import parallel
 
-        parallel._launch_threads()  # what numba.get_num_threads() would do as a side effect
+        launch = getattr(parallel, "_launch_threads", None)
+        if launch is not None:
+            launch()
+        else:  # another Numba: its public accessor launches the pool first
+            numba.get_num_threads()
         _openmp_spins_long = _long_openmp_wait(numba.threading_layer(), os.environ)
         fast_get = getattr(parallel, "_get_num_threads", None)
         fast_set = getattr(parallel, "_set_num_threads", None)
