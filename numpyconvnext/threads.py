@@ -27,7 +27,7 @@ undone when they return:
   (`OMP_WAIT_POLICY=PASSIVE`, `GOMP_SPINCOUNT` <= 10000, or for Intel/LLVM OpenMP
   `KMP_BLOCKTIME` <= 1), our calls leave the OpenMP threads asleep: the kernels run on the
   calling thread and only the matmuls use helper threads (training ~0.85x of all threads with a
-  short wait; next to torch 1.1x of alone instead of 0.2-0.4x). Give the process a short wait
+  short wait; next to torch 1.0-1.1x of alone instead of 0.2-0.4x). Give the process a short wait
   (before anything loads OpenMP, e.g. `GOMP_SPINCOUNT=300`) or use Numba's `tbb` layer to use
   every thread in the kernels too; `set_num_threads(n)` is obeyed as given.
 - The CLI owns its process: it sets `GOMP_SPINCOUNT=300` and `KMP_BLOCKTIME=0` (unless you set
