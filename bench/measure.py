@@ -79,3 +79,22 @@ def machine_line(info: dict) -> str:
     """One line naming the machine, for printed results."""
     isa = "/".join(info["isa"]) or "no AVX2"
     return f"{info['cpu']} ({isa}), {info['cpu_count']} cores, Python {info['python']}"
+
+
+def training_step(model, rng: np.random.Generator, batch: int, in_channels: int, length: int,
+                  classes: int) -> Callable[[], None]:
+    """One of our training steps on random data: forward, cross-entropy, backward, AdamW."""
+    from numpyconvnext.losses import cross_entropy
+    from numpyconvnext.optim import AdamW
+
+    x = rng.standard_normal((batch, in_channels, length)).astype(np.float32)
+    y = rng.integers(0, classes, batch)
+    optimizer = AdamW.for_model(model, lr=1e-3, weight_decay=0.05)
+    model.train()
+
+    def step():
+        _, dlogits = cross_entropy(model.forward(x), y)
+        model.backward(dlogits)
+        optimizer.step()
+
+    return step

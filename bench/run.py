@@ -29,10 +29,11 @@ from statistics import median
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# the environment as the user gave it: importing numpyconvnext below sets OpenMP variables in
-# os.environ (kernels/__init__.py), which must not reach torch's or ORT's children
+# the environment as the user gave it, for every child
 USER_ENV = dict(os.environ)
 sys.path[:0] = [str(ROOT), str(HERE)]
+
+from cli import set_process_defaults  # noqa: E402 - after the path is set
 
 C_IN, T, CLASSES = 20, 256, 3
 BATCH_INFER, BATCH_TRAIN = 256, 32
@@ -50,11 +51,9 @@ def _repeats(quick: bool, slow: bool) -> dict:
 def child_ours(task: str, variant: str, quick: bool, threads: int) -> dict:
     import numba
     import numpy as np
-    from measure import median_seconds, peak_rss_mb
+    from measure import median_seconds, peak_rss_mb, training_step
 
     from numpyconvnext import ConvNeXt1D
-    from numpyconvnext.losses import cross_entropy
-    from numpyconvnext.optim import AdamW
 
     numba.set_num_threads(threads)
     reps = _repeats(quick, variant == "tiny")
@@ -69,16 +68,7 @@ def child_ours(task: str, variant: str, quick: bool, threads: int) -> dict:
         xb = rng.standard_normal((BATCH_INFER, C_IN, T)).astype(np.float32)
         big = median_seconds(lambda: model.predict(xb), reps["big"], 1)
         return {"b1_ms": b1 * 1e3, "b256_samples_s": BATCH_INFER / big}
-    x = rng.standard_normal((BATCH_TRAIN, C_IN, T)).astype(np.float32)
-    y = rng.integers(0, CLASSES, BATCH_TRAIN)
-    optimizer = AdamW.for_model(model, lr=1e-3, weight_decay=0.05)
-    model.train()
-
-    def step():
-        _, dlogits = cross_entropy(model.forward(x), y)
-        model.backward(dlogits)
-        optimizer.step()
-
+    step = training_step(model, rng, BATCH_TRAIN, C_IN, T, CLASSES)
     seconds = median_seconds(step, reps["train"], 2)
     return {"train_samples_s": BATCH_TRAIN / seconds, "train_peak_rss_mb": peak_rss_mb()}
 
@@ -188,19 +178,22 @@ def child_matmul(threads: int) -> dict:
 # --- parent ------------------------------------------------------------------------------------
 
 
-# OpenMP threads that sleep as soon as they are idle, instead of our default short spin
-# (kernels/__init__.py leaves any OMP_WAIT_POLICY of the user's alone)
+# OpenMP threads that sleep as soon as they are idle, instead of the CLI's short spin
 PASSIVE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def run_child(args: list[str], threads: int, extra_env: dict | None = None) -> dict | None:
     env = dict(USER_ENV)
-    # every pool sized like torch's; tests and CI never set these. Our children run OpenBLAS
-    # single-threaded: kernels.linear.matmul splits big products across `threads` Python
-    # threads itself (OpenBLAS's own threads collapse on a loaded machine, see NOTES.md)
-    blas = "1" if args[0].startswith("ours") or args[0] == "kernels" else str(threads)
-    env.update(OPENBLAS_NUM_THREADS=blas, NUMBA_NUM_THREADS=str(threads),
-               OMP_NUM_THREADS=str(threads), **(extra_env or {}))
+    # every pool sized like torch's; tests and CI never set these. Our children run as
+    # `cli.py` does: with its OpenMP wait (GOMP_SPINCOUNT=300) unless one is given; BLAS is
+    # left as it is (the library runs it single-threaded during its own calls and splits big
+    # products over `threads` threads itself; numpyconvnext/threads.py).
+    ours = args[0].startswith("ours") or args[0] == "kernels"
+    if ours and not extra_env:
+        set_process_defaults(env)
+    if not ours:
+        env["OPENBLAS_NUM_THREADS"] = str(threads)
+    env.update(NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), **(extra_env or {}))
     proc = subprocess.run([sys.executable, __file__, "--child", *args, "--threads", str(threads)],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -229,7 +222,7 @@ def cold_start(threads: int) -> dict:
         path = str(Path(tmp) / "atto.npz")
         save(ConvNeXt1D.from_config("atto", C_IN, CLASSES), path)
         script = COLD_START.format(path=path, c=C_IN, t=T)
-        env = dict(USER_ENV, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS=str(threads))
+        env = dict(USER_ENV, NUMBA_NUM_THREADS=str(threads))
         walls = []
         for _ in range(3):  # the first run warms Numba's cache if this checkout never compiled
             t0 = time.perf_counter()
@@ -309,7 +302,7 @@ def markdown(results: dict) -> str:
                  f"warm): {fmt(results['cold_start'].get('load_predict_s'))} s; "
                  f"`cli.py --help`: {fmt(results['cold_start'].get('cli_help_s'))} s. "
                  f"\"passive\": our batch-1 figure with OMP_WAIT_POLICY=PASSIVE (idle OpenMP "
-                 f"threads sleep at once) instead of our default short spin (GOMP_SPINCOUNT=300).")
+                 f"threads sleep at once) instead of the CLI's short spin (GOMP_SPINCOUNT=300).")
     if results.get("kernels"):
         lines += ["", "| kernel (B=32, T=64, C=96) | Numba us | NumPy reference us | speedup |",
                   "|---|---|---|---|"]

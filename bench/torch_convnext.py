@@ -103,9 +103,9 @@ class Block(nn.Module):
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()  # exact (erf) form
         self.pwconv2 = nn.Linear(4 * dim, dim)
-        # The official code drops gamma when layer_scale_init <= 0; the NumPy model always has
-        # it, so it is always present here too (state dicts must match by name).
-        self.gamma = nn.Parameter(layer_scale_init * torch.ones(dim))
+        # as the official code: no gamma when layer_scale_init <= 0 (the NumPy model too)
+        self.gamma = (nn.Parameter(layer_scale_init * torch.ones(dim)) if layer_scale_init > 0
+                      else None)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +116,8 @@ class Block(nn.Module):
         x = self.pwconv1(x)
         x = self.act(x)
         x = self.pwconv2(x)
-        x = self.gamma * x
+        if self.gamma is not None:
+            x = self.gamma * x
         x = x.permute(0, 2, 1)  # [B, T, C] -> [B, C, T]
         return inp + self.drop_path(x)
 

@@ -13,19 +13,20 @@ rearranged to w2[C_out, s*C_in] (tap-major) the conv is one matmul:
     y[b, t, :] = x.reshape(B*T/s, s*C_in) @ w2.T + b
 
 Matmuls go to BLAS through NumPy; these functions take an optional `out=` so the model can
-reuse buffers between steps. Two exceptions for small inputs: `linear_forward` on at most
-`SMALL_ROWS` rows (batch-1 inference) calls the serial register-blocked `matmul_rows`
-(kernels/block.py; BLAS is slow on so few rows), and `patchify_forward` rearranges whichever
-of x and w is smaller (same product, fewer bytes copied).
+reuse buffers between steps (inside `split_matmuls`, big products are split over threads).
+Two exceptions for small inputs: `linear_forward` on at most `SMALL_ROWS` rows (batch-1
+inference) calls the serial register-blocked `matmul_rows` (kernels/block.py; BLAS is slow on
+so few rows), and `patchify_forward` rearranges whichever of x and w is smaller (same
+product, fewer bytes copied).
 """
 
 from __future__ import annotations
 
-import glob
-import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
-import numba
 import numpy as np
 
 from kernels.block import SMALL_ROWS, matmul_rows
@@ -33,54 +34,52 @@ from kernels.block import SMALL_ROWS, matmul_rows
 # products below this many FLOPs are not split across threads (a hand-off costs ~20-50 us)
 SPLIT_FLOPS = 8_000_000
 _pool: ThreadPoolExecutor | None = None
-_blas_threads_cache: list[int | None] = []
+_pool_lock = threading.Lock()
+_split = threading.local()  # .threads: how many threads `matmul` may use in this thread
 
 
-def blas_threads() -> int | None:
-    """OpenBLAS's thread count as NumPy's bundled OpenBLAS reports it (None if not found)."""
-    if not _blas_threads_cache:
-        import ctypes
+@contextmanager
+def split_matmuls(threads: int) -> Iterator[None]:
+    """Within the block, `matmul` in this thread splits big products over `threads` threads.
 
-        count = None
-        libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs",
-                                      "*openblas*"))
-        for path in libs:
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
-            for name in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-                         "openblas_get_num_threads64_", "openblas_get_num_threads"):
-                if hasattr(lib, name):
-                    count = int(getattr(lib, name)())
-                    break
-            if count is not None:
-                break
-        _blas_threads_cache.append(count)
-    return _blas_threads_cache[0]
+    Only for a caller that knows BLAS runs single-threaded meanwhile (numpyconvnext.threads
+    limits it around its own calls); outside such a block products are not split.
+    """
+    saved = getattr(_split, "threads", 1)
+    _split.threads = int(threads)
+    try:
+        yield
+    finally:
+        _split.threads = saved
+
+
+def _helper_pool(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads - 1:
+            _pool = ThreadPoolExecutor(max(threads - 1, 1),
+                                       thread_name_prefix="numpyconvnext-matmul")
+        return _pool
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """`np.matmul(a, b, out=out)` for 2-D operands, split by rows of the result across
-    `numba.get_num_threads()` Python threads when BLAS itself runs single-threaded and the
-    product is big enough (NumPy releases the GIL inside BLAS).
+    """`np.matmul(a, b, out=out)` for 2-D operands; inside `split_matmuls(n)` a product big
+    enough is split by rows of the result across n Python threads (NumPy releases the GIL
+    inside BLAS), each calling the single-threaded BLAS.
 
     Why: OpenBLAS's own threads synchronise inside every call and spin-wait; on a loaded
     machine a descheduled partner stalls them all (measured 3-10x slower than one thread).
     Independent row blocks with one join per call degrade gracefully instead.
     """
-    global _pool
-    threads = numba.get_num_threads()
+    threads = getattr(_split, "threads", 1)
     rows = a.shape[0]
-    if (threads < 2 or rows < 2 * threads or 2 * rows * a.shape[1] * b.shape[1] < SPLIT_FLOPS
-            or blas_threads() != 1):
+    if threads < 2 or rows < 2 * threads or 2 * rows * a.shape[1] * b.shape[1] < SPLIT_FLOPS:
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
-    if _pool is None or _pool._max_workers < threads - 1:
-        _pool = ThreadPoolExecutor(max(threads - 1, 1), thread_name_prefix="numpyconvnext-matmul")
+    pool = _helper_pool(threads)
     bounds = [rows * i // threads for i in range(threads + 1)]
-    futures = [_pool.submit(np.matmul, a[lo:hi], b, out=out[lo:hi])
+    futures = [pool.submit(np.matmul, a[lo:hi], b, out=out[lo:hi])
                for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True)]
     np.matmul(a[: bounds[1]], b, out=out[: bounds[1]])
     for future in futures:

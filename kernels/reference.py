@@ -185,6 +185,8 @@ def convnext_forward(state: dict[str, np.ndarray], depths, x: np.ndarray, eps: f
         h = LN(patchify_4(x));  for stage i: h = patchify_2(LN(h)) if i > 0, then per block
         h = h + gamma * (GELU(LN(dwconv(h)) W1^T + b1) W2^T + b2);
         logits = LN(mean_t h) W^T + b
+
+    (gamma = 1 where the state dict has none: no layer scale.)
     """
     def ln(h, prefix):
         rows = h.reshape(-1, h.shape[-1])
@@ -206,5 +208,6 @@ def convnext_forward(state: dict[str, np.ndarray], depths, x: np.ndarray, eps: f
             p = f"stages.{i}.{j}."
             y = dwconv_forward(h, state[p + "dwconv.weight"][:, 0, :].T, state[p + "dwconv.bias"])
             a = gelu_forward(linear(ln(y, p + "norm."), p + "pwconv1."))
-            h = h + state[p + "gamma"] * linear(a, p + "pwconv2.")
+            branch = linear(a, p + "pwconv2.")
+            h = h + (state[p + "gamma"] * branch if p + "gamma" in state else branch)
     return linear(ln(h.mean(axis=1), "norm."), "head.")

@@ -10,7 +10,10 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
 
 LOSSES = ("cross_entropy", "mse", "huber")
 

@@ -8,7 +8,11 @@ nothing is kept and backward is unavailable.
 
 from __future__ import annotations
 
-import numba
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
+
 import numpy as np
 
 from kernels.block import BLOCK_ROWS, SPLIT_WEIGHTS, block_forward_rows, matmul_rows
@@ -28,40 +32,88 @@ from kernels.linear import (
     patchify_forward,
 )
 from kernels.residual import bias_residual_forward, residual_backward, residual_forward
+from numpyconvnext.threads import numba_threads, set_numba_threads
 
 LAYERNORM_EPS = 1e-6
 
 
 class Workspace:
-    """Scratch buffers by (name, shape, dtype), reused from step to step and shared by layers.
+    """Scratch buffers by (name, shape, dtype), reused from call to call and shared by layers.
 
     A buffer holds only values consumed within one layer call (or, for the `out` ping-pong of
     inference, until the next layer has read it); anything `backward` needs is a fresh array.
+    Each Python thread has buffers of its own (so predict may run in several threads at once),
+    grouped by the input shape of the model call that uses them (`select`): a thread keeps the
+    groups of its `max_groups` most recently used input shapes and drops older ones, so a
+    stream of varying batch sizes does not grow memory. `clear()` drops every thread's buffers.
     """
 
-    def __init__(self):
-        self._buffers: dict[tuple, np.ndarray] = {}
+    def __init__(self, max_groups: int = 4):
+        self.max_groups = max_groups
+        self._local = threading.local()
+        self._stores: weakref.WeakSet[_Store] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def _store(self) -> _Store:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = _Store()
+            with self._lock:
+                self._stores.add(store)
+        return store
+
+    def select(self, key: Hashable) -> None:
+        """Make the buffers of `key` (a model call's input shape) this thread's current group."""
+        store = self._store()
+        group = store.groups.pop(key, None)
+        store.groups[key] = group = {} if group is None else group
+        while len(store.groups) > self.max_groups:
+            store.groups.popitem(last=False)
+        store.current = group
 
     def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        store = self._store()
+        if store.current is None:
+            self.select(None)
+        buffers = store.current
         key = (name, shape, np.dtype(dtype).char)
-        buffer = self._buffers.get(key)
+        buffer = buffers.get(key)
         if buffer is None:
-            buffer = self._buffers[key] = np.empty(shape, dtype=dtype)
+            buffer = buffers[key] = np.empty(shape, dtype=dtype)
         return buffer
 
+    def nbytes(self) -> int:
+        """Bytes held by this thread's buffers."""
+        return sum(b.nbytes for group in self._store().groups.values() for b in group.values())
+
     def clear(self) -> None:
-        self._buffers.clear()
+        with self._lock:
+            stores = list(self._stores)
+        for store in stores:
+            store.groups = OrderedDict()
+            store.current = None
+
+
+class _Store:
+    """One thread's buffers: input shape -> {(name, shape, dtype): array}, oldest first."""
+
+    def __init__(self):
+        self.groups: OrderedDict[Hashable, dict] = OrderedDict()
+        self.current: dict | None = None
 
 
 class Layer:
     """Base: `params` and `grads` are dicts of arrays (views into the model's flat buffers).
 
     `workspace` is this layer's scratch space; the model shares one among all its layers.
+    `eps` is the LayerNorm epsilon.
     """
 
-    def __init__(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]):
+    def __init__(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray],
+                 eps: float = LAYERNORM_EPS):
         self.params = params
         self.grads = grads
+        self.eps = eps
         self._cache: tuple | None = None
         self.workspace = Workspace()
 
@@ -78,14 +130,14 @@ class Layer:
 SERIAL_ELEMENTS = 1 << 14
 
 
-def _layernorm(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray):
+def _layernorm(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float):
     fn = layernorm_forward_serial if rows.size <= SERIAL_ELEMENTS else layernorm_forward
-    return fn(rows, weight, bias, LAYERNORM_EPS)
+    return fn(rows, weight, bias, eps)
 
 
-def _layernorm_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray):
+def _layernorm_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float):
     rows = x.reshape(-1, x.shape[-1])
-    y, mean, rstd = _layernorm(rows, weight, bias)
+    y, mean, rstd = _layernorm(rows, weight, bias, eps)
     return y.reshape(x.shape), mean, rstd
 
 
@@ -105,7 +157,7 @@ class Stem(Layer):
         p = self.params
         x_last = np.ascontiguousarray(x.transpose(0, 2, 1))
         y = patchify_forward(x_last, p["0.weight"], p["0.bias"])
-        z, mean, rstd = _layernorm_rows(y, p["1.weight"], p["1.bias"])
+        z, mean, rstd = _layernorm_rows(y, p["1.weight"], p["1.bias"], self.eps)
         if cache:
             self._cache = (x_last, y, mean, rstd)
         return z
@@ -130,7 +182,7 @@ class Downsample(Layer):
 
     def forward(self, x: np.ndarray, cache: bool = True) -> np.ndarray:
         p = self.params
-        z, mean, rstd = _layernorm_rows(x, p["0.weight"], p["0.bias"])
+        z, mean, rstd = _layernorm_rows(x, p["0.weight"], p["0.bias"], self.eps)
         y = patchify_forward(z, p["1.weight"], p["1.bias"])
         if cache:
             self._cache = (x, z, mean, rstd)
@@ -172,7 +224,7 @@ class Block(Layer):
         p, ws = self.params, self.workspace
         B, T, C = x.shape
         return dwconv_layernorm_forward_into(
-            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
+            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps,
             ws.get("y", (B, T, C), x.dtype), ws.get("z", (B, T, C), x.dtype),
             ws.get("mean", (B, T), x.dtype), ws.get("rstd", (B, T), x.dtype),
         )
@@ -189,7 +241,7 @@ class Block(Layer):
         B, T, C = x.shape
         w_taps = np.ascontiguousarray(p["dwconv.weight"][:, 0, :].T)
         _, z, _, _ = dwconv_layernorm_forward(
-            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS
+            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps
         )
         # few rows: the same matmul kernel as block_forward_rows, so that forward() in eval mode
         # and predict() give the same bits
@@ -217,20 +269,20 @@ class Block(Layer):
         if np.shares_memory(out, x):  # ping-pong so that out never aliases x
             out = ws.get("out1", x.shape, x.dtype)
         if B * T <= BLOCK_ROWS:  # few rows: one call, big matmuls split by columns over threads
-            threads = numba.get_num_threads()
+            threads = numba_threads()
             parts = threads if p["pwconv1.weight"].size >= SPLIT_WEIGHTS else 1
             if parts < threads:  # small block: no fork/join at all (it costs more than it saves)
-                numba.set_num_threads(parts)
+                set_numba_threads(parts)
             try:
                 return block_forward_rows(
-                    x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], LAYERNORM_EPS,
+                    x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps,
                     p["pwconv1.weight"], p["pwconv1.bias"], p["pwconv2.weight"],
                     p["pwconv2.bias"], p["gamma"], keep, ws.get("z", (parts, B * T, C), x.dtype),
                     ws.get("a", wide, x.dtype), out, parts,
                 )
             finally:
                 if parts < threads:
-                    numba.set_num_threads(threads)
+                    set_numba_threads(threads)
         _, z, _, _ = self._norm_input(x, w_taps)
         pre = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
         a, _ = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
@@ -270,7 +322,7 @@ class Head(Layer):
     def forward(self, x: np.ndarray, cache: bool = True) -> np.ndarray:
         p = self.params
         pooled = x.mean(axis=1)
-        z, mean, rstd = _layernorm(pooled, p["norm.weight"], p["norm.bias"])
+        z, mean, rstd = _layernorm(pooled, p["norm.weight"], p["norm.bias"], self.eps)
         logits = linear_forward(z, p["head.weight"], p["head.bias"])
         if cache:
             self._cache = (x.shape, pooled, z, mean, rstd)

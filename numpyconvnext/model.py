@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 
-import numba
 import numpy as np
 
 from kernels.block import BLOCK_ROWS
@@ -31,6 +31,7 @@ from numpyconvnext.layers import (
     Workspace,
     drop_path_keep,
 )
+from numpyconvnext.threads import compute, computes, numba_threads
 
 CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "atto": {"dims": (40, 80, 160, 320), "depths": (2, 2, 6, 2)},
@@ -46,12 +47,15 @@ DWCONV_KERNEL = 7
 STEM_STRIDE = 4
 DOWNSAMPLE_STRIDE = 2
 INIT_STD = 0.02
+INIT_BOUND = 2.0  # absolute, as timm's trunc_normal_(std=.02) (a=-2, b=2): no cut in practice
 
 
 def parameter_shapes(
-    dims: Sequence[int], depths: Sequence[int], in_channels: int, num_classes: int
+    dims: Sequence[int], depths: Sequence[int], in_channels: int, num_classes: int,
+    kernel_size: int = DWCONV_KERNEL, layer_scale: bool = True,
 ) -> dict[str, tuple[int, ...]]:
-    """Official ConvNeXt state-dict names (1D) -> shapes, in the official order."""
+    """Official ConvNeXt state-dict names (1D) -> shapes, in the official order (no `gamma`
+    entries without layer scale)."""
     shapes: dict[str, tuple[int, ...]] = {
         "downsample_layers.0.0.weight": (dims[0], in_channels, STEM_STRIDE),
         "downsample_layers.0.0.bias": (dims[0],),
@@ -66,7 +70,7 @@ def parameter_shapes(
     for i, (d, depth) in enumerate(zip(dims, depths, strict=True)):
         for j in range(depth):
             prefix = f"stages.{i}.{j}."
-            shapes[prefix + "dwconv.weight"] = (d, 1, DWCONV_KERNEL)
+            shapes[prefix + "dwconv.weight"] = (d, 1, kernel_size)
             shapes[prefix + "dwconv.bias"] = (d,)
             shapes[prefix + "norm.weight"] = (d,)
             shapes[prefix + "norm.bias"] = (d,)
@@ -74,7 +78,8 @@ def parameter_shapes(
             shapes[prefix + "pwconv1.bias"] = (4 * d,)
             shapes[prefix + "pwconv2.weight"] = (d, 4 * d)
             shapes[prefix + "pwconv2.bias"] = (d,)
-            shapes[prefix + "gamma"] = (d,)
+            if layer_scale:
+                shapes[prefix + "gamma"] = (d,)
     shapes["norm.weight"] = (dims[-1],)
     shapes["norm.bias"] = (dims[-1],)
     shapes["head.weight"] = (num_classes, dims[-1])
@@ -83,7 +88,8 @@ def parameter_shapes(
 
 
 def forward_flops(
-    dims: Sequence[int], depths: Sequence[int], in_channels: int, num_classes: int, length: int
+    dims: Sequence[int], depths: Sequence[int], in_channels: int, num_classes: int, length: int,
+    kernel_size: int = DWCONV_KERNEL,
 ) -> int:
     """Floating-point operations (2 per multiply-add) of one sample's forward pass."""
     t = length // STEM_STRIDE
@@ -92,7 +98,7 @@ def forward_flops(
         if i > 0:
             t //= DOWNSAMPLE_STRIDE
             flops += 2 * t * d * dims[i - 1] * DOWNSAMPLE_STRIDE
-        flops += depth * (2 * t * d * DWCONV_KERNEL + 2 * 2 * t * d * 4 * d)
+        flops += depth * (2 * t * d * kernel_size + 2 * 2 * t * d * 4 * d)
     return flops + 2 * dims[-1] * num_classes
 
 
@@ -100,8 +106,11 @@ class ConvNeXt1D:
     """A 1D ConvNeXt on public input x[B, C_in, T] -> logits[B, num_classes].
 
     T must be divisible by 32 (stem 4 x three downsamples of 2). num_classes=1 is a regression
-    head. Weights start as truncated normal (std 0.02, cut at 2 std), biases 0, LayerNorm weight
-    1, gamma = layer_scale_init; drop-path rates grow linearly from 0 to drop_path_rate.
+    head. Weights start as in the official code and timm: normal with std 0.02 (truncated at
+    +-2 absolute, i.e. in practice not at all), biases 0, LayerNorm weight 1, gamma =
+    layer_scale_init; layer_scale_init None or <= 0 means no layer scale (no `gamma`
+    parameters). Drop-path rates grow linearly from 0 to drop_path_rate. kernel_size is the
+    depthwise conv's (odd), layernorm_eps every LayerNorm's epsilon.
     """
 
     def __init__(
@@ -111,9 +120,11 @@ class ConvNeXt1D:
         in_channels: int,
         num_classes: int,
         drop_path_rate: float = 0.0,
-        layer_scale_init: float = 1e-6,
+        layer_scale_init: float | None = 1e-6,
         dtype=np.float32,
         seed: int = 0,
+        kernel_size: int = DWCONV_KERNEL,
+        layernorm_eps: float = LAYERNORM_EPS,
     ):
         dims = tuple(int(d) for d in dims)
         depths = tuple(int(d) for d in depths)
@@ -123,6 +134,12 @@ class ConvNeXt1D:
             raise ValueError("dims, in_channels and num_classes must be positive, depths >= 0")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        if isinstance(kernel_size, bool) or int(kernel_size) != kernel_size or kernel_size < 1 \
+                or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+        if not 0.0 < float(layernorm_eps) < 1.0:
+            raise ValueError(f"layernorm_eps must be in (0, 1), got {layernorm_eps}")
+        layer_scale = layer_scale_init is not None and float(layer_scale_init) > 0.0
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
@@ -132,18 +149,23 @@ class ConvNeXt1D:
             "in_channels": int(in_channels),
             "num_classes": int(num_classes),
             "drop_path_rate": float(drop_path_rate),
-            "layer_scale_init": float(layer_scale_init),
+            "layer_scale_init": float(layer_scale_init) if layer_scale else None,
             "dtype": self.dtype.name,
             "seed": int(seed),
+            "kernel_size": int(kernel_size),
+            "layernorm_eps": float(layernorm_eps),
         }
         self.training = True
         # temperature scaling of predict_proba (1 = the plain softmax); a checkpoint written
         # after calibration on a validation block sets it when loaded
         self.temperature = 1.0
         self.rng = np.random.default_rng(seed)
-        self._allocate(parameter_shapes(dims, depths, in_channels, num_classes))
+        # without layer scale the blocks keep a gamma of ones in the flat buffer (x + 1.0 * branch
+        # is exact), outside the state dict and never trained, so the kernels stay the same
+        self._allocate(parameter_shapes(dims, depths, in_channels, num_classes, int(kernel_size)))
+        self._fixed = set() if layer_scale else {n for n in self._params if n.endswith(".gamma")}
         self._build_layers(dims, depths, drop_path_rate)
-        self._init_weights(layer_scale_init, np.random.default_rng(seed))
+        self._init_weights(self.config["layer_scale_init"] or 1.0, np.random.default_rng(seed))
         self._keep: list[np.ndarray] = []
 
     @classmethod
@@ -207,13 +229,15 @@ class ConvNeXt1D:
         # one scratch space for all layers: buffers are keyed by shape, so blocks of a stage
         # share theirs and a step allocates nothing new after the first
         self.workspace = Workspace()
+        eps = self.config["layernorm_eps"]
         for layer in [self.stem, *self.downsamples, *self.blocks, self.head]:
             layer.workspace = self.workspace
+            layer.eps = eps
 
     def _init_weights(self, layer_scale_init: float, rng: np.random.Generator) -> None:
         for name, p in self._params.items():
             if p.ndim > 1:
-                p[...] = INIT_STD * _truncated_normal(rng, p.shape)
+                p[...] = _truncated_normal(rng, p.shape, INIT_STD, INIT_BOUND)
             elif name.endswith("gamma"):
                 p[...] = layer_scale_init
             elif name.endswith("weight"):  # LayerNorm weights
@@ -226,25 +250,30 @@ class ConvNeXt1D:
         return [block for stage in self.stages for block in stage]
 
     def num_parameters(self) -> int:
-        return int(self.flat_params.size)
+        return int(self.flat_params.size) - sum(self._params[n].size for n in self._fixed)
 
     def flops(self, length: int) -> int:
         """Forward FLOPs per sample at sequence length `length`."""
         c = self.config
-        return forward_flops(c["dims"], c["depths"], c["in_channels"], c["num_classes"], length)
+        return forward_flops(c["dims"], c["depths"], c["in_channels"], c["num_classes"], length,
+                             c["kernel_size"])
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Official ConvNeXt names -> the live parameter arrays (views, not copies)."""
-        return dict(self._params)
+        return {k: v for k, v in self._params.items() if k not in self._fixed}
 
     def grads(self) -> dict[str, np.ndarray]:
         """Same names -> gradients of the last backward()."""
-        return dict(self._grads)
+        return {k: v for k, v in self._grads.items() if k not in self._fixed}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Copy arrays into the parameters. Strict: missing, extra or mis-shaped keys raise."""
-        missing = [k for k in self._params if k not in state]
-        extra = [k for k in state if k not in self._params]
+        """Copy arrays into the parameters. Official names, or timm's (`stem.0`,
+        `stages.i.blocks.j.conv_dw`, `.mlp.fc1`, `head.fc`, ...: detected and renamed).
+        Strict: missing, extra or mis-shaped keys raise."""
+        state = from_timm_names(state) if uses_timm_names(state) else state
+        params = self.state_dict()
+        missing = [k for k in params if k not in state]
+        extra = [k for k in state if k not in params]
         if missing or extra:
             raise ValueError(
                 "state dict does not match the model: "
@@ -295,6 +324,7 @@ class ConvNeXt1D:
             raise ValueError("input contains NaN or inf")
         return x
 
+    @computes()
     def forward(self, x: np.ndarray, drop_path_masks: Sequence[np.ndarray] | None = None):
         """Logits [B, num_classes] for x[B, C_in, T]; keeps what backward() needs.
 
@@ -302,23 +332,39 @@ class ConvNeXt1D:
         (scaling kept samples by 1/keep_prob), drawing from `self.rng`; `drop_path_masks`, one
         0/1 keep mask [B] per block, fixes those draws (for tests).
         """
-        return self._run(self.check_input(x), cache=True, drop_path_masks=drop_path_masks)
+        x = self.check_input(x)
+        self.workspace.select(x.shape)
+        return self._run(x, cache=True, drop_path_masks=drop_path_masks)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Inference: logits [B, num_classes] with no drop path and nothing kept for backward.
 
         Few rows (batch * T / 4 <= 64, e.g. one window of 256 bars) run the whole network in
-        one compiled call (`kernels.network`); larger batches go layer by layer.
+        one compiled call (`kernels.network`); larger batches go layer by layer. Safe to call
+        from several Python threads at once (each has its own scratch buffers).
         """
         x = self.check_input(x)
-        if x.shape[0] * x.shape[2] // STEM_STRIDE <= BLOCK_ROWS:
-            config = self.config
-            return network_forward_rows(
-                np.ascontiguousarray(x.transpose(0, 2, 1)), self.flat_params, self._spans,
-                np.array(config["dims"], dtype=np.int64), np.array(config["depths"], dtype=np.int64),
-                DWCONV_KERNEL, LAYERNORM_EPS, numba.get_num_threads(),
-            )
-        return self._run(x, cache=False, drop_path_masks=None, inference=True)
+        few_rows = x.shape[0] * x.shape[2] // STEM_STRIDE <= BLOCK_ROWS
+        with compute(blas=not few_rows):  # the one-call path uses no BLAS
+            if few_rows:
+                config = self.config
+                # each block splits its matmuls over the threads our call runs the kernels on
+                parts = numba_threads()
+                return network_forward_rows(
+                    np.ascontiguousarray(x.transpose(0, 2, 1)), self.flat_params, self._spans,
+                    np.array(config["dims"], dtype=np.int64),
+                    np.array(config["depths"], dtype=np.int64), config["kernel_size"],
+                    config["layernorm_eps"], parts,
+                )
+            self.workspace.select(x.shape)
+            return self._run(x, cache=False, drop_path_masks=None, inference=True)
+
+    def clear_cache(self) -> None:
+        """Free the scratch buffers of every thread and the activations kept for backward
+        (a backward() then needs a new forward()). They are allocated again when needed."""
+        self.workspace.clear()
+        for layer in [self.stem, *self.downsamples, *self.blocks, self.head]:
+            layer._cache = None
 
     def predict_proba(self, x: np.ndarray, calibrated: bool = True) -> np.ndarray:
         """Class probabilities [B, num_classes]: ``softmax(predict(x) / temperature)``, with the
@@ -358,6 +404,7 @@ class ConvNeXt1D:
             return mask / self.dtype.type(1.0 - rate)
         return drop_path_keep(rate, batch, self.rng, self.dtype.type)
 
+    @computes()
     def backward(self, dlogits: np.ndarray) -> np.ndarray:
         """Gradients of the last forward: fills grads(), returns dL/dx [B, C_in, T]."""
         dlogits = np.ascontiguousarray(dlogits, dtype=self.dtype)
@@ -367,20 +414,64 @@ class ConvNeXt1D:
                 dh = block.backward(dh)
             if i > 0:
                 dh = self.downsamples[i - 1].backward(dh)
+        for name in self._fixed:  # constant gamma of ones: an optimizer must leave it alone
+            self._grads[name][...] = 0.0
         return self.stem.backward(dh)
 
     def config_json(self) -> str:
         return json.dumps(self.config)
 
 
-def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Standard normal cut at +-2 (redrawing the values outside)."""
-    values = rng.standard_normal(shape)
-    outside = np.abs(values) > 2.0
+def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], std: float,
+                      bound: float) -> np.ndarray:
+    """Normal(0, std) cut at +-bound (absolute; the values outside are drawn again)."""
+    values = std * rng.standard_normal(shape)
+    outside = np.abs(values) > bound
     while outside.any():
-        values[outside] = rng.standard_normal(int(outside.sum()))
-        outside = np.abs(values) > 2.0
+        values[outside] = std * rng.standard_normal(int(outside.sum()))
+        outside = np.abs(values) > bound
     return values
+
+
+_TIMM_RENAMES = [  # timm name pattern -> official name, in the order they are applied
+    (re.compile(r"^stem\."), "downsample_layers.0."),
+    (re.compile(r"^stages\.(\d+)\.downsample\."), r"downsample_layers.\1."),
+    (re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\."), r"stages.\1.\2."),
+    (re.compile(r"\.conv_dw\."), ".dwconv."),
+    (re.compile(r"\.mlp\.fc([12])\."), r".pwconv\1."),
+    (re.compile(r"^head\.norm\."), "norm."),
+    (re.compile(r"^head\.fc\."), "head."),
+]
+
+
+def uses_timm_names(state: dict) -> bool:
+    """True if a state dict names its parameters as timm's ConvNeXt does (`stem.0.weight`,
+    `stages.0.blocks.0.conv_dw.weight`, `head.fc.weight`, ...)."""
+    return any(k.startswith(("stem.", "head.fc.", "head.norm.")) or ".blocks." in k for k in state)
+
+
+def from_timm_names(state: dict) -> dict:
+    """The same arrays under the official names (the inverse of timm's checkpoint_filter_fn)."""
+    renamed = {}
+    for name, value in state.items():
+        for pattern, replacement in _TIMM_RENAMES:
+            name = pattern.sub(replacement, name)
+        renamed[name] = value
+    return renamed
+
+
+def to_timm_names(state: dict) -> dict:
+    """Official names -> timm's (what timm's checkpoint_filter_fn produces), for export."""
+    renamed = {}
+    for name, value in state.items():
+        name = re.sub(r"^downsample_layers\.0\.", "stem.", name)
+        name = re.sub(r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample.", name)
+        name = re.sub(r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2.", name)
+        name = name.replace(".dwconv.", ".conv_dw.").replace(".pwconv", ".mlp.fc")
+        name = re.sub(r"^norm\.", "head.norm.", name)
+        name = re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", name)
+        renamed[name] = value
+    return renamed
 
 
 def _few(names: list[str], limit: int = 5) -> str:

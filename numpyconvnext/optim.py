@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 import numpy as np
 
 from kernels.adamw import adamw_update
+from numpyconvnext.threads import computes
 
 __all__ = [
     "DEFAULT_MIN_LR",
@@ -117,6 +118,7 @@ class AdamW:
                                 "no_decay": model.flat_grads[size:]}
         return optimizer
 
+    @computes(blas=False)
     def step(self, grads: Mapping[str, np.ndarray] | None = None, lr: float | None = None) -> None:
         """Apply one AdamW update with ``grads`` (same names and shapes as the parameters).
 

@@ -43,6 +43,7 @@ from numpyconvnext.scoring import (
     predict_in_batches,
     regression_report,
 )
+from numpyconvnext.threads import computes
 
 BEST_NAME = "model.npz"
 LAST_NAME = "last.npz"
@@ -222,6 +223,7 @@ class Trainer:
                     return False
         return True
 
+    @computes()  # one thread setup for forward, backward and the update
     def _train_step(self, index: np.ndarray, epoch: int, batch: int) -> tuple[float, int]:
         config, data, model = self.config, self.data, self.model
         rng = np.random.default_rng([config.seed, epoch, batch])

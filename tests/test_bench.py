@@ -62,3 +62,13 @@ def test_batch1_ab_runs_configurations_in_turn():
     assert lines[1].split()[0] == "a:" and lines[2].split()[0] == "b:"
     assert "atto" in lines[2] and lines[1].endswith("(1.000x)")  # a / a is 1 in every round
     assert lines[-1].startswith("Reproduce: python bench/batch1_ab.py")
+
+
+def test_cohabit_skips_cleanly_without_torch():
+    import os
+
+    proc = subprocess.run([sys.executable, "bench/cohabit.py", "--rounds", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, BENCH_NO_TORCH="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to compare" in proc.stdout and "Reproduce: python bench/cohabit.py" in proc.stdout

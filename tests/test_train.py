@@ -60,8 +60,10 @@ def test_learns_a_planted_pattern(planted_data, tmp_path):
     baseline = result.test_metrics["test_baseline"]["accuracy"]
     validation = result.test_metrics["validation"]
     val_majority = np.bincount(planted_data.val.y, minlength=3).max() / len(planted_data.val)
-    assert validation["accuracy"] > val_majority + 0.05, (validation["accuracy"], val_majority)
-    assert result.test_metrics["test"]["accuracy"] > baseline + 0.03
+    # validation (417 windows) is the noisier of the two: 0.03-0.10 over the majority across
+    # seeds and inits; the test margin over the baseline is 0.13-0.16 (an unlearnt model: ~0)
+    assert validation["accuracy"] > val_majority + 0.02, (validation["accuracy"], val_majority)
+    assert result.test_metrics["test"]["accuracy"] > baseline + 0.08
     history = read_history(tmp_path / "history.csv")
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     loaded = numpyconvnext.load(result.best_path)

@@ -1,0 +1,292 @@
+"""The library as a guest in someone else's process: no side effects on import, scoped threads,
+a safe first call from a cold or warm Numba cache, thread-safe predict, bounded memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import numpyconvnext
+from numpyconvnext import ConvNeXt1D, threads
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, env: dict | None = None, args: tuple = (), timeout: float = 600) -> str:
+    environ = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], env=environ, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_import_changes_no_environment_variable():
+    run_python("import os; e = dict(os.environ); import numpyconvnext; assert dict(os.environ) == e")
+
+
+@pytest.mark.parametrize("cli_blas_threads", [None, "2"])
+def test_import_and_calls_leave_blas_threads_and_environment_alone(cli_blas_threads):
+    """threadpoolctl sees the same thread counts before and after import, and (for the
+    libraries loaded before) after predict, training and a large batch, which limit BLAS only
+    while they run; numba's modules are not patched; the environment is the same throughout."""
+    code = """
+import json, os
+import numba.np.linalg
+from threadpoolctl import threadpool_info
+probe = numba.np.linalg.ensure_blas
+env = dict(os.environ)
+counts = lambda: sorted((i["filepath"], i["num_threads"]) for i in threadpool_info())
+before = counts()
+import numpy as np, numpyconvnext
+after_import = counts()
+from numpyconvnext.losses import cross_entropy
+model = numpyconvnext.ConvNeXt1D((8, 16, 24, 32), (1, 1, 1, 1), 3, 3)
+x = np.random.default_rng(0).standard_normal((40, 3, 64)).astype(np.float32)
+model.predict(x[:1])
+model.predict(x)
+_, d = cross_entropy(model.forward(x), np.zeros(40, dtype=int))
+model.backward(d)
+after_calls = [c for c in counts() if c[0] in dict(before)]  # Numba loaded OpenMP meanwhile
+print(json.dumps({"import": after_import == before, "calls": after_calls == before,
+                  "env": dict(os.environ) == env, "probe": numba.np.linalg.ensure_blas is probe,
+                  "blas": [c for _, c in before]}))
+"""
+    env = {"OPENBLAS_NUM_THREADS": cli_blas_threads} if cli_blas_threads else {}
+    result = json.loads(run_python(code, env))
+    assert result == {"import": True, "calls": True, "env": True, "probe": True,
+                      "blas": result["blas"]}
+    if cli_blas_threads:
+        assert 2 in result["blas"]
+
+
+def test_blas_single_threaded_inside_our_calls_and_restored_after_concurrent_ones():
+    """Several threads inside our calls at once: BLAS stays at one thread until the last one
+    leaves, then gets its own count back (reference-counted, not save/restore per call)."""
+    from threadpoolctl import ThreadpoolController
+
+    blas = ThreadpoolController().select(user_api="blas")
+    if not blas.lib_controllers:
+        pytest.skip("threadpoolctl finds no BLAS library in this NumPy")
+    # this thread sets BLAS threads through threadpoolctl first: for OpenBLAS it then ignores
+    # what other Python threads ask for, which must not stop our calls from worker threads
+    for lib in blas.lib_controllers:
+        lib.set_num_threads(lib.get_num_threads())
+    original = [lib.get_num_threads() for lib in threads._numpy_blas()]
+    inside: list[list[int]] = []
+    entered = threading.Barrier(3)
+    release = threading.Event()
+
+    def call():
+        with threads.compute():
+            entered.wait(timeout=30)
+            release.wait(timeout=30)
+            inside.append([lib.get_num_threads() for lib in threads._numpy_blas()])
+
+    workers = [threading.Thread(target=call) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    entered.wait(timeout=30)
+    during = [lib.get_num_threads() for lib in threads._numpy_blas()]
+    release.set()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert during == [1] * len(original)
+    assert inside == [[1] * len(original)] * 2
+    assert [lib.get_num_threads() for lib in threads._numpy_blas()] == original
+
+
+def test_set_num_threads_applies_to_our_calls_only_and_is_checked():
+    import numba
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    outside = numba.get_num_threads()
+    seen = []
+    try:
+        numpyconvnext.set_num_threads(1)
+        assert numpyconvnext.get_num_threads() == 1
+        with threads.compute():
+            seen.append(numba.get_num_threads())
+        assert numba.get_num_threads() == outside  # Numba's own setting is restored
+        with pytest.raises(ValueError, match="between 1 and"):
+            numpyconvnext.set_num_threads(limit + 1)
+        with pytest.raises(ValueError, match="between 1 and"):
+            numpyconvnext.set_num_threads(0)
+        with pytest.raises(TypeError):
+            numpyconvnext.set_num_threads(1.5)
+    finally:
+        numpyconvnext.set_num_threads(None)
+    assert seen == [1]
+    assert numpyconvnext.get_num_threads() == numba.get_num_threads()
+
+
+@pytest.mark.parametrize(
+    "layer, environ, vendor, long_wait",
+    [("omp", {}, "GNU", True),
+     ("omp", {"OMP_WAIT_POLICY": "passive"}, "GNU", False),
+     ("omp", {"OMP_WAIT_POLICY": "ACTIVE"}, "GNU", True),
+     ("omp", {"GOMP_SPINCOUNT": "300"}, "GNU", False),
+     ("omp", {"GOMP_SPINCOUNT": "10k"}, "GNU", False),
+     ("omp", {"GOMP_SPINCOUNT": "1M"}, "GNU", True),
+     ("omp", {"GOMP_SPINCOUNT": "infinite"}, "GNU", True),
+     ("omp", {"KMP_BLOCKTIME": "0"}, "GNU", True),  # GNU OpenMP ignores KMP_*
+     ("omp", {"KMP_BLOCKTIME": "0"}, "Intel", False),
+     ("omp", {"KMP_BLOCKTIME": "200ms"}, "Intel", True),
+     ("tbb", {}, "GNU", False),
+     ("workqueue", {}, "GNU", False)],
+)
+def test_openmp_wait_detection(monkeypatch, layer, environ, vendor, long_wait):
+    from numba.np.ufunc import omppool
+
+    monkeypatch.setattr(omppool, "openmp_vendor", vendor, raising=False)
+    assert threads._long_openmp_wait(layer, environ) is long_wait
+
+
+def test_kernels_leave_a_long_spinning_openmp_pool_asleep(monkeypatch):
+    """Under an OpenMP pool that spins long, our kernels run on the calling thread while big
+    matmuls still use every thread; an explicit set_num_threads overrides that."""
+    import numba
+
+    threads.start()
+    monkeypatch.setattr(threads, "_openmp_spins_long", True)
+    assert threads.thread_counts() == (1, numba.get_num_threads())
+    monkeypatch.setattr(threads, "_openmp_spins_long", False)
+    assert threads.thread_counts() == (numba.get_num_threads(),) * 2
+    monkeypatch.setattr(threads, "_openmp_spins_long", True)
+    monkeypatch.setattr(threads, "_requested", 1)
+    assert threads.thread_counts() == (1, 1)
+
+
+def test_cli_sets_a_short_openmp_wait_for_its_own_process_only():
+    from cli import set_process_defaults
+
+    environ: dict[str, str] = {}
+    set_process_defaults(environ)
+    assert environ == {"GOMP_SPINCOUNT": "300", "KMP_BLOCKTIME": "0"}
+    mine = {"OMP_WAIT_POLICY": "ACTIVE"}
+    set_process_defaults(mine)
+    assert mine == {"OMP_WAIT_POLICY": "ACTIVE"}
+    # ... and `python cli.py` applies it before it imports the library
+    out = subprocess.run([sys.executable, "-c", "import os, runpy, sys; sys.argv = ['cli.py', '--help'];"
+                          "\ntry: runpy.run_path('cli.py', run_name='__main__')"
+                          "\nexcept SystemExit: pass"
+                          "\nprint(os.environ.get('GOMP_SPINCOUNT'))"],
+                         cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k not in
+                              ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}).stdout
+    assert out.strip().endswith("300")
+
+
+FIRST_CALL = """
+import sys, numpy as np, numba
+from numpyconvnext import load
+model = load(sys.argv[1])
+x = np.load(sys.argv[2])
+logits = model.predict(x)  # the first kernel call of this process
+compiled = [f for name, mod in list(sys.modules.items()) if name.startswith('kernels')
+            for f in vars(mod).values() if isinstance(f, numba.core.dispatcher.Dispatcher)]
+misses = sum(sum(f.stats.cache_misses.values()) for f in compiled if f.signatures)
+np.save(sys.argv[3], logits)
+print(misses)
+"""
+
+
+def test_first_call_is_one_window_predict_from_cold_and_warm_cache(tmp_path):
+    """A fresh process: load a checkpoint, predict one window as its very first kernel call.
+    Run twice on one empty NUMBA_CACHE_DIR: the first compiles, the second loads from the
+    cache (where a compiled function that calls a parallel one needs the pool started)."""
+    model = ConvNeXt1D.from_config("atto", 6, 3, seed=3).eval()
+    path = numpyconvnext.save(model, tmp_path / "model.npz")
+    x = np.random.default_rng(1).standard_normal((1, 6, 256)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = model.predict(x)
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    misses = []
+    for run in ("cold", "warm"):
+        out = tmp_path / f"{run}.npy"
+        misses.append(int(run_python(FIRST_CALL, env, (path, tmp_path / "x.npy", out))))
+        np.testing.assert_allclose(np.load(out), expected, rtol=1e-5, atol=1e-6)
+    assert misses[0] > 0 and misses[1] == 0  # compiled, then loaded
+
+
+def test_predict_from_four_threads_equals_serial():
+    model = ConvNeXt1D((16, 24, 32, 48), (1, 2, 1, 1), 4, 3, seed=2).eval()
+    rng = np.random.default_rng(0)
+    # batch 1 takes the one-call path, the others go layer by layer through the workspace
+    inputs = [rng.standard_normal((b, 4, 128)).astype(np.float32) for b in (1, 3, 7, 16, 2, 9)]
+    serial = [model.predict(x) for x in inputs]
+    results: dict[tuple[int, int, int], np.ndarray] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def work(k: int):
+        try:
+            start.wait(timeout=30)
+            for repeat in range(5):
+                for i in range((k + repeat) % len(inputs), len(inputs)):
+                    results[k, repeat, i] = model.predict(inputs[i])
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not errors, errors
+    assert len(results) > 60
+    for (_, _, i), logits in results.items():
+        np.testing.assert_array_equal(logits, serial[i])
+
+
+def test_workspace_keeps_few_input_shapes_and_clear_cache_frees_them():
+    model = ConvNeXt1D((16, 24, 32, 48), (1, 1, 1, 1), 4, 3).eval()
+    rng = np.random.default_rng(0)
+    sizes = []
+    for batch in range(2, 12):
+        model.predict(rng.standard_normal((batch, 4, 128)).astype(np.float32))
+        sizes.append(len(model.workspace._store().groups))
+    assert max(sizes) == model.workspace.max_groups
+    held = model.workspace.nbytes()
+    assert held > 0
+    model.clear_cache()
+    assert model.workspace.nbytes() == 0
+    x = rng.standard_normal((5, 4, 128)).astype(np.float32)
+    before = model.predict(x)
+    model.clear_cache()
+    np.testing.assert_array_equal(model.predict(x), before)
+
+
+RSS_LOOP = """
+import resource, numpy as np
+from numpyconvnext import ConvNeXt1D
+
+def rss_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+model = ConvNeXt1D((32, 64, 128, 256), (1, 1, 1, 1), 8, 3).eval()
+rng = np.random.default_rng(0)
+xs = [rng.standard_normal((b, 8, 128)).astype(np.float32) for b in range(1, 65)]
+for b in (1, 2, 64, 63, 62, 61):  # warm-up: compile, the biggest workspace groups
+    model.predict(xs[b - 1])
+start = rss_mb()
+peak = start
+for i in range(1000):
+    model.predict(xs[i % 64])
+    if i % 50 == 0:
+        peak = max(peak, rss_mb())
+print(start, max(peak, rss_mb()))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc for RSS")
+def test_rss_flat_over_1000_predicts_with_batch_sizes_cycling():
+    start, peak = map(float, run_python(RSS_LOOP).split())
+    assert peak - start < 50, f"RSS grew from {start:.0f} to {peak:.0f} MB"
