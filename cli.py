@@ -195,7 +195,15 @@ def _model_summary(model, path: str) -> str:
         f"parameters  {model.num_parameters():,}   {model.flops(window) / 1e9:.3f} GFLOPs per window",
         f"created     {meta.get('created', 'unknown')}",
     ]
-    if source:
+    if source.get("kind") == "pool":
+        lines.append(f"data        {len(source.get('sources', {}))} symbols pooled, "
+                     f"{source.get('interval')} {source.get('category', 'linear')}")
+        for symbol, each in source.get("sources", {}).items():
+            lines.append(f"  {symbol:<9} ({each.get('kind')}) {str(each.get('first'))[:16]} .. "
+                         f"{str(each.get('last'))[:16]}, {each.get('bars')} candles")
+        lines.append(_pool_text({"symbols": meta.get("symbols", []),
+                                  "skipped": meta.get("pool_skipped")}))
+    elif source:
         lines.append(f"data        {source.get('symbol')} {source.get('interval')} "
                      f"{meta.get('category', source.get('category', 'linear'))} ({source.get('kind')}) "
                      f"{str(source.get('first'))[:16]} .. {str(source.get('last'))[:16]}, "
@@ -273,16 +281,68 @@ def _resolve_candles(source: str, **options):
     return candles, description
 
 
+class PoolRequest:
+    """What the shared data flags ask for: one market (``pooled`` False: ``path`` and ``symbol``
+    for ``_resolve_candles``) or a pool (``paths`` and ``symbols`` for ``_resolve_pool``)."""
+
+    def __init__(self, paths: list[str], symbols: list[str], symbol: str):
+        self.paths, self.symbols = paths, symbols
+        self.pooled = len(paths) > 1 or len(symbols) > 1
+        self.path = paths[0] if len(paths) == 1 else None
+        self.symbol = symbols[0] if len(symbols) == 1 else symbol
+
+
+def _pool_request(ctx: click.Context, data_path: tuple[str, ...], symbols_text: str | None,
+                  symbol: str) -> PoolRequest:
+    """Read --data (given any number of times), --symbols and --symbol (commands using
+    `_source_options`); a bad combination or symbol list is a UserError."""
+    from click.core import ParameterSource
+
+    from numpyconvnext.data.symbols import parse_symbol_list
+
+    symbols = []
+    if symbols_text is not None:
+        if ctx.get_parameter_source("symbol") == ParameterSource.COMMANDLINE:
+            raise UserError("use --symbol for one market or --symbols for several, not both")
+        try:
+            symbols = parse_symbol_list(symbols_text)
+        except ValueError as error:
+            raise UserError(f"--symbols: {error}") from None
+    paths = list(data_path or ())
+    if paths and symbols and len(paths) != len(symbols):
+        raise UserError(f"{len(paths)} --data files but {len(symbols)} --symbols: give one symbol "
+                        "per file, in the same order, or leave --symbols out")
+    return PoolRequest(paths, symbols, symbol)
+
+
+def _resolve_pool(source: str, request: PoolRequest, **options):
+    """Candles and descriptions by symbol for a pool (`numpyconvnext.data.source.resolve_pool`),
+    one line on stderr per symbol: (candles_by_symbol, descriptions_by_symbol)."""
+    from numpyconvnext.data.source import resolve_pool
+
+    candles, descriptions = resolve_pool(source, paths=request.paths, symbols=request.symbols,
+                                         notice=_notice, **options)
+    for symbol, d in descriptions.items():
+        _notice(f"data: {symbol} {d['interval']} {d['category']}, {d['bars']} candles "
+                f"{d['first'][:16]} .. {d['last'][:16]}")
+    return candles, descriptions
+
+
 def _source_options(days: float, bars: int | None):
     """The data-source flags `train` and `evaluate` share (see numpyconvnext.data.source)."""
     options = [
-        click.option("--data", "data_path", type=click.Path(dir_okay=False),
-                     help="Candle file (.csv or .json); overrides --source."),
+        click.option("--data", "data_path", type=click.Path(dir_okay=False), multiple=True,
+                     help="Candle file (.csv or .json); overrides --source. Give it once per "
+                          "symbol to pool several (the symbol from the file name "
+                          "SYMBOL_[category_]1h.csv, or from --symbols in the same order)."),
         click.option("--source", type=click.Choice(["auto", "bybit", "synthetic"]), default="auto",
                      show_default=True,
                      help="auto: Bybit through the data/ cache; the synthetic market only when "
                           "Bybit cannot be reached and there is no cache."),
         _symbol_option(),
+        click.option("--symbols", "symbols_text",
+                     help="Several symbols pooled, comma-separated (e.g. BTCUSDT,ETHUSDT,SOLUSDT): "
+                          "windows of every symbol, split on the same calendar dates."),
         click.option("--interval", default="1h", show_default=True),
         click.option("--days", default=days, show_default=True, type=click.FloatRange(min=1),
                      help="History to fetch (Bybit) or generate (synthetic)."),
@@ -407,15 +467,21 @@ CLI_DEFAULT_EPOCHS = 12
                    "[default: $NUMPYCONVNEXT_TRIALS_LOG or reports/trials.jsonl]")
 @_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
-def train(data_path, source, symbol, interval, days, bars, variant, epochs, batch_size, learning_rate,
-          window, horizon, loss, seed, config_path, out_dir, resume_path, category, funding_rate,
-          trials_log, cache_dir, base_url, retry_time_s, quiet) -> None:
+@click.pass_context
+def train(ctx, data_path, source, symbol, symbols_text, interval, days, bars, variant, epochs,
+          batch_size, learning_rate, window, horizon, loss, seed, config_path, out_dir, resume_path,
+          category, funding_rate, trials_log, cache_dir, base_url, retry_time_s, quiet) -> None:
     """Train a ConvNeXt1D on candles and report test metrics beside the majority-class baseline.
 
     After training, the model is calibrated on its validation block: temperature scaling of its
     probabilities, the confidence threshold with the best validation Sharpe after costs and the
     payoff ratio of its validation trades, all stored in the checkpoint for backtest and live.
     With no arguments: BTCUSDT 1h, 365 days from the data/ cache, Bybit, or the synthetic market.
+
+    Several symbols (--symbols A,B,C or --data once per symbol) train one model on all of them:
+    each symbol normalised with its own training statistics, the split dates the same calendar
+    dates for every symbol, class weights over the pool. The checkpoint keeps each symbol's
+    normaliser and a pooled one for symbols it has not seen.
     """
     import sys
 
@@ -423,9 +489,12 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
     from numpyconvnext.config import TrainingConfig
     from numpyconvnext.model import CONFIGS
     from numpyconvnext.train import TrainingDivergedError
-    from numpyconvnext.workflow import resume_run, train_run
+    from numpyconvnext.workflow import resume_run, train_pooled_run, train_run
 
     _check_funding_rate(category, funding_rate)
+    request = _pool_request(ctx, data_path, symbols_text, symbol)
+    if resume_path and (request.paths or request.symbols):
+        raise UserError("--resume continues on the run's own data: drop --data/--symbols")
     try:
         if resume_path:
             result = resume_run(resume_path, quiet=quiet, epochs=epochs, trials_log=trials_log)
@@ -440,13 +509,20 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
                 config = config.with_overrides(**overrides)
             if config.variant not in CONFIGS:
                 raise ValueError(f"unknown model {config.variant!r}; choose from {', '.join(CONFIGS)}")
-            candles, description = _resolve_candles(
-                source, path=data_path, symbol=symbol, interval=interval, days=days,
-                cache_dir=cache_dir, base_url=base_url, retry_time_s=retry_time_s, last_bars=bars,
-                category=category)
-            _check_funding_rate(description["category"], funding_rate)
-            result = train_run(candles, description, config, out_dir, quiet=quiet,
-                               funding_rate=funding_rate, trials_log=trials_log)
+            options = dict(interval=interval, days=days, cache_dir=cache_dir, base_url=base_url,
+                           retry_time_s=retry_time_s, last_bars=bars, category=category)
+            if request.pooled:
+                candles, descriptions = _resolve_pool(source, request, **options)
+                for description in descriptions.values():
+                    _check_funding_rate(description["category"], funding_rate)
+                result = train_pooled_run(candles, descriptions, config, out_dir, quiet=quiet,
+                                          funding_rate=funding_rate, trials_log=trials_log)
+            else:
+                candles, description = _resolve_candles(
+                    source, path=request.path, symbol=request.symbol, **options)
+                _check_funding_rate(description["category"], funding_rate)
+                result = train_run(candles, description, config, out_dir, quiet=quiet,
+                                   funding_rate=funding_rate, trials_log=trials_log)
     except (ValueError, CheckpointError, OSError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     except TrainingDivergedError as error:
@@ -455,6 +531,17 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
         _notice(f"interrupted; continue with: python cli.py train --resume {result.last_path}")
         sys.exit(130)
     click.echo(_training_report(result))
+    if getattr(result, "pool", None):
+        click.echo(_pool_text(result.pool))
+
+
+def _pool_text(pool: dict) -> str:
+    """The lines on a pooled model's symbols (train report and info)."""
+    lines = [f"pooled      {len(pool['symbols'])} symbols: {', '.join(pool['symbols'])} (each "
+             "normalised with its own training statistics; the pooled ones for other symbols)"]
+    for symbol, reason in (pool.get("skipped") or {}).items():
+        lines.append(f"            {symbol} left out: {reason}")
+    return "\n".join(lines)
 
 
 def _training_report(result) -> str:
@@ -555,7 +642,8 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
         strategy = _strategy(data.category, confidence, sizing, stop_loss, take_profit, max_risk,
                              max_exposure, fee_rate, slippage, no_calibration)
         _check_funding_rate(strategy.category, funding_rate)
-        decisions = decide(model, data.candles, data.end_index, strategy=strategy, equity=equity)
+        decisions = decide(model, data.candles, data.end_index, strategy=strategy, equity=equity,
+                           symbol=data.symbol)
         from numpyconvnext.trading.strategy import run_strategy
 
         result = run_strategy(data.candles, decisions.timestamp, decisions.plan, decisions.strategy,
@@ -566,7 +654,10 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
 
     from numpyconvnext.trading.insample import banner, in_sample_overlaps
 
-    same_market = data.symbol is None or data.symbol == metadata.get("symbol")
+    # a pooled model saw its training dates through every symbol's windows: flag those dates
+    # whatever the symbol traded
+    same_market = (data.symbol is None or data.symbol == metadata.get("symbol")
+                   or bool(metadata.get("symbols")))
     overlaps = in_sample_overlaps(metadata, decisions.timestamp) if same_market else []
     warning = banner(overlaps)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -609,6 +700,7 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
         f"         confidence {threshold_from}; payoff ratio b {strategy.payoff_ratio:.2f} "
         f"({payoff_from}); initial equity {equity:,.0f}",
         f"funding  {funding_line}",
+    ] + ([f"inputs   {decisions.normalizer_note}"] if decisions.normalizer_note else []) + [
         "",
         format_comparison_table(result.metrics, result.benchmark.metrics, "Strategy",
                                 title="Metric (IN-SAMPLE)" if warning else "Metric"),
@@ -662,6 +754,7 @@ def _write_backtest(out, result, decisions, metadata, warning, strategy, data, m
                               "decisions": o.decisions}
                              for o in in_sample_overlaps(metadata, decisions.timestamp)],
         "warning": warning or None, "strategy": strategy.to_dict(),
+        "normalizer": decisions.normalizer_note,
         "funding": data.funding_note, "fees_paid": result.fees_paid,
         "funding_paid": result.funding_paid, "metrics": result.metrics.to_dict(),
         "benchmark_metrics": result.benchmark.metrics.to_dict(),
@@ -729,7 +822,7 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
         data_symbol = symbol.upper()
         what = f"Bybit {symbol.upper()} {interval} {category} last {days:g} days, after warm-up"
         end_index = None
-        if not allow_in_sample and data_symbol == metadata.get("symbol"):
+        if not allow_in_sample and (data_symbol == metadata.get("symbol") or metadata.get("symbols")):
             from numpyconvnext.trading.insample import first_out_of_sample_time
 
             start = first_out_of_sample_time(metadata)
@@ -744,6 +837,10 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
                                      "--allow-in-sample")
     else:
         source, split = metadata.get("data_source"), (metadata.get("split") or {}).get("test")
+        if source and source.get("kind") == "pool":
+            raise ValueError(f"the model was trained on {len(source.get('sources', {}))} pooled "
+                             f"symbols ({', '.join(source.get('sources', {}))}): pass --data FILE "
+                             "(e.g. one of theirs) or --symbol to choose the market")
         if not source or not split:
             raise ValueError("the checkpoint records no data source or test period; "
                              "pass --data FILE or --symbol")
@@ -864,6 +961,9 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
                    err=True)
     click.echo(f"live: {symbol.upper()} {interval} {strategy.category} with {model_path}; public "
                "data only, no orders" + ("" if once else "; Ctrl-C stops"), err=True)
+    note = preprocessing_of(model, symbol).normalizer_note(symbol)
+    if note:
+        click.echo(note, err=True)
     if state is not None and state.last_emitted is not None:
         click.echo(f"state {state.path}: last signal for the candle of "
                    f"{state.last_emitted:%Y-%m-%d %H:%M} UTC", err=True)
@@ -931,10 +1031,11 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
               help="Parent folder of the report folder <symbol>_<category>_<interval>_<last date>.")
 @_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bar or per-fold lines.")
-def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, epochs, window, horizon,
-             seed, category, confidence, sizing, stop_loss, take_profit, max_risk, max_exposure,
-             fee_rate, slippage, no_calibration, funding_rate, trials, trials_log, placebo, out_dir,
-             cache_dir, base_url, retry_time_s, quiet) -> None:
+@click.pass_context
+def evaluate(ctx, data_path, source, symbol, symbols_text, interval, days, bars, folds, variant,
+             epochs, window, horizon, seed, category, confidence, sizing, stop_loss, take_profit,
+             max_risk, max_exposure, fee_rate, slippage, no_calibration, funding_rate, trials,
+             trials_log, placebo, out_dir, cache_dir, base_url, retry_time_s, quiet) -> None:
     """Walk-forward evaluation of the traded strategy after costs and funding, against
     buy-and-hold, flat, momentum, a linear model and the model's own unsized directions.
 
@@ -954,9 +1055,13 @@ def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, ep
     from numpyconvnext.train import TrainingDivergedError
 
     _check_funding_rate(category, funding_rate)
+    request = _pool_request(ctx, data_path, symbols_text, symbol)
+    if request.pooled:
+        raise UserError("evaluate takes one market for now: pass a single --data or --symbol")
     try:
         candles, description = _resolve_candles(
-            source, path=data_path, symbol=symbol, interval=interval, days=days, cache_dir=cache_dir,
+            source, path=request.path, symbol=request.symbol, interval=interval, days=days,
+            cache_dir=cache_dir,
             base_url=base_url, retry_time_s=retry_time_s, last_bars=bars, category=category)
         strategy = _strategy(description["category"], confidence, sizing, stop_loss, take_profit,
                              max_risk, max_exposure, fee_rate, slippage, no_calibration)
