@@ -47,6 +47,12 @@ def _symbol_option(default: str | None = "BTCUSDT", help: str = "Bybit symbol, e
 
 @main.command()
 @_symbol_option()
+@click.option("--symbols", "symbols_text",
+              help="Several symbols, comma-separated (e.g. BTCUSDT,ETHUSDT): each into its own "
+                   "file; each must be listed on Bybit.")
+@click.option("--top", type=click.IntRange(min=1),
+              help="The N linear USDT perpetuals with the most 24 h turnover (Bybit tickers) "
+                   "whose status is Trading (instruments-info).")
 @click.option("--interval", default="1h", show_default=True,
               help="1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d 1w 1M, or Bybit's 1..720 D W M.")
 @click.option("--days", default=365.0, show_default=True,
@@ -68,9 +74,10 @@ def _symbol_option(default: str | None = "BTCUSDT", help: str = "Bybit symbol, e
 @click.option("--repair", is_flag=True,
               help="Sort and de-duplicate a damaged existing file first (see `repair`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str | None,
-          category: str, funding: bool | None, fmt: str, retry_time_s: float, repair: bool,
-          quiet: bool) -> None:
+@click.pass_context
+def fetch(ctx, symbol: str, symbols_text: str | None, top: int | None, interval: str, days: float,
+          out_dir: str, base_url: str | None, category: str, funding: bool | None, fmt: str,
+          retry_time_s: float, repair: bool, quiet: bool) -> None:
     """Download closed candles from Bybit into OUT/SYMBOL_CATEGORY_INTERVAL.csv, and a
     perpetual's funding history beside them (OUT/SYMBOL_CATEGORY_funding.csv).
 
@@ -78,14 +85,18 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
     it holds less than --days; an old-style OUT/SYMBOL_INTERVAL.csv is read as linear and
     continued under the new name. Progress is saved as pages arrive: after an interruption or a
     failure, rerun the same command and it continues where it stopped.
+
+    --symbols A,B,C or --top N fetch a universe, each symbol into its own file, with one
+    progress bar over the symbols and their pages.
     """
     import contextlib
     import sys
 
+    from click.core import ParameterSource
+
     from numpyconvnext.data.bybit import BybitClient, BybitError, BybitResponseError
-    from numpyconvnext.data.funding import update_funding_cache
     from numpyconvnext.data.intervals import interval_to_timedelta, normalize_interval
-    from numpyconvnext.data.store import CandleFileError, cache_path, update_cache
+    from numpyconvnext.data.store import CandleFileError, cache_path
 
     try:
         name = normalize_interval(interval)
@@ -94,34 +105,102 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
     if funding and category == "spot":
         raise UserError("spot has no funding: --funding goes with --category linear or inverse")
     funding = category != "spot" if funding is None else funding
+    chosen = [o for o, given in (("--symbols", symbols_text is not None), ("--top", top is not None),
+                                 ("--symbol", ctx.get_parameter_source("symbol")
+                                  == ParameterSource.COMMANDLINE)) if given]
+    if len(chosen) > 1:
+        raise UserError(f"use one of --symbol, --symbols and --top, not {' and '.join(chosen)}")
     client = BybitClient(base_url, category, max_retry_time_s=retry_time_s)
+    try:
+        symbols = _fetch_universe(client, symbol, symbols_text, top, category)
+    except (ValueError, BybitError, BybitResponseError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
     expected_bars = max(1, int(days * 86_400 / interval_to_timedelta(name).total_seconds()))
+    many = len(symbols) > 1 or symbols_text is not None or top is not None
     with contextlib.ExitStack() as stack:
         bars = []
+        done = []
+        current = [symbols[0]]
 
         def progress(n_candles: int) -> None:
             # opened on the first page so that an early error stays a single line
+            label = f"{current[0]} {name}" + (f" ({len(done) + 1}/{len(symbols)})" if many else "")
             if not bars:
                 bars.append(stack.enter_context(click.progressbar(
-                    length=expected_bars, label=f"{symbol.upper()} {name}", file=sys.stderr,
+                    length=expected_bars * len(symbols), label=label, file=sys.stderr,
                     hidden=quiet)))
+            bars[0].label = label
             bars[0].update(n_candles)
 
-        try:
-            result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress,
-                                  notice=_notice, repair=repair)
-            if funding and len(result.candles):
-                path, series, n_new = update_funding_cache(
-                    client, symbol, result.candles["timestamp"].iloc[0], out_dir)
-        except (ValueError, BybitError, BybitResponseError, CandleFileError, OSError) as error:
-            raise UserError(str(error).splitlines()[0]) from None
-        except KeyboardInterrupt:
-            _notice(f"interrupted; the candles fetched so far are in "
-                    f"{cache_path(out_dir, symbol, name, fmt, category)}: rerun the same command to continue")
-            sys.exit(130)
-    click.echo(f"{result.path}: {len(result.candles)} candles, {result.n_new} new", err=True)
+        lines = []
+        for each in symbols:
+            current[0] = each
+            try:
+                lines += _fetch_one(client, each, name, days, out_dir, fmt, funding, repair,
+                                    progress)
+            except (ValueError, BybitError, BybitResponseError, CandleFileError, OSError) as error:
+                reason = str(error).splitlines()[0]
+                if done:
+                    reason += (f" (after {len(done)} of {len(symbols)} symbols: "
+                               f"{', '.join(done)}; rerun the same command to continue)")
+                raise UserError(reason) from None
+            except KeyboardInterrupt:
+                _notice(f"interrupted; the candles fetched so far are in "
+                        f"{cache_path(out_dir, each, name, fmt, category)}: rerun the same command "
+                        "to continue")
+                sys.exit(130)
+            done.append(each)
+            if bars:  # a symbol already up to date moves the bar on too
+                bars[0].update(expected_bars * len(done) - bars[0].pos)
+    for line in lines:
+        click.echo(line, err=True)
+
+
+def _fetch_universe(client, symbol: str, symbols_text: str | None, top: int | None,
+                    category: str) -> list[str]:
+    """The symbols `fetch` was asked for: --top's ranking, --symbols checked against Bybit's
+    instruments (unlisted: an error; listed but not Trading: a warning), else --symbol."""
+    from numpyconvnext.data.symbols import parse_symbol_list
+    from numpyconvnext.data.universe import check_listed, list_instruments, top_perpetuals
+
+    if top is not None:
+        if category != "linear":
+            raise ValueError("--top ranks linear perpetuals: use it with --category linear")
+        ranked = top_perpetuals(client, top)
+        if not ranked:
+            raise ValueError("Bybit lists no linear USDT perpetual with status Trading")
+        if len(ranked) < top:
+            _notice(f"only {len(ranked)} Trading linear USDT perpetuals have a 24 h turnover; "
+                    "fetching those")
+        _notice(f"top {len(ranked)} by 24 h turnover: " + ", ".join(
+            f"{s} ({t / 1e6:,.0f}M USDT)" for s, t in ranked))
+        return [s for s, _ in ranked]
+    if symbols_text is None:
+        return [symbol]
+    try:
+        symbols = parse_symbol_list(symbols_text)
+    except ValueError as error:
+        raise ValueError(f"--symbols: {error}") from None
+    for instrument in check_listed(symbols, list_instruments(client), category):
+        _notice(f"warning: {instrument.symbol} is {instrument.status} on Bybit, not Trading; "
+                "fetching the history it has")
+    return symbols
+
+
+def _fetch_one(client, symbol: str, name: str, days: float, out_dir: str, fmt: str,
+               funding: bool, repair: bool, progress) -> list[str]:
+    """One symbol's candles (and funding) into the cache; the summary lines."""
+    from numpyconvnext.data.funding import update_funding_cache
+    from numpyconvnext.data.store import update_cache
+
+    result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress,
+                          notice=_notice, repair=repair)
+    lines = [f"{result.path}: {len(result.candles)} candles, {result.n_new} new"]
     if funding and len(result.candles):
-        click.echo(f"{path}: {len(series)} funding settlements, {n_new} new", err=True)
+        path, series, n_new = update_funding_cache(
+            client, symbol, result.candles["timestamp"].iloc[0], out_dir)
+        lines.append(f"{path}: {len(series)} funding settlements, {n_new} new")
+    return lines
 
 
 @main.command()
