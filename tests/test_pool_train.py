@@ -222,3 +222,35 @@ def test_pooled_training_on_real_perpetuals_smoke(tmp_path):
     sol, doge = (np.asarray(pre["normalizers"][s]["std"]) for s in ("SOLUSDT", "DOGEUSDT"))
     assert not np.allclose(sol, doge)
     assert model.metadata["metrics"]["test"]["samples"] > 0
+
+
+def test_live_uses_the_symbols_own_normaliser_or_the_pooled_one(pooled_model):
+    import json
+
+    from bybit_server import FakeBybit
+
+    from numpyconvnext.trading.live import history_bars
+    from numpyconvnext.trading.strategy import Strategy
+
+    result, _ = pooled_model
+    model = numpyconvnext.load(result.best_path)
+    start = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=799)).floor("h")
+    candles = synthetic_candles(800, "1h", seed=5, start=start)
+    closed = candles.iloc[:-1]  # the fake serves the last candle as still forming
+    history = closed.iloc[-history_bars(model):].reset_index(drop=True)
+    with FakeBybit(candles, symbols=("AAAUSDT", "ZZZUSDT")) as fake:
+        for symbol, note in (("AAAUSDT", "normaliser: AAAUSDT's own"),
+                             ("ZZZUSDT", "normaliser: the pool's (ZZZUSDT not among")):
+            out = CliRunner().invoke(main, ["live", "--model", str(result.best_path), "--symbol",
+                                            symbol, "--once", "--no-state", "--base-url", fake.url,
+                                            "--confidence", "0.5", "--no-calibration"])
+            assert out.exit_code == 0, out.output
+            assert note in out.stderr
+            record = json.loads(out.stdout.splitlines()[0])
+            got = [record["probabilities"][k] for k in ("long", "short", "hold")]
+            strategy = Strategy(confidence=0.5, calibrated=False)
+            expected, other = (decide(model, history, [len(history) - 1], symbol=s,
+                                      strategy=strategy).probabilities[0]
+                               for s in (symbol, "AAAUSDT" if symbol == "ZZZUSDT" else "ZZZUSDT"))
+            assert np.abs(expected - other).max() > 1e-4  # the two normalisers do differ here
+            np.testing.assert_allclose(got, expected, atol=1e-6)
