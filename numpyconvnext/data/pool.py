@@ -320,7 +320,7 @@ def _pool_parts(per_symbol: dict[str, PreparedData], name: str) -> PooledPart:
         X=X, y=np.concatenate([p.y for p in parts]),
         forward_return=np.concatenate([p.forward_return for p in parts]),
         end_index=np.concatenate([p.end_index for p in parts]),
-        end_time=pd.DatetimeIndex(np.concatenate([p.end_time.to_numpy() for p in parts])),
+        end_time=parts[0].end_time.append([p.end_time for p in parts[1:]]),
         symbol=np.concatenate([np.full(len(p), k, dtype=np.int64) for k, p in enumerate(parts)]))
 
 
