@@ -82,3 +82,31 @@ def test_every_live_field_is_documented():
     assert len(keys) >= 10
     text = section((DOCS / "outputs.md").read_text(), "The live JSON line")
     assert [k for k in keys if f"`{k}`" not in text] == []
+
+
+def test_the_five_line_recipe_of_data_md(monkeypatch, tmp_path):
+    """docs/data.md's recipe, run as written on a CSV and a model at the paths it names."""
+    import contextlib
+    import io
+
+    from numpyconvnext.config import TrainingConfig
+    from numpyconvnext.data import save_candles, synthetic_candles
+    from numpyconvnext.workflow import train_run
+
+    monkeypatch.chdir(tmp_path)
+    candles = synthetic_candles(1500, seed=4)
+    save_candles(candles, "my_candles.csv")
+    source = {"kind": "synthetic", "symbol": "SYN", "interval": "1h", "seed": 4}
+    result = train_run(candles, source, TrainingConfig(epochs=1, window=32, horizon=4),
+                       out_dir="runs", quiet=True)
+    (tmp_path / "models" / "my_run").mkdir(parents=True)
+    (tmp_path / "models" / "my_run" / "model.npz").write_bytes(result.best_path.read_bytes())
+
+    [recipe] = re.findall(r"```python\n(.*?)```", (DOCS / "data.md").read_text(), re.S)
+    assert len([line for line in recipe.splitlines() if line.strip()]) == 5
+    namespace: dict = {}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(recipe, "docs/data.md", "exec"), namespace)
+    decisions = namespace["decisions"]
+    assert len(decisions) > 100 and "timestamp" in out.getvalue() and "3 rows" in out.getvalue()
