@@ -67,8 +67,8 @@ def supported_pythons() -> tuple[str, str]:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    versions = sorted((int(c.rsplit(".", 1)[1]) for c in project["classifiers"]
-                       if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)))
+    versions = sorted(int(c.rsplit(".", 1)[1]) for c in project["classifiers"]
+                       if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c))
     assert versions == list(range(versions[0], versions[-1] + 1)), "classifiers skip a version"
     assert project["requires-python"] == f">=3.{versions[0]}"
     return f"3.{versions[0]}", f"3.{versions[-1]}"
