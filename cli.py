@@ -1182,8 +1182,14 @@ def set_process_defaults(environ) -> None:
         environ["KMP_BLOCKTIME"] = "0"
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `numpyconvnext` console script and `python cli.py`: the process defaults, then the
+    command line."""
     import os
 
     set_process_defaults(os.environ)
     main()
+
+
+if __name__ == "__main__":
+    run()

@@ -246,15 +246,15 @@ class Block(Layer):
         # few rows: the same matmul kernel as block_forward_rows, so that forward() in eval mode
         # and predict() give the same bits
         if B * T <= BLOCK_ROWS and _rows_kernel_fits(z, p["pwconv1.weight"]):
-            pre = matmul_rows(z.reshape(B * T, C), p["pwconv1.weight"],
-                              np.empty((B * T, 4 * C), x.dtype))
-            a, pre = bias_gelu_forward(pre, p["pwconv1.bias"])
+            h = matmul_rows(z.reshape(B * T, C), p["pwconv1.weight"],
+                            np.empty((B * T, 4 * C), x.dtype))
+            a, pre = bias_gelu_forward(h, p["pwconv1.bias"])  # pre = h + b1, written over h
             branch = matmul_rows(a, p["pwconv2.weight"], np.empty((B * T, C), x.dtype))
             branch += p["pwconv2.bias"]
             branch = branch.reshape(B, T, C)
         else:
-            pre = linear_forward(z.reshape(B * T, C), p["pwconv1.weight"], None)
-            a, pre = bias_gelu_forward(pre, p["pwconv1.bias"])
+            h = linear_forward(z.reshape(B * T, C), p["pwconv1.weight"], None)
+            a, pre = bias_gelu_forward(h, p["pwconv1.bias"])
             branch = linear_forward(a, p["pwconv2.weight"], p["pwconv2.bias"]).reshape(B, T, C)
         out = residual_forward(x, branch, p["gamma"], keep)
         self._cache = (x, w_taps, pre, branch, keep)
@@ -284,8 +284,8 @@ class Block(Layer):
                 if parts < threads:
                     set_numba_threads(threads)
         _, z, _, _ = self._norm_input(x, w_taps)
-        pre = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
-        a, _ = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
+        h = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
+        a, _ = bias_gelu_forward_into(h, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
         branch = ws.get("branch", (B, T, C), x.dtype)
         matmul(a, p["pwconv2.weight"].T, out=branch.reshape(B * T, C))
         return bias_residual_forward(x, branch, p["pwconv2.bias"], p["gamma"], keep, out)
