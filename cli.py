@@ -273,11 +273,14 @@ def _resolve_candles(source: str, **options):
     return candles, description
 
 
-def _source_options(days: float, bars: int | None):
-    """The data-source flags `train` and `evaluate` share (see numpyconvnext.data.source)."""
+def _source_options(days: float, bars: int | None, several: bool = False):
+    """The data-source flags `train` and `evaluate` share (see numpyconvnext.data.source).
+    ``several``: --data may be given once per symbol."""
     options = [
-        click.option("--data", "data_path", type=click.Path(dir_okay=False),
-                     help="Candle file (.csv or .json); overrides --source."),
+        click.option("--data", "data_path", type=click.Path(dir_okay=False), multiple=several,
+                     help="Candle file (.csv or .json); overrides --source."
+                          + (" Give it once per symbol for a basket (the symbol is read from the "
+                             "file name SYMBOL_..._1h.csv)." if several else "")),
         click.option("--source", type=click.Choice(["auto", "bybit", "synthetic"]), default="auto",
                      show_default=True,
                      help="auto: Bybit through the data/ cache; the synthetic market only when "
@@ -907,7 +910,20 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
 
 
 @main.command()
-@_source_options(days=1095.0, bars=EVALUATE_DEFAULT_BARS)
+@_source_options(days=1095.0, bars=EVALUATE_DEFAULT_BARS, several=True)
+@click.option("--symbols", help="A basket: comma-separated symbols (e.g. SOLUSDT,XRPUSDT), trained "
+                                "pooled and traded per symbol; with --source (Bybit cache or "
+                                "synthetic) unless --data names one file per symbol.")
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False, exists=True),
+              help="TOML grid of configurations (variant, window, horizon, epochs, learning_rate, "
+                   "confidence); each fold's is chosen on its validation block. Basket only.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the basket's (configuration, fold) tasks run: local processes or a Ray "
+                   'cluster (pip install -e ".[cluster]").')
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="Local processes, one thread each [default: the core count]; 1 = in this "
+                   "process. Basket only.")
+@click.option("--address", help="Ray cluster address HOST:PORT or 'auto' (default: a local Ray).")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--model", "variant", default="atto", show_default=True, help="Variant (atto ... base).")
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1))
@@ -931,10 +947,11 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
               help="Parent folder of the report folder <symbol>_<category>_<interval>_<last date>.")
 @_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bar or per-fold lines.")
-def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, epochs, window, horizon,
-             seed, category, confidence, sizing, stop_loss, take_profit, max_risk, max_exposure,
-             fee_rate, slippage, no_calibration, funding_rate, trials, trials_log, placebo, out_dir,
-             cache_dir, base_url, retry_time_s, quiet) -> None:
+def evaluate(data_path, source, symbol, interval, days, bars, symbols, grid_path, executor, jobs,
+             address, folds, variant, epochs, window, horizon, seed, category, confidence, sizing,
+             stop_loss, take_profit, max_risk, max_exposure, fee_rate, slippage, no_calibration,
+             funding_rate, trials, trials_log, placebo, out_dir, cache_dir, base_url, retry_time_s,
+             quiet) -> None:
     """Walk-forward evaluation of the traded strategy after costs and funding, against
     buy-and-hold, flat, momentum, a linear model and the model's own unsized directions.
 
@@ -944,8 +961,21 @@ def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, ep
     report.json, returns.csv and the pictures to OUT/<symbol>_<category>_<interval>_<last date>/
     and appends the run's trials to the trials log. Rerunning the same command after Ctrl-C or
     a crash resumes at the next unfinished fold.
+
+    A basket (--symbols, or --data once per symbol) trains each (configuration, fold) once on
+    the pooled symbols, trades it per symbol, and reports each symbol, an equal-weight portfolio
+    and the grid's configurations (report.md, report.json, report.html); tasks run on --jobs
+    local processes or --executor ray, and a rerun skips the finished ones.
     """
     import sys
+
+    if symbols or len(data_path) > 1 or grid_path:
+        _evaluate_basket(locals())
+        return
+    data_path = data_path[0] if data_path else None
+    if executor != "local" or jobs is not None or address:
+        raise UserError("--executor, --jobs and --address apply to a basket (--symbols or several "
+                        "--data)")
 
     from numpyconvnext.checkpoint import CheckpointError
     from numpyconvnext.data.source import funding_for_source
@@ -982,6 +1012,73 @@ def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, ep
     click.echo(result.report["verdict"]["text"])
     click.echo(f"trials: {result.report['trials']['text']}")
     click.echo(f"report: {result.report_dir / 'report.md'}")
+
+
+def _evaluate_basket(options: dict) -> None:
+    """`evaluate` on a basket of symbols (numpyconvnext.research.basket)."""
+    import shlex
+    import sys
+
+    from numpyconvnext.data.source import file_market, funding_for_source
+    from numpyconvnext.evaluate import EvaluationConfig
+    from numpyconvnext.research.basket import evaluate_basket
+    from numpyconvnext.research.grid import load_grid
+
+    o = options
+    paths = list(o["data_path"])
+    names = [s.strip().upper() for s in (o["symbols"] or "").split(",") if s.strip()]
+    try:
+        grid = load_grid(o["grid_path"]) if o["grid_path"] else None
+        if paths:
+            named = [file_market(p, o["category"])[1] for p in paths]
+            if names and len(names) != len(paths):
+                raise ValueError(f"--symbols names {len(names)} symbols for {len(paths)} --data files")
+            names = names or named
+            if any(n is None for n in names):
+                raise ValueError("cannot read a symbol from every --data file name "
+                                 "(SYMBOL_..._1h.csv); give --symbols in the same order")
+        if len(set(names)) != len(names) or not names:
+            raise ValueError("a basket needs distinct symbols (--symbols A,B or --data once per symbol)")
+        candles, sources = {}, {}
+        for i, name in enumerate(names):
+            candles[name], sources[name] = _resolve_candles(
+                o["source"], path=paths[i] if paths else None, symbol=name, interval=o["interval"],
+                days=o["days"], cache_dir=o["cache_dir"], base_url=o["base_url"],
+                retry_time_s=o["retry_time_s"], last_bars=o["bars"], category=o["category"])
+            sources[name]["symbol"] = name
+        category = next(iter(sources.values()))["category"]
+        strategy = _strategy(category, o["confidence"], o["sizing"], o["stop_loss"],
+                             o["take_profit"], o["max_risk"], o["max_exposure"], o["fee_rate"],
+                             o["slippage"], o["no_calibration"])
+        _check_funding_rate(strategy.category, o["funding_rate"])
+        config = EvaluationConfig(folds=o["folds"], variant=o["variant"], epochs=o["epochs"],
+                                  window=o["window"], horizon=o["horizon"], seed=o["seed"],
+                                  strategy=strategy, funding_rate=o["funding_rate"],
+                                  trials=o["trials"], placebo=o["placebo"])
+        funding, notes = {}, {}
+        for name in names:
+            funding[name], notes[name] = funding_for_source(sources[name], candles[name],
+                                                            o["funding_rate"])
+        _notice("; ".join(sorted(set(notes.values()))))
+        command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        result = evaluate_basket(candles, sources, config, grid, o["out_dir"], executor=o["executor"],
+                                 jobs=o["jobs"], address=o["address"], quiet=o["quiet"],
+                                 command=command, funding=funding, funding_notes=notes,
+                                 trials_log=o["trials_log"])
+    except (ValueError, OSError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    except KeyboardInterrupt:
+        _notice("interrupted; rerun the same command to resume (finished tasks are kept)")
+        sys.exit(130)
+    if result.interrupted:
+        for failure in result.failed:
+            _notice(f"task {failure.key} failed after {failure.attempts} attempt(s): {failure.error}")
+        _notice(f"{result.tasks_done} of {result.tasks_total} tasks done; rerun the same command to "
+                "retry the others")
+        sys.exit(1)
+    click.echo(result.report["verdict"]["text"])
+    click.echo(f"trials: {result.report['trials']['text']}")
+    click.echo(f"report: {result.report_dir / 'report.md'} (and report.html)")
 
 
 OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
