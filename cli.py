@@ -1025,6 +1025,10 @@ def _evaluate_basket(options: dict) -> None:
     from numpyconvnext.research.grid import load_grid
 
     o = options
+    if o["address"] and o["executor"] != "ray":
+        raise UserError("--address is a Ray cluster's: give --executor ray too")
+    if o["jobs"] is not None and o["executor"] == "ray":
+        raise UserError("--jobs is for --executor local (Ray runs as many tasks as the cluster has CPUs)")
     paths = list(o["data_path"])
     names = [s.strip().upper() for s in (o["symbols"] or "").split(",") if s.strip()]
     try:

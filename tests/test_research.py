@@ -37,7 +37,7 @@ BASKET_CONFIG = EvaluationConfig(folds=2, **{**TINY, "epochs": 1, "bootstrap_sam
                                  funding_rate=0.0001)
 
 
-def small_basket(n_bars: int = 1500):
+def small_basket(n_bars: int = 1200):
     candles = {s: echo_market(n_bars, seed=i + 1) for i, s in enumerate(SYMBOLS)}
     sources = {s: {"kind": "test", "symbol": s, "interval": "1h"} for s in SYMBOLS}
     return candles, sources
@@ -128,6 +128,22 @@ def test_grid_is_every_combination_and_bad_grids_name_the_key():
 
 
 # --- the basket ----------------------------------------------------------------------------------------
+
+
+def test_stacked_windows_read_like_their_concatenation():
+    from numpyconvnext.research.basket import StackedWindows
+
+    rng = np.random.default_rng(0)
+    parts = [rng.standard_normal((n, 3, 4)).astype(np.float32) for n in (5, 1, 7)]
+    whole = np.concatenate(parts)
+    stacked = StackedWindows(parts)
+    assert len(stacked) == 13 and stacked.shape == whole.shape and stacked.dtype == whole.dtype
+    for index in (rng.permutation(13), np.array([12, 0, 5, 5, -1]), np.array([], dtype=np.int64)):
+        np.testing.assert_array_equal(stacked[index], whole[index])
+    for part in (slice(0, 256), slice(3, 9), slice(11, 20)):
+        np.testing.assert_array_equal(stacked[part], whole[part])
+    with pytest.raises(IndexError):
+        stacked[np.array([13])]
 
 
 @pytest.fixture(scope="module")
@@ -306,10 +322,18 @@ def test_html_report_renders_in_headless_chromium(in_process, tmp_path):
 
 
 def _png_pixels(path: Path) -> np.ndarray:
-    """Decode an 8-bit RGB/RGBA, non-interlaced PNG (what Chromium writes) with zlib only."""
+    """The PNG's pixels [H, W, channels]: Pillow when installed, else a decoder of 8-bit RGB/RGBA
+    non-interlaced PNGs (what Chromium writes) with zlib only."""
     import struct
     import zlib
 
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except ImportError:
+        pass
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, chunks, header = 8, [], None
@@ -364,6 +388,9 @@ def test_cli_basket_errors_are_one_line(tmp_path):
          "unknown setting 'windows'"),
         (["evaluate", "--source", "synthetic", "--jobs", "2"], "apply to a basket"),
         (["evaluate", "--source", "synthetic", "--symbols", "BTCUSDT,BTCUSDT"], "distinct symbols"),
+        (["evaluate", "--symbols", "BTCUSDT,ETHUSDT", "--address", "auto"], "give --executor ray"),
+        (["evaluate", "--symbols", "BTCUSDT,ETHUSDT", "--executor", "ray", "--jobs", "2"],
+         "--jobs is for --executor local"),
     ]
     for args, message in cases:
         result = runner.invoke(main, [*args, "--out", str(tmp_path)])

@@ -32,7 +32,8 @@ th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:right;white-space:nowr
 th{background:#f3f4f6;cursor:pointer;user-select:none}th.sorted-asc:after{content:" \\25B2"}
 th.sorted-desc:after{content:" \\25BC"}td:first-child,th:first-child{text-align:left}
 .meta{color:#57606a;font-size:13px}code,pre{background:#f6f8fa;padding:2px 4px;font-size:12px}
-pre{padding:8px;overflow-x:auto}svg{display:block;margin:4px 0 12px}
+pre{padding:8px;white-space:pre-wrap;word-break:break-all}.scroll{overflow-x:auto}
+svg{display:block;margin:4px 0 12px}
 .legend span{display:inline-block;margin-right:14px;font-size:12px}
 .legend i{display:inline-block;width:14px;height:3px;vertical-align:middle;margin-right:4px}
 """
@@ -80,8 +81,8 @@ def _cell(text: str, value=None) -> str:
 
 def _sortable(header: list[str], rows: list[str]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    return (f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>'
-            + "".join(rows) + "</tbody></table>")
+    return (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table></div>")
 
 
 def symbols_table(report: dict) -> str:
@@ -173,9 +174,11 @@ def equity_svg(curves: dict[str, np.ndarray], stamps: pd.DatetimeIndex, title: s
     parts.append(f'<polygon fill="#c6282855" stroke="#c62828" points="{area}"/>')
     parts.append(f'<text x="{pad_l - 6}" y="{top + drawdown_height + 4:.1f}" font-size="11" '
                  f'text-anchor="end" fill="#57606a">{100 * worst:.0f}%</text>')
-    for i in np.linspace(0, n - 1, 6).astype(int):
+    ticks = np.linspace(0, n - 1, 6).astype(int)
+    for j, i in enumerate(ticks):
+        anchor = "start" if j == 0 else "end" if j == len(ticks) - 1 else "middle"
         parts.append(f'<text x="{x[i]:.1f}" y="{top + drawdown_height + 20}" font-size="11" '
-                     f'text-anchor="middle" fill="#57606a">{stamps[i]:%Y-%m-%d}</text>')
+                     f'text-anchor="{anchor}" fill="#57606a">{stamps[i]:%Y-%m-%d}</text>')
     parts.append("</svg>")
     legend = "".join(f'<span><i style="background:{LINE_COLOURS[j % len(LINE_COLOURS)]}"></i>'
                      f"{_e(name)}</span>" for j, name in enumerate(curves))
