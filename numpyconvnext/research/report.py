@@ -94,9 +94,10 @@ def render_basket_markdown(report: dict) -> str:
         "",
         report["selection_text"],
         "",
-        f"Compute: {cost['tasks']} tasks, {cost['task_cpu_hours']:.2f} CPU-hours; this run's "
-        f"{cost['ran_now']} new tasks took {cost['wall_seconds_now'] / 60:.1f} min on "
-        f"{cost['executor']} ({cost['workers']} workers).",
+        f"Compute: {cost['tasks']} tasks, {cost['task_cpu_hours']:.2f} CPU-hours; "
+        + (f"this run's {cost['ran_now']} new tasks took {cost['wall_seconds_now'] / 60:.1f} min on "
+           f"{cost['executor']} ({cost['workers']} workers)." if cost["ran_now"] else
+           "every task was stored by an earlier run (this one rebuilt the report)."),
         "",
         _configurations_markdown(report),
         "",
