@@ -387,7 +387,7 @@ def test_cli_basket_errors_are_one_line(tmp_path):
         (["evaluate", "--source", "synthetic", "--symbols", "BTCUSDT,ETHUSDT", "--grid", str(grid)],
          "unknown setting 'windows'"),
         (["evaluate", "--source", "synthetic", "--jobs", "2"], "apply to a basket"),
-        (["evaluate", "--source", "synthetic", "--symbols", "BTCUSDT,BTCUSDT"], "distinct symbols"),
+        (["evaluate", "--source", "synthetic", "--symbols", "BTCUSDT,BTCUSDT"], "named twice"),
         (["evaluate", "--symbols", "BTCUSDT,ETHUSDT", "--address", "auto"], "give --executor ray"),
         (["evaluate", "--symbols", "BTCUSDT,ETHUSDT", "--executor", "ray", "--jobs", "2"],
          "--jobs is for --executor local"),

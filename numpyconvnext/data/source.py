@@ -22,7 +22,7 @@ market's own, or a stated constant-rate assumption).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -98,6 +98,46 @@ def resolve_candles(
                        last=candles["timestamp"].iloc[-1].isoformat(), bars=len(candles),
                        sha256=candles_sha256(candles))
     return candles, description
+
+
+def resolve_pool(
+    source: str = "auto",
+    *,
+    paths: Sequence[str | Path] = (),
+    symbols: Sequence[str] = (),
+    notice: Callable[[str], None] = print,
+    **options,
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:
+    """Candles and descriptions per symbol for pooled training (``resolve_candles`` for each,
+    in the order given): one file per symbol (``paths``; the symbol from the file name
+    ``SYMBOL_[category_]interval.csv``, or from ``symbols`` in the same order), else each of
+    ``symbols`` from ``source``. ``options`` go to ``resolve_candles`` (interval, days,
+    last_bars, category, cache_dir, ...). ValueError (one line) for a file whose name does not
+    say its symbol, a count mismatch, or a symbol named twice."""
+    paths, symbols = list(paths), [validate_symbol(s) for s in symbols]
+    if paths:
+        if symbols and len(symbols) != len(paths):
+            raise ValueError(f"{len(paths)} data files but {len(symbols)} symbols: give one "
+                             "symbol per file, in the same order, or none")
+        if not symbols:
+            for path in paths:
+                named = parse_cache_name(path).symbol
+                if named is None:
+                    raise ValueError(f"cannot tell the symbol of {Path(path).name}: name the file "
+                                     "SYMBOL_1h.csv (e.g. BTCUSDT_linear_1h.csv) or pass --symbols")
+                symbols.append(named)
+    elif not symbols:
+        raise ValueError("no symbols to pool: pass symbols or candle files")
+    twice = sorted({s for s in symbols if symbols.count(s) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given twice: one candle file per symbol")
+    candles_by_symbol, descriptions = {}, {}
+    for k, symbol in enumerate(symbols):
+        candles, description = resolve_candles(
+            source, path=paths[k] if paths else None, symbol=symbol, notice=notice, **options)
+        description["symbol"] = symbol
+        candles_by_symbol[symbol], descriptions[symbol] = candles, description
+    return candles_by_symbol, descriptions
 
 
 def file_market(path: str | Path, category: str | None = None,
