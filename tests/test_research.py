@@ -130,22 +130,6 @@ def test_grid_is_every_combination_and_bad_grids_name_the_key():
 # --- the basket ----------------------------------------------------------------------------------------
 
 
-def test_stacked_windows_read_like_their_concatenation():
-    from numpyconvnext.research.basket import StackedWindows
-
-    rng = np.random.default_rng(0)
-    parts = [rng.standard_normal((n, 3, 4)).astype(np.float32) for n in (5, 1, 7)]
-    whole = np.concatenate(parts)
-    stacked = StackedWindows(parts)
-    assert len(stacked) == 13 and stacked.shape == whole.shape and stacked.dtype == whole.dtype
-    for index in (rng.permutation(13), np.array([12, 0, 5, 5, -1]), np.array([], dtype=np.int64)):
-        np.testing.assert_array_equal(stacked[index], whole[index])
-    for part in (slice(0, 256), slice(3, 9), slice(11, 20)):
-        np.testing.assert_array_equal(stacked[part], whole[part])
-    with pytest.raises(IndexError):
-        stacked[np.array([13])]
-
-
 @pytest.fixture(scope="module")
 def in_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("jobs1")

@@ -44,6 +44,7 @@ from numpyconvnext.data.dataset import (
     walk_forward_folds,
 )
 from numpyconvnext.data.labels import LabelConfig
+from numpyconvnext.data.pool import PooledWindows
 from numpyconvnext.evaluate import EvaluationConfig
 from numpyconvnext.jsonable import jsonable
 from numpyconvnext.research import grid as grids
@@ -94,47 +95,16 @@ def align_candles(candles: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return out
 
 
-class StackedWindows:
-    """Several symbols' window arrays ``[N_s, C, T]`` read as one ``[sum N_s, C, T]`` without
-    copying them (each is a view of its symbol's feature matrix; a copy of a pool of 30 symbols'
-    windows would take gigabytes): integer-array and slice indexing gather the rows asked for."""
-
-    def __init__(self, parts: list[np.ndarray]):
-        self.parts = parts
-        self.offsets = np.cumsum([0] + [len(p) for p in parts])
-        self.shape = (int(self.offsets[-1]), *parts[0].shape[1:])
-        self.dtype = parts[0].dtype
-        self.ndim = len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index) -> np.ndarray:
-        if isinstance(index, slice):
-            index = np.arange(*index.indices(len(self)))
-        index = np.asarray(index, dtype=np.int64)
-        if index.ndim != 1:
-            raise IndexError("StackedWindows takes a slice or a 1-D array of row numbers")
-        if index.size and (index.min() < -len(self) or index.max() >= len(self)):
-            raise IndexError("row number out of range")
-        index = np.where(index < 0, index + len(self), index)
-        out = np.empty((index.size, *self.shape[1:]), dtype=self.dtype)
-        owner = np.searchsorted(self.offsets, index, side="right") - 1
-        for j in np.unique(owner):
-            rows = owner == j
-            out[rows] = self.parts[j][index[rows] - self.offsets[j]]
-        return out
-
-
 def pool_parts(datas: dict[str, PreparedData]) -> PreparedData:
-    """One training set from several symbols' prepared folds: their train, validation and test
-    windows stacked (``StackedWindows``; each symbol already normalised on its own training
-    rows), class weights over the pooled training labels."""
+    """One training set from several symbols' prepared folds on the same index ranges (candles
+    aligned on common hours): their train, validation and test windows stacked without a copy
+    (``data.pool.PooledWindows``; each symbol already normalised on its own training rows),
+    class weights over the pooled training labels."""
     first = next(iter(datas.values()))
 
     def stacked(name: str) -> SplitPart:
         parts = [getattr(d, name) for d in datas.values()]
-        return SplitPart(X=StackedWindows([p.X for p in parts]), y=np.concatenate([p.y for p in parts]),
+        return SplitPart(X=PooledWindows([p.X for p in parts]), y=np.concatenate([p.y for p in parts]),
                          forward_return=np.concatenate([p.forward_return for p in parts]),
                          end_index=np.concatenate([p.end_index for p in parts]),
                          end_time=parts[0].end_time.append([p.end_time for p in parts[1:]]))
