@@ -37,7 +37,7 @@ BASKET_CONFIG = EvaluationConfig(folds=2, **{**TINY, "epochs": 1, "bootstrap_sam
                                  funding_rate=0.0001)
 
 
-def small_basket(n_bars: int = 1200):
+def small_basket(n_bars: int = 1500):
     candles = {s: echo_market(n_bars, seed=i + 1) for i, s in enumerate(SYMBOLS)}
     sources = {s: {"kind": "test", "symbol": s, "interval": "1h"} for s in SYMBOLS}
     return candles, sources
@@ -69,7 +69,9 @@ def check_misbehaving_run(summary, store: TaskStore, tmp_path: Path) -> None:
     failed = {f.key: f for f in summary.failed}
     assert sorted(failed) == ["t2", "t3"]  # the others are not lost
     assert failed["t2"].attempts == 2 and "died" in failed["t2"].error
-    assert failed["t3"].attempts == 1 and "fails on purpose" in failed["t3"].error
+    # a raising task is not retried for raising; it runs a second time only when a worker
+    # crash took it down with the pool before it could raise
+    assert failed["t3"].attempts in (1, 2) and "fails on purpose" in failed["t3"].error
     for key, x in (("t0", 0), ("t1", 1), ("t4", 4)):
         assert store.load(key)["result"] == {"value": x * x + 7, "threads": 1, "blas_threads": 1}
     assert not store.has("t2") and not store.has("t3")
@@ -141,8 +143,9 @@ def test_basket_report_selects_on_validation_and_counts_every_configuration(in_p
     report = result.report
     assert result.tasks_done == result.tasks_total == 4
     # each fold's configuration is the best on validation (never a test figure)
-    for row in report["selection"]:
-        assert row["chosen"] == int(np.argmax(row["scores"]))
+    for row in report["selection"]:  # ties: the lower validation loss
+        best = max(range(len(GRID)), key=lambda i: (row["scores"][i], -row["best_val_loss"][i]))
+        assert row["chosen"] == best
     # every configuration (and each confidence threshold tried) is a logged trial, per symbol and
     # for the portfolio; N counts them all
     logged = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
