@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -309,6 +308,3 @@ def _duration(seconds: float) -> str:
 
 __all__ = ["EXECUTORS", "RETRIES", "RunSummary", "TaskFailure", "TaskStore", "default_jobs",
            "run_tasks", "single_threaded"]
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("numpyconvnext.research.executors is a library module")
