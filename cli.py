@@ -1087,6 +1087,16 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
 
 @main.command()
 @_source_options(days=1095.0, bars=EVALUATE_DEFAULT_BARS)
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False, exists=True),
+              help="TOML grid of configurations (variant, window, horizon, epochs, learning_rate, "
+                   "confidence); each fold's is chosen on its validation block. Basket only.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the basket's (configuration, fold) tasks run: local processes or a Ray "
+                   'cluster (pip install -e ".[cluster]").')
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="Local processes, one thread each [default: the core count]; 1 = in this "
+                   "process. Basket only.")
+@click.option("--address", help="Ray cluster address HOST:PORT or 'auto' (default: a local Ray).")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--model", "variant", default="atto", show_default=True, help="Variant (atto ... base).")
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1))
@@ -1111,10 +1121,11 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
 @_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bar or per-fold lines.")
 @click.pass_context
-def evaluate(ctx, data_path, source, symbol, symbols_text, interval, days, bars, folds, variant,
-             epochs, window, horizon, seed, category, confidence, sizing, stop_loss, take_profit,
-             max_risk, max_exposure, fee_rate, slippage, no_calibration, funding_rate, trials,
-             trials_log, placebo, out_dir, cache_dir, base_url, retry_time_s, quiet) -> None:
+def evaluate(ctx, data_path, source, symbol, symbols_text, interval, days, bars, grid_path, executor,
+             jobs, address, folds, variant, epochs, window, horizon, seed, category, confidence,
+             sizing, stop_loss, take_profit, max_risk, max_exposure, fee_rate, slippage,
+             no_calibration, funding_rate, trials, trials_log, placebo, out_dir, cache_dir, base_url,
+             retry_time_s, quiet) -> None:
     """Walk-forward evaluation of the traded strategy after costs and funding, against
     buy-and-hold, flat, momentum, a linear model and the model's own unsized directions.
 
@@ -1124,8 +1135,21 @@ def evaluate(ctx, data_path, source, symbol, symbols_text, interval, days, bars,
     report.json, returns.csv and the pictures to OUT/<symbol>_<category>_<interval>_<last date>/
     and appends the run's trials to the trials log. Rerunning the same command after Ctrl-C or
     a crash resumes at the next unfinished fold.
+
+    A basket (--symbols, or --data once per symbol) trains each (configuration, fold) once on
+    the pooled symbols, trades it per symbol, and reports each symbol, an equal-weight portfolio
+    and the grid's configurations (report.md, report.json, report.html); tasks run on --jobs
+    local processes or --executor ray, and a rerun skips the finished ones.
     """
     import sys
+
+    request = _pool_request(ctx, data_path, symbols_text, symbol)
+    if request.pooled or grid_path:
+        _evaluate_basket(request, locals())
+        return
+    if executor != "local" or jobs is not None or address:
+        raise UserError("--executor, --jobs and --address apply to a basket (--symbols or several "
+                        "--data)")
 
     from numpyconvnext.checkpoint import CheckpointError
     from numpyconvnext.data.source import funding_for_source
@@ -1134,9 +1158,6 @@ def evaluate(ctx, data_path, source, symbol, symbols_text, interval, days, bars,
     from numpyconvnext.train import TrainingDivergedError
 
     _check_funding_rate(category, funding_rate)
-    request = _pool_request(ctx, data_path, symbols_text, symbol)
-    if request.pooled:
-        raise UserError("evaluate takes one market for now: pass a single --data or --symbol")
     try:
         candles, description = _resolve_candles(
             source, path=request.path, symbol=request.symbol, interval=interval, days=days,
@@ -1166,6 +1187,70 @@ def evaluate(ctx, data_path, source, symbol, symbols_text, interval, days, bars,
     click.echo(result.report["verdict"]["text"])
     click.echo(f"trials: {result.report['trials']['text']}")
     click.echo(f"report: {result.report_dir / 'report.md'}")
+
+
+def _evaluate_basket(request, options: dict) -> None:
+    """`evaluate` on a basket of symbols (numpyconvnext.research.basket)."""
+    import shlex
+    import sys
+
+    from numpyconvnext.data.source import funding_for_source
+    from numpyconvnext.evaluate import EvaluationConfig
+    from numpyconvnext.research.basket import evaluate_basket
+    from numpyconvnext.research.grid import load_grid
+
+    o = options
+    if o["address"] and o["executor"] != "ray":
+        raise UserError("--address is a Ray cluster's: give --executor ray too")
+    if o["jobs"] is not None and o["executor"] == "ray":
+        raise UserError("--jobs is for --executor local (Ray runs as many tasks as the cluster has CPUs)")
+    try:
+        grid = load_grid(o["grid_path"]) if o["grid_path"] else None
+        if request.pooled:
+            candles, sources = _resolve_pool(
+                o["source"], request, interval=o["interval"], days=o["days"],
+                cache_dir=o["cache_dir"], base_url=o["base_url"], retry_time_s=o["retry_time_s"],
+                last_bars=o["bars"], category=o["category"])
+        else:  # a grid on one market: a basket of one
+            one, description = _resolve_candles(
+                o["source"], path=request.path, symbol=request.symbol, interval=o["interval"],
+                days=o["days"], cache_dir=o["cache_dir"], base_url=o["base_url"],
+                retry_time_s=o["retry_time_s"], last_bars=o["bars"], category=o["category"])
+            candles, sources = {description["symbol"]: one}, {description["symbol"]: description}
+        names = list(candles)
+        category = next(iter(sources.values()))["category"]
+        strategy = _strategy(category, o["confidence"], o["sizing"], o["stop_loss"],
+                             o["take_profit"], o["max_risk"], o["max_exposure"], o["fee_rate"],
+                             o["slippage"], o["no_calibration"])
+        _check_funding_rate(strategy.category, o["funding_rate"])
+        config = EvaluationConfig(folds=o["folds"], variant=o["variant"], epochs=o["epochs"],
+                                  window=o["window"], horizon=o["horizon"], seed=o["seed"],
+                                  strategy=strategy, funding_rate=o["funding_rate"],
+                                  trials=o["trials"], placebo=o["placebo"])
+        funding, notes = {}, {}
+        for name in names:
+            funding[name], notes[name] = funding_for_source(sources[name], candles[name],
+                                                            o["funding_rate"])
+        _notice("; ".join(sorted(set(notes.values()))))
+        command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        result = evaluate_basket(candles, sources, config, grid, o["out_dir"], executor=o["executor"],
+                                 jobs=o["jobs"], address=o["address"], quiet=o["quiet"],
+                                 command=command, funding=funding, funding_notes=notes,
+                                 trials_log=o["trials_log"])
+    except (ValueError, OSError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    except KeyboardInterrupt:
+        _notice("interrupted; rerun the same command to resume (finished tasks are kept)")
+        sys.exit(130)
+    if result.interrupted:
+        for failure in result.failed:
+            _notice(f"task {failure.key} failed after {failure.attempts} attempt(s): {failure.error}")
+        _notice(f"{result.tasks_done} of {result.tasks_total} tasks done; rerun the same command to "
+                "retry the others")
+        sys.exit(1)
+    click.echo(result.report["verdict"]["text"])
+    click.echo(f"trials: {result.report['trials']['text']}")
+    click.echo(f"report: {result.report_dir / 'report.md'} (and report.html)")
 
 
 OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
