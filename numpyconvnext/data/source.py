@@ -35,7 +35,7 @@ from .funding import (
     synthetic_funding,
     update_funding_cache,
 )
-from .intervals import interval_to_timedelta, normalize_interval
+from .intervals import interval_from_ms, interval_to_timedelta, normalize_interval
 from .store import find_cache, load_candles
 from .symbols import validate_symbol
 
@@ -78,6 +78,7 @@ def resolve_candles(
             raise ValueError("source 'file' needs a path")
         category, named_symbol = file_market(path, category)
         candles = load_candles(path)
+        check_file_interval(candles, path, interval)
         description = {"kind": "file", "path": str(Path(path).resolve()),
                        "symbol": named_symbol or symbol}
     elif source == "synthetic":
@@ -149,6 +150,21 @@ def file_market(path: str | Path, category: str | None = None,
     if category is not None and name.category is not None and name.category != category:
         raise ValueError(f"{Path(path).name} holds {name.category} candles, not {category}")
     return category or name.category or default, name.symbol
+
+
+def check_file_interval(candles: pd.DataFrame, path: str | Path, interval: str) -> None:
+    """A ValueError when a file's bars are not ``interval`` long: its name's interval, else the
+    most common spacing of its timestamps, names another one (a 4h file read as 1h would be
+    annualised, labelled and traded live as 1h)."""
+    stated = parse_cache_name(path).interval
+    if stated is None and len(candles) > 1:
+        steps = candles["timestamp"].diff().dropna()
+        steps = steps[steps > pd.Timedelta(0)].mode()
+        if len(steps):
+            stated = interval_from_ms(int(steps.iloc[0] // pd.Timedelta(milliseconds=1)))
+    if stated is not None and stated != interval:
+        raise ValueError(f"{Path(path).name} holds {stated} candles, not {interval}: pass "
+                         f"--interval {stated}")
 
 
 def load_source(description: dict) -> pd.DataFrame:
