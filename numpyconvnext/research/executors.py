@@ -210,7 +210,11 @@ def _run_local(function, todo: dict, shared, jobs: int, finished, failed) -> Non
             while pending or running:
                 while pending and len(running) < jobs and not broken:
                     key = pending.pop(0)
-                    running[pool.submit(_worker_run, function, todo[key])] = key
+                    try:
+                        running[pool.submit(_worker_run, function, todo[key])] = key
+                    except BrokenProcessPool:  # a worker died since the last wait: not this task
+                        pending.insert(0, key)
+                        broken = True
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
