@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.layernorm import _CHUNKS
+from kernels.reduce import sum_leading
 
 
 @njit(cache=True, parallel=True)
@@ -50,7 +51,7 @@ def residual_backward(dout, z, gamma, keep):
                 g = dout[bi, t, c] * k
                 dz[bi, t, c] = g * gamma[c]
                 acc[c] += g * z[bi, t, c]
-    return dz, partial.sum(axis=0).astype(z.dtype)
+    return dz, sum_leading(partial).astype(z.dtype)
 
 
 @njit(cache=True, parallel=True)

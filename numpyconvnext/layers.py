@@ -16,7 +16,7 @@ from collections.abc import Hashable
 import numpy as np
 
 from kernels.block import BLOCK_ROWS, SPLIT_WEIGHTS, block_forward_rows, matmul_rows
-from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward, dwconv_layernorm_forward_into
+from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward_into
 from kernels.gelu import (
     bias_gelu_backward,
     bias_gelu_forward,
@@ -240,9 +240,12 @@ class Block(Layer):
         p = self.params
         B, T, C = x.shape
         w_taps = np.ascontiguousarray(p["dwconv.weight"][:, 0, :].T)
-        _, z, _, _ = dwconv_layernorm_forward(
-            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps
-        )
+        # the kernel the backward's recomputation uses, into fresh arrays: one kernel fewer to
+        # compile on an empty cache than the allocating dwconv_layernorm_forward (same bits)
+        _, z, _, _ = dwconv_layernorm_forward_into(
+            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps,
+            np.empty_like(x), np.empty_like(x), np.empty((B, T), x.dtype),
+            np.empty((B, T), x.dtype))
         # few rows: the same matmul kernel as block_forward_rows, so that forward() in eval mode
         # and predict() give the same bits
         if B * T <= BLOCK_ROWS and _rows_kernel_fits(z, p["pwconv1.weight"]):
