@@ -47,6 +47,12 @@ def _symbol_option(default: str | None = "BTCUSDT", help: str = "Bybit symbol, e
 
 @main.command()
 @_symbol_option()
+@click.option("--symbols", "symbols_text",
+              help="Several symbols, comma-separated (e.g. BTCUSDT,ETHUSDT): each into its own "
+                   "file; each must be listed on Bybit.")
+@click.option("--top", type=click.IntRange(min=1),
+              help="The N linear USDT perpetuals with the most 24 h turnover (Bybit tickers) "
+                   "whose status is Trading (instruments-info).")
 @click.option("--interval", default="1h", show_default=True,
               help="1m 3m 5m 15m 30m 1h 2h 4h 6h 12h 1d 1w 1M, or Bybit's 1..720 D W M.")
 @click.option("--days", default=365.0, show_default=True,
@@ -68,9 +74,10 @@ def _symbol_option(default: str | None = "BTCUSDT", help: str = "Bybit symbol, e
 @click.option("--repair", is_flag=True,
               help="Sort and de-duplicate a damaged existing file first (see `repair`).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str | None,
-          category: str, funding: bool | None, fmt: str, retry_time_s: float, repair: bool,
-          quiet: bool) -> None:
+@click.pass_context
+def fetch(ctx, symbol: str, symbols_text: str | None, top: int | None, interval: str, days: float,
+          out_dir: str, base_url: str | None, category: str, funding: bool | None, fmt: str,
+          retry_time_s: float, repair: bool, quiet: bool) -> None:
     """Download closed candles from Bybit into OUT/SYMBOL_CATEGORY_INTERVAL.csv, and a
     perpetual's funding history beside them (OUT/SYMBOL_CATEGORY_funding.csv).
 
@@ -78,14 +85,18 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
     it holds less than --days; an old-style OUT/SYMBOL_INTERVAL.csv is read as linear and
     continued under the new name. Progress is saved as pages arrive: after an interruption or a
     failure, rerun the same command and it continues where it stopped.
+
+    --symbols A,B,C or --top N fetch a universe, each symbol into its own file, with one
+    progress bar over the symbols and their pages.
     """
     import contextlib
     import sys
 
+    from click.core import ParameterSource
+
     from numpyconvnext.data.bybit import BybitClient, BybitError, BybitResponseError
-    from numpyconvnext.data.funding import update_funding_cache
     from numpyconvnext.data.intervals import interval_to_timedelta, normalize_interval
-    from numpyconvnext.data.store import CandleFileError, cache_path, update_cache
+    from numpyconvnext.data.store import CandleFileError, cache_path
 
     try:
         name = normalize_interval(interval)
@@ -94,34 +105,102 @@ def fetch(symbol: str, interval: str, days: float, out_dir: str, base_url: str |
     if funding and category == "spot":
         raise UserError("spot has no funding: --funding goes with --category linear or inverse")
     funding = category != "spot" if funding is None else funding
+    chosen = [o for o, given in (("--symbols", symbols_text is not None), ("--top", top is not None),
+                                 ("--symbol", ctx.get_parameter_source("symbol")
+                                  == ParameterSource.COMMANDLINE)) if given]
+    if len(chosen) > 1:
+        raise UserError(f"use one of --symbol, --symbols and --top, not {' and '.join(chosen)}")
     client = BybitClient(base_url, category, max_retry_time_s=retry_time_s)
+    try:
+        symbols = _fetch_universe(client, symbol, symbols_text, top, category)
+    except (ValueError, BybitError, BybitResponseError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
     expected_bars = max(1, int(days * 86_400 / interval_to_timedelta(name).total_seconds()))
+    many = len(symbols) > 1 or symbols_text is not None or top is not None
     with contextlib.ExitStack() as stack:
         bars = []
+        done = []
+        current = [symbols[0]]
 
         def progress(n_candles: int) -> None:
             # opened on the first page so that an early error stays a single line
+            label = f"{current[0]} {name}" + (f" ({len(done) + 1}/{len(symbols)})" if many else "")
             if not bars:
                 bars.append(stack.enter_context(click.progressbar(
-                    length=expected_bars, label=f"{symbol.upper()} {name}", file=sys.stderr,
+                    length=expected_bars * len(symbols), label=label, file=sys.stderr,
                     hidden=quiet)))
+            bars[0].label = label
             bars[0].update(n_candles)
 
-        try:
-            result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress,
-                                  notice=_notice, repair=repair)
-            if funding and len(result.candles):
-                path, series, n_new = update_funding_cache(
-                    client, symbol, result.candles["timestamp"].iloc[0], out_dir)
-        except (ValueError, BybitError, BybitResponseError, CandleFileError, OSError) as error:
-            raise UserError(str(error).splitlines()[0]) from None
-        except KeyboardInterrupt:
-            _notice(f"interrupted; the candles fetched so far are in "
-                    f"{cache_path(out_dir, symbol, name, fmt, category)}: rerun the same command to continue")
-            sys.exit(130)
-    click.echo(f"{result.path}: {len(result.candles)} candles, {result.n_new} new", err=True)
+        lines = []
+        for each in symbols:
+            current[0] = each
+            try:
+                lines += _fetch_one(client, each, name, days, out_dir, fmt, funding, repair,
+                                    progress)
+            except (ValueError, BybitError, BybitResponseError, CandleFileError, OSError) as error:
+                reason = str(error).splitlines()[0]
+                if done:
+                    reason += (f" (after {len(done)} of {len(symbols)} symbols: "
+                               f"{', '.join(done)}; rerun the same command to continue)")
+                raise UserError(reason) from None
+            except KeyboardInterrupt:
+                _notice(f"interrupted; the candles fetched so far are in "
+                        f"{cache_path(out_dir, each, name, fmt, category)}: rerun the same command "
+                        "to continue")
+                sys.exit(130)
+            done.append(each)
+            if bars:  # a symbol already up to date moves the bar on too
+                bars[0].update(expected_bars * len(done) - bars[0].pos)
+    for line in lines:
+        click.echo(line, err=True)
+
+
+def _fetch_universe(client, symbol: str, symbols_text: str | None, top: int | None,
+                    category: str) -> list[str]:
+    """The symbols `fetch` was asked for: --top's ranking, --symbols checked against Bybit's
+    instruments (unlisted: an error; listed but not Trading: a warning), else --symbol."""
+    from numpyconvnext.data.symbols import parse_symbol_list
+    from numpyconvnext.data.universe import check_listed, list_instruments, top_perpetuals
+
+    if top is not None:
+        if category != "linear":
+            raise ValueError("--top ranks linear perpetuals: use it with --category linear")
+        ranked = top_perpetuals(client, top)
+        if not ranked:
+            raise ValueError("Bybit lists no linear USDT perpetual with status Trading")
+        if len(ranked) < top:
+            _notice(f"only {len(ranked)} Trading linear USDT perpetuals have a 24 h turnover; "
+                    "fetching those")
+        _notice(f"top {len(ranked)} by 24 h turnover: " + ", ".join(
+            f"{s} ({t / 1e6:,.0f}M USDT)" for s, t in ranked))
+        return [s for s, _ in ranked]
+    if symbols_text is None:
+        return [symbol]
+    try:
+        symbols = parse_symbol_list(symbols_text)
+    except ValueError as error:
+        raise ValueError(f"--symbols: {error}") from None
+    for instrument in check_listed(symbols, list_instruments(client), category):
+        _notice(f"warning: {instrument.symbol} is {instrument.status} on Bybit, not Trading; "
+                "fetching the history it has")
+    return symbols
+
+
+def _fetch_one(client, symbol: str, name: str, days: float, out_dir: str, fmt: str,
+               funding: bool, repair: bool, progress) -> list[str]:
+    """One symbol's candles (and funding) into the cache; the summary lines."""
+    from numpyconvnext.data.funding import update_funding_cache
+    from numpyconvnext.data.store import update_cache
+
+    result = update_cache(client, symbol, name, days, out_dir, fmt, progress=progress,
+                          notice=_notice, repair=repair)
+    lines = [f"{result.path}: {len(result.candles)} candles, {result.n_new} new"]
     if funding and len(result.candles):
-        click.echo(f"{path}: {len(series)} funding settlements, {n_new} new", err=True)
+        path, series, n_new = update_funding_cache(
+            client, symbol, result.candles["timestamp"].iloc[0], out_dir)
+        lines.append(f"{path}: {len(series)} funding settlements, {n_new} new")
+    return lines
 
 
 @main.command()
@@ -195,7 +274,15 @@ def _model_summary(model, path: str) -> str:
         f"parameters  {model.num_parameters():,}   {model.flops(window) / 1e9:.3f} GFLOPs per window",
         f"created     {meta.get('created', 'unknown')}",
     ]
-    if source:
+    if source.get("kind") == "pool":
+        lines.append(f"data        {len(source.get('sources', {}))} symbols pooled, "
+                     f"{source.get('interval')} {source.get('category', 'linear')}")
+        for symbol, each in source.get("sources", {}).items():
+            lines.append(f"  {symbol:<9} ({each.get('kind')}) {str(each.get('first'))[:16]} .. "
+                         f"{str(each.get('last'))[:16]}, {each.get('bars')} candles")
+        lines.append(_pool_text({"symbols": meta.get("symbols", []),
+                                  "skipped": meta.get("pool_skipped")}))
+    elif source:
         lines.append(f"data        {source.get('symbol')} {source.get('interval')} "
                      f"{meta.get('category', source.get('category', 'linear'))} ({source.get('kind')}) "
                      f"{str(source.get('first'))[:16]} .. {str(source.get('last'))[:16]}, "
@@ -273,16 +360,68 @@ def _resolve_candles(source: str, **options):
     return candles, description
 
 
+class PoolRequest:
+    """What the shared data flags ask for: one market (``pooled`` False: ``path`` and ``symbol``
+    for ``_resolve_candles``) or a pool (``paths`` and ``symbols`` for ``_resolve_pool``)."""
+
+    def __init__(self, paths: list[str], symbols: list[str], symbol: str):
+        self.paths, self.symbols = paths, symbols
+        self.pooled = len(paths) > 1 or len(symbols) > 1
+        self.path = paths[0] if len(paths) == 1 else None
+        self.symbol = symbols[0] if len(symbols) == 1 else symbol
+
+
+def _pool_request(ctx: click.Context, data_path: tuple[str, ...], symbols_text: str | None,
+                  symbol: str) -> PoolRequest:
+    """Read --data (given any number of times), --symbols and --symbol (commands using
+    `_source_options`); a bad combination or symbol list is a UserError."""
+    from click.core import ParameterSource
+
+    from numpyconvnext.data.symbols import parse_symbol_list
+
+    symbols = []
+    if symbols_text is not None:
+        if ctx.get_parameter_source("symbol") == ParameterSource.COMMANDLINE:
+            raise UserError("use --symbol for one market or --symbols for several, not both")
+        try:
+            symbols = parse_symbol_list(symbols_text)
+        except ValueError as error:
+            raise UserError(f"--symbols: {error}") from None
+    paths = list(data_path or ())
+    if paths and symbols and len(paths) != len(symbols):
+        raise UserError(f"{len(paths)} --data files but {len(symbols)} --symbols: give one symbol "
+                        "per file, in the same order, or leave --symbols out")
+    return PoolRequest(paths, symbols, symbol)
+
+
+def _resolve_pool(source: str, request: PoolRequest, **options):
+    """Candles and descriptions by symbol for a pool (`numpyconvnext.data.source.resolve_pool`),
+    one line on stderr per symbol: (candles_by_symbol, descriptions_by_symbol)."""
+    from numpyconvnext.data.source import resolve_pool
+
+    candles, descriptions = resolve_pool(source, paths=request.paths, symbols=request.symbols,
+                                         notice=_notice, **options)
+    for symbol, d in descriptions.items():
+        _notice(f"data: {symbol} {d['interval']} {d['category']}, {d['bars']} candles "
+                f"{d['first'][:16]} .. {d['last'][:16]}")
+    return candles, descriptions
+
+
 def _source_options(days: float, bars: int | None):
     """The data-source flags `train` and `evaluate` share (see numpyconvnext.data.source)."""
     options = [
-        click.option("--data", "data_path", type=click.Path(dir_okay=False),
-                     help="Candle file (.csv or .json); overrides --source."),
+        click.option("--data", "data_path", type=click.Path(dir_okay=False), multiple=True,
+                     help="Candle file (.csv or .json); overrides --source. Give it once per "
+                          "symbol to pool several (the symbol from the file name "
+                          "SYMBOL_[category_]1h.csv, or from --symbols in the same order)."),
         click.option("--source", type=click.Choice(["auto", "bybit", "synthetic"]), default="auto",
                      show_default=True,
                      help="auto: Bybit through the data/ cache; the synthetic market only when "
                           "Bybit cannot be reached and there is no cache."),
         _symbol_option(),
+        click.option("--symbols", "symbols_text",
+                     help="Several symbols pooled, comma-separated (e.g. BTCUSDT,ETHUSDT,SOLUSDT): "
+                          "windows of every symbol, split on the same calendar dates."),
         click.option("--interval", default="1h", show_default=True),
         click.option("--days", default=days, show_default=True, type=click.FloatRange(min=1),
                      help="History to fetch (Bybit) or generate (synthetic)."),
@@ -407,15 +546,21 @@ CLI_DEFAULT_EPOCHS = 12
                    "[default: $NUMPYCONVNEXT_TRIALS_LOG or reports/trials.jsonl]")
 @_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
-def train(data_path, source, symbol, interval, days, bars, variant, epochs, batch_size, learning_rate,
-          window, horizon, loss, seed, config_path, out_dir, resume_path, category, funding_rate,
-          trials_log, cache_dir, base_url, retry_time_s, quiet) -> None:
+@click.pass_context
+def train(ctx, data_path, source, symbol, symbols_text, interval, days, bars, variant, epochs,
+          batch_size, learning_rate, window, horizon, loss, seed, config_path, out_dir, resume_path,
+          category, funding_rate, trials_log, cache_dir, base_url, retry_time_s, quiet) -> None:
     """Train a ConvNeXt1D on candles and report test metrics beside the majority-class baseline.
 
     After training, the model is calibrated on its validation block: temperature scaling of its
     probabilities, the confidence threshold with the best validation Sharpe after costs and the
     payoff ratio of its validation trades, all stored in the checkpoint for backtest and live.
     With no arguments: BTCUSDT 1h, 365 days from the data/ cache, Bybit, or the synthetic market.
+
+    Several symbols (--symbols A,B,C or --data once per symbol) train one model on all of them:
+    each symbol normalised with its own training statistics, the split dates the same calendar
+    dates for every symbol, class weights over the pool. The checkpoint keeps each symbol's
+    normaliser and a pooled one for symbols it has not seen.
     """
     import sys
 
@@ -423,9 +568,12 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
     from numpyconvnext.config import TrainingConfig
     from numpyconvnext.model import CONFIGS
     from numpyconvnext.train import TrainingDivergedError
-    from numpyconvnext.workflow import resume_run, train_run
+    from numpyconvnext.workflow import resume_run, train_pooled_run, train_run
 
     _check_funding_rate(category, funding_rate)
+    request = _pool_request(ctx, data_path, symbols_text, symbol)
+    if resume_path and (request.paths or request.symbols):
+        raise UserError("--resume continues on the run's own data: drop --data/--symbols")
     try:
         if resume_path:
             result = resume_run(resume_path, quiet=quiet, epochs=epochs, trials_log=trials_log)
@@ -440,13 +588,20 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
                 config = config.with_overrides(**overrides)
             if config.variant not in CONFIGS:
                 raise ValueError(f"unknown model {config.variant!r}; choose from {', '.join(CONFIGS)}")
-            candles, description = _resolve_candles(
-                source, path=data_path, symbol=symbol, interval=interval, days=days,
-                cache_dir=cache_dir, base_url=base_url, retry_time_s=retry_time_s, last_bars=bars,
-                category=category)
-            _check_funding_rate(description["category"], funding_rate)
-            result = train_run(candles, description, config, out_dir, quiet=quiet,
-                               funding_rate=funding_rate, trials_log=trials_log)
+            options = dict(interval=interval, days=days, cache_dir=cache_dir, base_url=base_url,
+                           retry_time_s=retry_time_s, last_bars=bars, category=category)
+            if request.pooled:
+                candles, descriptions = _resolve_pool(source, request, **options)
+                for description in descriptions.values():
+                    _check_funding_rate(description["category"], funding_rate)
+                result = train_pooled_run(candles, descriptions, config, out_dir, quiet=quiet,
+                                          funding_rate=funding_rate, trials_log=trials_log)
+            else:
+                candles, description = _resolve_candles(
+                    source, path=request.path, symbol=request.symbol, **options)
+                _check_funding_rate(description["category"], funding_rate)
+                result = train_run(candles, description, config, out_dir, quiet=quiet,
+                                   funding_rate=funding_rate, trials_log=trials_log)
     except (ValueError, CheckpointError, OSError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     except TrainingDivergedError as error:
@@ -455,6 +610,17 @@ def train(data_path, source, symbol, interval, days, bars, variant, epochs, batc
         _notice(f"interrupted; continue with: python cli.py train --resume {result.last_path}")
         sys.exit(130)
     click.echo(_training_report(result))
+    if getattr(result, "pool", None):
+        click.echo(_pool_text(result.pool))
+
+
+def _pool_text(pool: dict) -> str:
+    """The lines on a pooled model's symbols (train report and info)."""
+    lines = [f"pooled      {len(pool['symbols'])} symbols: {', '.join(pool['symbols'])} (each "
+             "normalised with its own training statistics; the pooled ones for other symbols)"]
+    for symbol, reason in (pool.get("skipped") or {}).items():
+        lines.append(f"            {symbol} left out: {reason}")
+    return "\n".join(lines)
 
 
 def _training_report(result) -> str:
@@ -555,7 +721,8 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
         strategy = _strategy(data.category, confidence, sizing, stop_loss, take_profit, max_risk,
                              max_exposure, fee_rate, slippage, no_calibration)
         _check_funding_rate(strategy.category, funding_rate)
-        decisions = decide(model, data.candles, data.end_index, strategy=strategy, equity=equity)
+        decisions = decide(model, data.candles, data.end_index, strategy=strategy, equity=equity,
+                           symbol=data.symbol)
         from numpyconvnext.trading.strategy import run_strategy
 
         result = run_strategy(data.candles, decisions.timestamp, decisions.plan, decisions.strategy,
@@ -566,7 +733,10 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
 
     from numpyconvnext.trading.insample import banner, in_sample_overlaps
 
-    same_market = data.symbol is None or data.symbol == metadata.get("symbol")
+    # a pooled model saw its training dates through every symbol's windows: flag those dates
+    # whatever the symbol traded
+    same_market = (data.symbol is None or data.symbol == metadata.get("symbol")
+                   or bool(metadata.get("symbols")))
     overlaps = in_sample_overlaps(metadata, decisions.timestamp) if same_market else []
     warning = banner(overlaps)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -609,6 +779,7 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
         f"         confidence {threshold_from}; payoff ratio b {strategy.payoff_ratio:.2f} "
         f"({payoff_from}); initial equity {equity:,.0f}",
         f"funding  {funding_line}",
+    ] + ([f"inputs   {decisions.normalizer_note}"] if decisions.normalizer_note else []) + [
         "",
         format_comparison_table(result.metrics, result.benchmark.metrics, "Strategy",
                                 title="Metric (IN-SAMPLE)" if warning else "Metric"),
@@ -662,6 +833,7 @@ def _write_backtest(out, result, decisions, metadata, warning, strategy, data, m
                               "decisions": o.decisions}
                              for o in in_sample_overlaps(metadata, decisions.timestamp)],
         "warning": warning or None, "strategy": strategy.to_dict(),
+        "normalizer": decisions.normalizer_note,
         "funding": data.funding_note, "fees_paid": result.fees_paid,
         "funding_paid": result.funding_paid, "metrics": result.metrics.to_dict(),
         "benchmark_metrics": result.benchmark.metrics.to_dict(),
@@ -729,7 +901,7 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
         data_symbol = symbol.upper()
         what = f"Bybit {symbol.upper()} {interval} {category} last {days:g} days, after warm-up"
         end_index = None
-        if not allow_in_sample and data_symbol == metadata.get("symbol"):
+        if not allow_in_sample and (data_symbol == metadata.get("symbol") or metadata.get("symbols")):
             from numpyconvnext.trading.insample import first_out_of_sample_time
 
             start = first_out_of_sample_time(metadata)
@@ -744,6 +916,10 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
                                      "--allow-in-sample")
     else:
         source, split = metadata.get("data_source"), (metadata.get("split") or {}).get("test")
+        if source and source.get("kind") == "pool":
+            raise ValueError(f"the model was trained on {len(source.get('sources', {}))} pooled "
+                             f"symbols ({', '.join(source.get('sources', {}))}): pass --data FILE "
+                             "(e.g. one of theirs) or --symbol to choose the market")
         if not source or not split:
             raise ValueError("the checkpoint records no data source or test period; "
                              "pass --data FILE or --symbol")
@@ -864,6 +1040,9 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
                    err=True)
     click.echo(f"live: {symbol.upper()} {interval} {strategy.category} with {model_path}; public "
                "data only, no orders" + ("" if once else "; Ctrl-C stops"), err=True)
+    note = preprocessing_of(model, symbol).normalizer_note(symbol)
+    if note:
+        click.echo(note, err=True)
     if state is not None and state.last_emitted is not None:
         click.echo(f"state {state.path}: last signal for the candle of "
                    f"{state.last_emitted:%Y-%m-%d %H:%M} UTC", err=True)
@@ -908,6 +1087,16 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
 
 @main.command()
 @_source_options(days=1095.0, bars=EVALUATE_DEFAULT_BARS)
+@click.option("--grid", "grid_path", type=click.Path(dir_okay=False, exists=True),
+              help="TOML grid of configurations (variant, window, horizon, epochs, learning_rate, "
+                   "confidence); each fold's is chosen on its validation block. Basket only.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the basket's (configuration, fold) tasks run: local processes or a Ray "
+                   'cluster (pip install -e ".[cluster]").')
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="Local processes, one thread each [default: the core count]; 1 = in this "
+                   "process. Basket only.")
+@click.option("--address", help="Ray cluster address HOST:PORT or 'auto' (default: a local Ray).")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--model", "variant", default="atto", show_default=True, help="Variant (atto ... base).")
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1))
@@ -931,10 +1120,12 @@ EVALUATE_DEFAULT_BARS = 26_280  # the most recent 3 years of 1h candles
               help="Parent folder of the report folder <symbol>_<category>_<interval>_<last date>.")
 @_bybit_options
 @click.option("--quiet", is_flag=True, help="No progress bar or per-fold lines.")
-def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, epochs, window, horizon,
-             seed, category, confidence, sizing, stop_loss, take_profit, max_risk, max_exposure,
-             fee_rate, slippage, no_calibration, funding_rate, trials, trials_log, placebo, out_dir,
-             cache_dir, base_url, retry_time_s, quiet) -> None:
+@click.pass_context
+def evaluate(ctx, data_path, source, symbol, symbols_text, interval, days, bars, grid_path, executor,
+             jobs, address, folds, variant, epochs, window, horizon, seed, category, confidence,
+             sizing, stop_loss, take_profit, max_risk, max_exposure, fee_rate, slippage,
+             no_calibration, funding_rate, trials, trials_log, placebo, out_dir, cache_dir, base_url,
+             retry_time_s, quiet) -> None:
     """Walk-forward evaluation of the traded strategy after costs and funding, against
     buy-and-hold, flat, momentum, a linear model and the model's own unsized directions.
 
@@ -944,8 +1135,21 @@ def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, ep
     report.json, returns.csv and the pictures to OUT/<symbol>_<category>_<interval>_<last date>/
     and appends the run's trials to the trials log. Rerunning the same command after Ctrl-C or
     a crash resumes at the next unfinished fold.
+
+    A basket (--symbols, or --data once per symbol) trains each (configuration, fold) once on
+    the pooled symbols, trades it per symbol, and reports each symbol, an equal-weight portfolio
+    and the grid's configurations (report.md, report.json, report.html); tasks run on --jobs
+    local processes or --executor ray, and a rerun skips the finished ones.
     """
     import sys
+
+    request = _pool_request(ctx, data_path, symbols_text, symbol)
+    if request.pooled or grid_path:
+        _evaluate_basket(request, locals())
+        return
+    if executor != "local" or jobs is not None or address:
+        raise UserError("--executor, --jobs and --address apply to a basket (--symbols or several "
+                        "--data)")
 
     from numpyconvnext.checkpoint import CheckpointError
     from numpyconvnext.data.source import funding_for_source
@@ -956,7 +1160,8 @@ def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, ep
     _check_funding_rate(category, funding_rate)
     try:
         candles, description = _resolve_candles(
-            source, path=data_path, symbol=symbol, interval=interval, days=days, cache_dir=cache_dir,
+            source, path=request.path, symbol=request.symbol, interval=interval, days=days,
+            cache_dir=cache_dir,
             base_url=base_url, retry_time_s=retry_time_s, last_bars=bars, category=category)
         strategy = _strategy(description["category"], confidence, sizing, stop_loss, take_profit,
                              max_risk, max_exposure, fee_rate, slippage, no_calibration)
@@ -984,6 +1189,70 @@ def evaluate(data_path, source, symbol, interval, days, bars, folds, variant, ep
     click.echo(f"report: {result.report_dir / 'report.md'}")
 
 
+def _evaluate_basket(request, options: dict) -> None:
+    """`evaluate` on a basket of symbols (numpyconvnext.research.basket)."""
+    import shlex
+    import sys
+
+    from numpyconvnext.data.source import funding_for_source
+    from numpyconvnext.evaluate import EvaluationConfig
+    from numpyconvnext.research.basket import evaluate_basket
+    from numpyconvnext.research.grid import load_grid
+
+    o = options
+    if o["address"] and o["executor"] != "ray":
+        raise UserError("--address is a Ray cluster's: give --executor ray too")
+    if o["jobs"] is not None and o["executor"] == "ray":
+        raise UserError("--jobs is for --executor local (Ray runs as many tasks as the cluster has CPUs)")
+    try:
+        grid = load_grid(o["grid_path"]) if o["grid_path"] else None
+        if request.pooled:
+            candles, sources = _resolve_pool(
+                o["source"], request, interval=o["interval"], days=o["days"],
+                cache_dir=o["cache_dir"], base_url=o["base_url"], retry_time_s=o["retry_time_s"],
+                last_bars=o["bars"], category=o["category"])
+        else:  # a grid on one market: a basket of one
+            one, description = _resolve_candles(
+                o["source"], path=request.path, symbol=request.symbol, interval=o["interval"],
+                days=o["days"], cache_dir=o["cache_dir"], base_url=o["base_url"],
+                retry_time_s=o["retry_time_s"], last_bars=o["bars"], category=o["category"])
+            candles, sources = {description["symbol"]: one}, {description["symbol"]: description}
+        names = list(candles)
+        category = next(iter(sources.values()))["category"]
+        strategy = _strategy(category, o["confidence"], o["sizing"], o["stop_loss"],
+                             o["take_profit"], o["max_risk"], o["max_exposure"], o["fee_rate"],
+                             o["slippage"], o["no_calibration"])
+        _check_funding_rate(strategy.category, o["funding_rate"])
+        config = EvaluationConfig(folds=o["folds"], variant=o["variant"], epochs=o["epochs"],
+                                  window=o["window"], horizon=o["horizon"], seed=o["seed"],
+                                  strategy=strategy, funding_rate=o["funding_rate"],
+                                  trials=o["trials"], placebo=o["placebo"])
+        funding, notes = {}, {}
+        for name in names:
+            funding[name], notes[name] = funding_for_source(sources[name], candles[name],
+                                                            o["funding_rate"])
+        _notice("; ".join(sorted(set(notes.values()))))
+        command = "python cli.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        result = evaluate_basket(candles, sources, config, grid, o["out_dir"], executor=o["executor"],
+                                 jobs=o["jobs"], address=o["address"], quiet=o["quiet"],
+                                 command=command, funding=funding, funding_notes=notes,
+                                 trials_log=o["trials_log"])
+    except (ValueError, OSError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    except KeyboardInterrupt:
+        _notice("interrupted; rerun the same command to resume (finished tasks are kept)")
+        sys.exit(130)
+    if result.interrupted:
+        for failure in result.failed:
+            _notice(f"task {failure.key} failed after {failure.attempts} attempt(s): {failure.error}")
+        _notice(f"{result.tasks_done} of {result.tasks_total} tasks done; rerun the same command to "
+                "retry the others")
+        sys.exit(1)
+    click.echo(result.report["verdict"]["text"])
+    click.echo(f"trials: {result.report['trials']['text']}")
+    click.echo(f"report: {result.report_dir / 'report.md'} (and report.html)")
+
+
 OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
@@ -998,8 +1267,14 @@ def set_process_defaults(environ) -> None:
         environ["KMP_BLOCKTIME"] = "0"
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `numpyconvnext` console script and `python cli.py`: the process defaults, then the
+    command line."""
     import os
 
     set_process_defaults(os.environ)
     main()
+
+
+if __name__ == "__main__":
+    run()

@@ -2,10 +2,11 @@
 
     python examples/fetch_data.py --symbol BTCUSDT --interval 1h --days 365
 
-Writes data/BTCUSDT_linear_1h.csv (or .json with --format json; --category spot for spot
-candles), bringing an existing file up to date (the newer candles, and older ones when it holds
-less than --days). Offline, it says so and writes the synthetic market to
-data/SYNTHETIC-BTCUSDT_linear_1h.csv instead, a name no one will mistake for real prices.
+Writes data/BTCUSDT_linear_1h.csv, the file examples/train_model.py reads by default (or .json
+with --format json; --category spot for spot candles), bringing an existing file up to date
+(the newer candles, and older ones when it holds less than --days). Offline, it says so and
+writes the synthetic market to data/SYNTHETIC-BTCUSDT_linear_1h.csv instead, a name no one
+will mistake for real prices.
 """
 
 from __future__ import annotations

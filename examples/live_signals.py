@@ -2,7 +2,8 @@
 
     python examples/live_signals.py --symbol BTCUSDT --interval 1h
 
-Uses the newest models/*/model.npz (train one first: examples/train_model.py) and Bybit's public
+Uses the newest models/*/model.npz, where examples/train_model.py saves (the chain:
+fetch_data.py -> train_model.py -> live_signals.py, each with its defaults), and Bybit's public
 market data; it places no orders. Offline (or with --replay FILE), it says so and replays the
 last --bars candles of a local candle file - or of the synthetic market - as if each had just
 closed, through the very same decision path.

@@ -1,9 +1,13 @@
 """Train a ConvNeXt1D on a candle file and report test metrics (the library API, not the CLI).
 
-    python examples/train_model.py --data data/btcusdt_1h.json --epochs 100
+    python examples/fetch_data.py                  # writes data/BTCUSDT_linear_1h.csv
+    python examples/train_model.py                 # trains on it: models/<run>/model.npz
+    python examples/live_signals.py                # signals from the newest models/*/model.npz
 
-Any CSV or JSON candle file works (see numpyconvnext.data.store). Without the file, it says so and
-trains on the synthetic market. The model lands in models/<run>/model.npz.
+Any CSV or JSON candle file works (--data FILE; the format: docs/data.md), e.g. the spec's
+`--data data/btcusdt_1h.json --epochs 100`. The epoch default, 12, is the CLI's (`python cli.py
+train`): early stopping usually ends hourly runs well before 100. Without the file, it says so
+and trains on the synthetic market.
 """
 
 from __future__ import annotations
@@ -15,12 +19,16 @@ from numpyconvnext.config import TrainingConfig
 from numpyconvnext.data.source import resolve_candles
 from numpyconvnext.workflow import train_run
 
+DEFAULT_DATA = "data/BTCUSDT_linear_1h.csv"  # examples/fetch_data.py's default output
+DEFAULT_EPOCHS = 12  # as `python cli.py train`
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/btcusdt_1h.json", help="candle file (.csv or .json)")
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--data", default=DEFAULT_DATA,
+                        help="candle file (.csv or .json); default: what fetch_data.py writes")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--model", default="atto", help="variant: atto femto pico nano tiny small base")
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--horizon", type=int, default=12)
@@ -32,7 +40,8 @@ def main() -> None:
     if Path(args.data).exists():
         candles, source = resolve_candles(path=args.data, last_bars=args.bars)
     else:
-        print(f"NOTICE: {args.data} not found; training on the SYNTHETIC market instead")
+        print(f"NOTICE: {args.data} not found (run examples/fetch_data.py first); training on the "
+              "SYNTHETIC market instead")
         candles, source = resolve_candles("synthetic", last_bars=args.bars)
     config = TrainingConfig(epochs=args.epochs, variant=args.model, window=args.window,
                             horizon=args.horizon)

@@ -43,7 +43,7 @@ def _matmul_cols(x, w, out, n0, n1):
     Not inlined: Numba applies the fastmath flags of the function the code ends up in, and
     the reductions only vectorise with "reassoc"."""
     M, K = x.shape
-    z = x.dtype.type(0.0)
+    zero = x.dtype.type(0.0)
     n4 = n0 + (n1 - n0) - (n1 - n0) % 4
     m2 = M - M % 2
     for n in range(n0, n4, 4):
@@ -54,7 +54,7 @@ def _matmul_cols(x, w, out, n0, n1):
         for m in range(0, m2, 2):
             xa = x[m]
             xb = x[m + 1]
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = z
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
             for k in range(K):
                 u = xa[k]
                 v = xb[k]
@@ -76,7 +76,7 @@ def _matmul_cols(x, w, out, n0, n1):
             out[m + 1, n + 3] = b3
         for m in range(m2, M):
             xa = x[m]
-            a0 = a1 = a2 = a3 = z
+            a0 = a1 = a2 = a3 = zero
             for k in range(K):
                 u = xa[k]
                 a0 += w0[k] * u
@@ -91,7 +91,7 @@ def _matmul_cols(x, w, out, n0, n1):
         wn = w[n]
         for m in range(M):
             xa = x[m]
-            s = z
+            s = zero
             for k in range(K):
                 s += wn[k] * xa[k]
             out[m, n] = s

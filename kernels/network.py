@@ -5,9 +5,11 @@ each of the ~40 kernel calls pays for the interpreter, Numba's argument unboxing
 small copies (the stem, downsamples and head alone took 0.35 ms of an atto predict's 2-3 ms).
 Here the same computation runs as one compiled function over the model's flat parameter buffer:
 
-    h = LN(patchify_4(x))                                          stem
-    for stage i: h = patchify_2(LN(h)) (i > 0); h = block(h) for each block
-    logits = LN(mean_t h) W^T + b                                  head
+    act = LN(patchify_4(x))                                        stem
+    for stage i: act = patchify_2(LN(act)) (i > 0); act = block(act) for each block
+    logits = LN(mean_t act) W^T + b                                head
+
+(`act`: the activations between blocks, [B, steps, d], the `x` of each block)
 
 where patchify_s(x)[t] = b + sum_{c, j} w[:, c, j] x[s t + j, c] (Conv1d, kernel = stride = s),
 computed as one product of the patches, rearranged channel-major [rows, C*s], with w viewed as
@@ -65,27 +67,27 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts):
     steps = T // 4
     stem = np.empty((B * steps, d), dtype=dt)
     _patchify_rows(x, _param(flat, spans, 0).reshape((d, C_in * 4)), _param(flat, spans, 1), stem)
-    h = layernorm_forward_serial(stem, _param(flat, spans, 2), _param(flat, spans, 3),
-                                 eps)[0].reshape((B, steps, d))
+    act = layernorm_forward_serial(stem, _param(flat, spans, 2), _param(flat, spans, 3),
+                                   eps)[0].reshape((B, steps, d))
     keep = np.ones(B, dtype=dt)
     block_param = 4 + 4 * (dims.shape[0] - 1)  # first block parameter after all downsamples
     for i in range(dims.shape[0]):
         if i > 0:
             first = 4 + 4 * (i - 1)
-            normed = layernorm_forward_serial(h.reshape((B * steps, d)), _param(flat, spans, first),
+            normed = layernorm_forward_serial(act.reshape((B * steps, d)), _param(flat, spans, first),
                                               _param(flat, spans, first + 1), eps)[0]
             c_prev = d
             d = dims[i]
-            h = np.empty((B, steps // 2, d), dtype=dt)
+            act = np.empty((B, steps // 2, d), dtype=dt)
             _patchify_rows(normed.reshape((B, steps, c_prev)),
                            _param(flat, spans, first + 2).reshape((d, c_prev * 2)),
-                           _param(flat, spans, first + 3), h.reshape((B * (steps // 2), d)))
+                           _param(flat, spans, first + 3), act.reshape((B * (steps // 2), d)))
             steps //= 2
         rows = B * steps
         taps = np.empty((kernel, d), dtype=dt)
         z = np.empty((parts, rows, d), dtype=dt)
         a = np.empty((rows, 4 * d), dtype=dt)
-        other = np.empty_like(h)
+        other = np.empty_like(act)
         for _ in range(depths[i]):
             k = block_param
             w_dw = _param(flat, spans, k).reshape((d, kernel))
@@ -93,20 +95,20 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts):
                 for j in range(kernel):
                     taps[j, c] = w_dw[c, j]
             block_forward_rows(
-                h, taps, _param(flat, spans, k + 1), _param(flat, spans, k + 2),
+                act, taps, _param(flat, spans, k + 1), _param(flat, spans, k + 2),
                 _param(flat, spans, k + 3), eps,
                 _param(flat, spans, k + 4).reshape((4 * d, d)), _param(flat, spans, k + 5),
                 _param(flat, spans, k + 6).reshape((d, 4 * d)), _param(flat, spans, k + 7),
                 _param(flat, spans, k + 8), keep, z, a, other, parts,
             )
-            h, other = other, h
+            act, other = other, act
             block_param += 9
     pooled = np.empty((B, d), dtype=dt)
     for bi in range(B):
         for c in range(d):
             s = 0.0
             for t in range(steps):
-                s += h[bi, t, c]
+                s += act[bi, t, c]
             pooled[bi, c] = s / steps
     k = block_param
     normed = layernorm_forward_serial(pooled, _param(flat, spans, k), _param(flat, spans, k + 1),

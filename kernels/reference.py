@@ -2,7 +2,12 @@
 
 Layout is channels-last: activations `x[B, T, C]`, rows are (b, t) pairs, channels contiguous.
 Each function is the math of its docstring and nothing else; the Numba kernels in the sibling
-modules must agree with these to rounding.
+modules must agree with these to rounding. This module needs only NumPy and the standard
+library (no Numba), so it can be read and run anywhere.
+
+Names (as in kernels/README.md): in a block, `x` is its input, `y = dwconv(x)`, `z = LN(y)`,
+`h = z W1^T` (pwconv1 without its bias), `pre = h + b1`, `a = GELU(pre)`, `branch = a W2^T + b2`
+and `out = x + keep * gamma * branch`; `act` is the activations between blocks.
 """
 
 from __future__ import annotations
@@ -71,26 +76,7 @@ def layernorm_backward(dy, x, w, mean, rstd):
 
 # --- exact GELU -------------------------------------------------------------------------------
 
-def _erf(u: np.ndarray) -> np.ndarray:
-    """erf to double precision in plain NumPy (NumPy has none): its Taylor series for |u| < 3,
-    1 - erfc by the continued fraction erfc(z) = exp(-z^2) / sqrt(pi) / (z + (1/2) / (z + 1 / (z + ...)))
-    beyond. Loops run over series terms, never over elements.
-    """
-    u = np.asarray(u, dtype=np.float64)
-    z = np.abs(u)
-    near = np.minimum(z, 3.0)
-    term = near.copy()
-    series = near.copy()
-    for n in range(1, 60):
-        term = term * (-near * near) / n
-        series = series + term / (2 * n + 1)
-    far = np.maximum(z, 3.0)
-    fraction = far.copy()
-    for n in range(60, 0, -1):
-        fraction = far + (n / 2.0) / fraction
-    erfc_far = np.exp(-far * far) / (math.sqrt(math.pi) * fraction)
-    magnitude = np.where(z < 3.0, 2.0 / math.sqrt(math.pi) * series, 1.0 - erfc_far)
-    return np.sign(u) * magnitude
+_erf = np.vectorize(math.erf, otypes=[np.float64])  # the standard library's erf, elementwise
 
 
 def gelu_forward(x: np.ndarray) -> np.ndarray:
@@ -115,6 +101,31 @@ def bias_gelu_backward(dy: np.ndarray, pre: np.ndarray):
     """dpre = dy * GELU'(pre) (also dh), db = sum over rows of dpre."""
     dpre = gelu_backward(dy, pre)
     return dpre, dpre.reshape(-1, dpre.shape[-1]).sum(axis=0)
+
+
+# --- layer scale, drop path and the residual ---------------------------------------------------
+
+
+def residual_forward(x: np.ndarray, branch: np.ndarray, gamma: np.ndarray, keep: np.ndarray):
+    """out[b, t, c] = x[b, t, c] + keep[b] * gamma[c] * branch[b, t, c].
+
+    keep [B] is drop path's per-sample factor (0, or 1 / (1 - rate), in training; 1 in eval),
+    gamma [C] the layer scale.
+    """
+    return x + keep[:, None, None] * gamma * branch
+
+
+def residual_backward(dout: np.ndarray, branch: np.ndarray, gamma: np.ndarray, keep: np.ndarray):
+    """dbranch = dout * keep * gamma,  dgamma = sum_{b,t} dout * keep * branch  (and dx = dout)."""
+    scaled = dout * keep[:, None, None]
+    return scaled * gamma, (scaled * branch).sum(axis=(0, 1))
+
+
+def drop_path_keep(rate: float, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """Drop path's factors: per sample 0 with probability `rate`, else 1 / (1 - rate)."""
+    if rate <= 0.0:
+        return np.ones(batch)
+    return (rng.random(batch) >= rate) / (1.0 - rate)
 
 
 # --- pointwise (linear) layer, PyTorch weight layout [C_out, C_in] ----------------------------
@@ -175,39 +186,52 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
 
 
-# --- the whole network (inference), from the functions above ------------------------------------
+# --- the fused depthwise conv + LayerNorm, a block, the whole network ----------------------------
+
+
+def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps: float = 1e-6):
+    """y = dwconv(x), z = LayerNorm(y) over C. Returns (y, z, mean, rstd)."""
+    y = dwconv_forward(x, w, b)
+    z, mean, rstd = layernorm_forward(y, norm_w, norm_b, eps)
+    return y, z, mean, rstd
+
+
+def block_forward(x: np.ndarray, state: dict[str, np.ndarray], prefix: str, keep: np.ndarray | None = None,
+                  eps: float = 1e-6) -> np.ndarray:
+    """One ConvNeXt block on x [B, T, C] with parameters `state[prefix + name]` (official names):
+    out = x + keep * gamma * (GELU(LN(dwconv(x)) W1^T + b1) W2^T + b2); keep None: 1 (eval);
+    gamma = 1 when the state has none (no layer scale)."""
+    B, T, C = x.shape
+    _, z, _, _ = dwconv_layernorm_forward(x, state[prefix + "dwconv.weight"][:, 0, :].T,
+                                          state[prefix + "dwconv.bias"], state[prefix + "norm.weight"],
+                                          state[prefix + "norm.bias"], eps)
+    h = linear_forward(z.reshape(B * T, C), state[prefix + "pwconv1.weight"], 0.0)
+    a, _ = bias_gelu_forward(h, state[prefix + "pwconv1.bias"])
+    branch = linear_forward(a, state[prefix + "pwconv2.weight"], state[prefix + "pwconv2.bias"])
+    gamma = state.get(prefix + "gamma", np.ones(C))
+    return residual_forward(x, branch.reshape(B, T, C), gamma, np.ones(B) if keep is None else keep)
+
 
 
 def convnext_forward(state: dict[str, np.ndarray], depths, x: np.ndarray, eps: float = 1e-6):
     """Logits [B, classes] of a 1D ConvNeXt for x [B, T, C_in] (channels-last), with `state` the
     official state dict (`downsample_layers.*`, `stages.i.j.*`, `norm.*`, `head.*`):
 
-        h = LN(patchify_4(x));  for stage i: h = patchify_2(LN(h)) if i > 0, then per block
-        h = h + gamma * (GELU(LN(dwconv(h)) W1^T + b1) W2^T + b2);
-        logits = LN(mean_t h) W^T + b
-
-    (gamma = 1 where the state dict has none: no layer scale.)
+        act = LN(patchify_4(x));  for stage i: act = patchify_2(LN(act)) if i > 0, then per
+        block act = block_forward(act);  logits = LN(mean_t act) W^T + b
     """
-    def ln(h, prefix):
-        rows = h.reshape(-1, h.shape[-1])
+    def ln(v, prefix):
+        rows = v.reshape(-1, v.shape[-1])
         return layernorm_forward(rows, state[prefix + "weight"], state[prefix + "bias"],
-                                 eps)[0].reshape(h.shape)
+                                 eps)[0].reshape(v.shape)
 
-    def linear(h, prefix):
-        rows = h.reshape(-1, h.shape[-1])
-        out = linear_forward(rows, state[prefix + "weight"], state[prefix + "bias"])
-        return out.reshape(h.shape[:-1] + (out.shape[-1],))
-
-    h = patchify_forward(x, state["downsample_layers.0.0.weight"], state["downsample_layers.0.0.bias"])
-    h = ln(h, "downsample_layers.0.1.")
+    act = patchify_forward(x, state["downsample_layers.0.0.weight"], state["downsample_layers.0.0.bias"])
+    act = ln(act, "downsample_layers.0.1.")
     for i, depth in enumerate(depths):
         if i > 0:
             p = f"downsample_layers.{i}."
-            h = patchify_forward(ln(h, p + "0."), state[p + "1.weight"], state[p + "1.bias"])
+            act = patchify_forward(ln(act, p + "0."), state[p + "1.weight"], state[p + "1.bias"])
         for j in range(depth):
-            p = f"stages.{i}.{j}."
-            y = dwconv_forward(h, state[p + "dwconv.weight"][:, 0, :].T, state[p + "dwconv.bias"])
-            a = gelu_forward(linear(ln(y, p + "norm."), p + "pwconv1."))
-            branch = linear(a, p + "pwconv2.")
-            h = h + (state[p + "gamma"] * branch if p + "gamma" in state else branch)
-    return linear(ln(h.mean(axis=1), "norm."), "head.")
+            act = block_forward(act, state, f"stages.{i}.{j}.", eps=eps)
+    pooled = ln(act.mean(axis=1), "norm.")
+    return linear_forward(pooled, state["head.weight"], state["head.bias"])

@@ -1,13 +1,15 @@
 """The end of a ConvNeXt block: layer scale, drop path and the residual, fused.
 
-    out[b, t, c] = x[b, t, c] + keep[b] * gamma[c] * z[b, t, c]
+    out[b, t, c] = x[b, t, c] + keep[b] * gamma[c] * branch[b, t, c]
 
-keep[b] is the per-sample drop-path factor (0 or 1/keep_prob in training, 1 in eval).
-Backward, for dout [B, T, C]:
+branch is the block's branch output (pwconv2's, bias included); keep[b] is the per-sample
+drop-path factor (0 or 1/keep_prob in training, 1 in eval). Backward, for dout [B, T, C]:
 
     dx = dout (the residual passes through; the caller reuses dout),
-    dz[b, t, c] = dout[b, t, c] * keep[b] * gamma[c],
-    dgamma[c]   = sum_{b,t} dout[b, t, c] * keep[b] * z[b, t, c]
+    dbranch[b, t, c] = dout[b, t, c] * keep[b] * gamma[c],
+    dgamma[c]        = sum_{b,t} dout[b, t, c] * keep[b] * branch[b, t, c]
+
+Plain-NumPy reference: ``reference.residual_forward`` / ``reference.residual_backward``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from kernels.reduce import sum_leading
 
 
 @njit(cache=True, parallel=True)
-def residual_forward(x, z, gamma, keep):
-    """x, z [B, T, C], gamma [C], keep [B] -> out [B, T, C]."""
+def residual_forward(x, branch, gamma, keep):
+    """x, branch [B, T, C], gamma [C], keep [B] -> out [B, T, C]."""
     B, T, C = x.shape
     out = np.empty_like(x)
     for row in prange(B * T):
@@ -29,16 +31,16 @@ def residual_forward(x, z, gamma, keep):
         t = row % T
         k = keep[bi]
         for c in range(C):
-            out[bi, t, c] = x[bi, t, c] + k * gamma[c] * z[bi, t, c]
+            out[bi, t, c] = x[bi, t, c] + k * gamma[c] * branch[bi, t, c]
     return out
 
 
 @njit(cache=True, parallel=True)
-def residual_backward(dout, z, gamma, keep):
-    """dout, z [B, T, C], gamma [C], keep [B] -> dz [B, T, C], dgamma [C]."""
-    B, T, C = z.shape
+def residual_backward(dout, branch, gamma, keep):
+    """dout, branch [B, T, C], gamma [C], keep [B] -> dbranch [B, T, C], dgamma [C]."""
+    B, T, C = branch.shape
     N = B * T
-    dz = np.empty_like(z)
+    dbranch = np.empty_like(branch)
     chunks = min(_CHUNKS, N)
     partial = np.zeros((chunks, C), dtype=np.float64)
     for chunk in prange(chunks):
@@ -49,25 +51,27 @@ def residual_backward(dout, z, gamma, keep):
             k = keep[bi]
             for c in range(C):
                 g = dout[bi, t, c] * k
-                dz[bi, t, c] = g * gamma[c]
-                acc[c] += g * z[bi, t, c]
-    return dz, sum_leading(partial).astype(z.dtype)
+                dbranch[bi, t, c] = g * gamma[c]
+                acc[c] += g * branch[bi, t, c]
+    return dbranch, sum_leading(partial).astype(branch.dtype)
 
 
 @njit(cache=True, parallel=True)
-def bias_residual_forward(x, h, bias, gamma, keep, out):
-    """The block's last step fused with pwconv2's bias: z = h + bias (written into h, kept for
-    the backward), out = x + keep[b] * gamma * z. x, h, out [B, T, C]; out may be a workspace."""
+def bias_residual_forward(x, branch, bias, gamma, keep, out):
+    """The block's last step fused with pwconv2's bias: branch += bias (in place: the branch
+    output is kept for the backward), out = x + keep[b] * gamma * branch. x, branch, out
+    [B, T, C]; branch holds pwconv2's product without its bias on entry; out may be a
+    workspace."""
     B, T, C = x.shape
     for row in prange(B * T):
         bi = row // T
         t = row % T
         k = keep[bi]
-        hr = h[bi, t]
+        br = branch[bi, t]
         xr = x[bi, t]
         orow = out[bi, t]
         for c in range(C):
-            z = hr[c] + bias[c]
-            hr[c] = z
-            orow[c] = xr[c] + k * gamma[c] * z
+            v = br[c] + bias[c]
+            br[c] = v
+            orow[c] = xr[c] + k * gamma[c] * v
     return out

@@ -24,6 +24,7 @@ chosen strategy would trade there (for the training report).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -96,7 +97,20 @@ def evaluate_thresholds(probabilities: np.ndarray, candles: pd.DataFrame, end_in
     """Trade each threshold of ``grid`` over the decision bars ``end_index`` (see the module
     docstring): per value its payoff ratio b (and where it came from), Sharpe after costs,
     trades and exposure."""
-    periods = periods_per_year_from_index(candles["timestamp"])
+    return evaluate_thresholds_pooled({"": probabilities}, {"": candles}, {"": end_index},
+                                      strategy, {"": funding}, grid)
+
+
+def evaluate_thresholds_pooled(probabilities: dict[str, np.ndarray],
+                               candles: dict[str, pd.DataFrame], end_index: dict[str, np.ndarray],
+                               strategy: Strategy, funding: dict[str, pd.DataFrame | None],
+                               grid: tuple[float, ...] = CONFIDENCE_GRID) -> list[dict]:
+    """``evaluate_thresholds`` over several symbols (dicts keyed by symbol) traded as one
+    equal-weight portfolio: b from the fixed-risk trades of all symbols together; the Sharpe of
+    the portfolio's per-bar return, the mean over the symbols trading at that bar (one symbol:
+    exactly ``evaluate_thresholds``)."""
+    symbols = list(probabilities)
+    periods = periods_per_year_from_index(candles[symbols[0]]["timestamp"])
     rows = []
     for confidence in grid:
         at = strategy.with_overrides(confidence=float(confidence))
@@ -105,22 +119,31 @@ def evaluate_thresholds(probabilities: np.ndarray, candles: pd.DataFrame, end_in
         elif strategy.win_loss_ratio is not None:
             b, source = float(strategy.win_loss_ratio), "given"
         else:
-            _, fixed = _trade(candles, end_index, probabilities, at.with_overrides(sizing="fixed"),
-                              funding, periods)
-            n = len(fixed.trades)
-            ratio = win_loss_ratio(fixed.trades["return"].to_numpy())
+            fixed = [_trade(candles[s], end_index[s], probabilities[s],
+                            at.with_overrides(sizing="fixed"), funding[s], periods)[1].trades
+                     for s in symbols]
+            trade_returns = np.concatenate([t["return"].to_numpy() for t in fixed])
+            n = len(trade_returns)
+            ratio = win_loss_ratio(trade_returns)
             if n >= MIN_PAYOFF_TRADES and math.isfinite(ratio) and ratio > 0:
                 b, source = float(ratio), f"validation trades (n={n})"
             else:
                 b, source = DEFAULT_WIN_LOSS_RATIO, f"default: {n} validation trades are too few"
         at = at.with_overrides(win_loss_ratio=b)
-        plan, result = _trade(candles, end_index, probabilities, at, funding, periods)
-        returns = result.returns.to_numpy()
+        traded = [_trade(candles[s], end_index[s], probabilities[s], at, funding[s], periods)
+                  for s in symbols]
+        if len(traded) == 1:
+            returns = traded[0][1].returns.to_numpy()
+        else:
+            returns = pd.concat([result.returns for _, result in traded], axis=1).mean(axis=1)
+            returns = returns.to_numpy()
+        positions = np.concatenate([result.positions.to_numpy() for _, result in traded])
         rows.append({"confidence": float(confidence), "win_loss_ratio": b, "payoff_source": source,
                      "sharpe": sharpe_ratio(returns, periods), "sharpe_per_bar": sharpe_per_bar(returns),
-                     "bars": int(len(returns)), "trades": int(len(result.trades)),
-                     "exposure": float(np.mean(result.positions.to_numpy() != 0)),
-                     "signals": int(np.sum(plan.fraction > 0))})
+                     "bars": int(len(returns)),
+                     "trades": int(sum(len(result.trades) for _, result in traded)),
+                     "exposure": float(np.mean(positions != 0)),
+                     "signals": int(sum(np.sum(plan.fraction > 0) for plan, _ in traded))})
     return rows
 
 
@@ -129,12 +152,15 @@ def choose_threshold(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (round(r["sharpe"], 12), r["trades"], -r["confidence"]))
 
 
-def calibrate(model, data, candles: pd.DataFrame, strategy: Strategy,
-              funding: pd.DataFrame | None = None,
+def calibrate(model, data, candles, strategy: Strategy, funding=None,
               grid: tuple[float, ...] = CONFIDENCE_GRID) -> dict:
     """Fit the temperature on ``data.val``, set ``model.temperature``, choose the threshold and b
     there. Returns the checkpoint metadata ``{"calibration": ..., "strategy": ...}`` (empty for
-    a regression model, which has no probabilities)."""
+    a regression model, which has no probabilities).
+
+    A pool (``data`` a ``PooledData``, ``candles`` and ``funding`` dicts by symbol): one
+    temperature on the pooled validation windows; thresholds traded as an equal-weight portfolio
+    of the symbols with validation windows (``evaluate_thresholds_pooled``)."""
     if model.config["num_classes"] == 1 or len(data.val) == 0:
         return {}
     model.eval()
@@ -142,7 +168,17 @@ def calibrate(model, data, candles: pd.DataFrame, strategy: Strategy,
     temperature = fit_temperature(logits, data.val.y)
     model.temperature = temperature
     probabilities = softmax_rows(logits, temperature)
-    rows = evaluate_thresholds(probabilities, candles, data.val.end_index, strategy, funding, grid)
+    if isinstance(candles, Mapping):
+        funding = funding or {}
+        rows_of = {s: data.val.of(k) for k, s in enumerate(data.symbols)}
+        rows_of = {s: r for s, r in rows_of.items() if r.stop > r.start}
+        rows = evaluate_thresholds_pooled(
+            {s: probabilities[r] for s, r in rows_of.items()}, {s: candles[s] for s in rows_of},
+            {s: data.val.end_index[r] for s, r in rows_of.items()}, strategy,
+            {s: funding.get(s) for s in rows_of}, grid)
+    else:
+        rows = evaluate_thresholds(probabilities, candles, data.val.end_index, strategy, funding,
+                                   grid)
     best = choose_threshold(rows)
     return {
         "calibration": {
@@ -157,6 +193,25 @@ def calibrate(model, data, candles: pd.DataFrame, strategy: Strategy,
             "validation_sharpe": best["sharpe"], "grid": rows, "base": strategy.to_dict(),
         },
     }
+
+
+def pooled_trading_activity(model, data, name: str, candles: Mapping[str, pd.DataFrame],
+                            strategy: Strategy, funding: Mapping | None = None) -> dict | None:
+    """``trading_activity`` of part ``name`` of a ``PooledData``, per symbol (``by_symbol``) and
+    summed (decisions, positions, trades; exposure over all decisions; ``sharpe`` the mean of the
+    symbols' Sharpe ratios)."""
+    funding = funding or {}
+    by_symbol = {s: trading_activity(model, getattr(d, name), candles[s], strategy, funding.get(s))
+                 for s, d in data.per_symbol.items()}
+    by_symbol = {s: a for s, a in by_symbol.items() if a}
+    if not by_symbol:
+        return None
+    total = {key: int(sum(a[key] for a in by_symbol.values()))
+             for key in ("decisions", "in_position", "trades")}
+    total["exposure"] = float(sum(a["exposure"] * a["decisions"] for a in by_symbol.values())
+                              / total["decisions"])
+    total["sharpe"] = float(np.mean([a["sharpe"] for a in by_symbol.values()]))
+    return {**total, "by_symbol": by_symbol}
 
 
 def trading_activity(model, part, candles: pd.DataFrame, strategy: Strategy,

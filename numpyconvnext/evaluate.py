@@ -320,12 +320,22 @@ def run_fold(candles: pd.DataFrame, source: dict, config: EvaluationConfig, fold
     training = trainer.fit()  # ends with the best (lowest validation loss) weights loaded
     if training.interrupted:
         raise EvaluationInterruptedError
-
-    base = config.strategy
-    choice = calibrate(model, data, candles, base, funding)
+    choice = calibrate(model, data, candles, config.strategy, funding)
     from numpyconvnext.checkpoint import update_metadata
 
     update_metadata(training.best_path, choice)
+    return trade_fold(model, data, candles, config, fold, k, periods_per_year, choice, training,
+                      funding)
+
+
+def trade_fold(model: ConvNeXt1D, data, candles: pd.DataFrame, config: EvaluationConfig,
+               fold: Fold, k: int, periods_per_year: float, choice: dict, training,
+               funding: pd.DataFrame | None = None) -> dict:
+    """Trade the test block of ``data`` (one symbol's prepared fold) with the trained and
+    calibrated ``model`` (``choice``: what ``calibrate`` chose on the validation block): the
+    strategy, the model's unsized directions and every baseline. ``training``: the
+    ``TrainingResult``. Returns the fold's raw results (JSON-able)."""
+    base = config.strategy
     strategy = base.with_checkpoint(choice)
     test = data.test
     logits = predict_in_batches(model, test.X).astype(np.float64)
@@ -427,10 +437,11 @@ def _trade_records(trades: pd.DataFrame) -> list[dict]:
             for row in trades.to_dict("records")]
 
 
-def _log_and_count_trials(report_dir: Path, trials_log, source: dict, config: EvaluationConfig,
-                          fold_results: list[dict], periods: float) -> dict:
-    """Append this evaluation's trials to the log (once per evaluation, recorded in state.json),
-    then N and V of the deflated Sharpe from the log (or ``config.trials``)."""
+def trial_entries(source: dict, config: EvaluationConfig, fold_results: list[dict],
+                  periods: float, run: str) -> list[dict]:
+    """The trials of one walk-forward run of one configuration on one market: the strategy as
+    evaluated over the pooled test blocks, then each confidence threshold of the grid traded at
+    that fixed value (when the threshold was chosen per fold)."""
     dataset = dataset_key({**source, "category": config.strategy.category})
     pooled = np.concatenate([np.asarray(r["returns"]["model"], dtype=np.float64)
                              for r in fold_results])
@@ -439,7 +450,7 @@ def _log_and_count_trials(report_dir: Path, trials_log, source: dict, config: Ev
     entries = [{"dataset": dataset, "command": "evaluate", "kind": "pooled_test",
                 "config": run_config, "sharpe": sharpe_ratio(pooled, periods),
                 "sharpe_per_bar": stats.sharpe_per_bar(pooled), "bars": int(pooled.size),
-                "run": str(report_dir)}]
+                "run": run}]
     grid = [r["grid_test"] for r in fold_results if r.get("grid_test")]
     if grid and len(grid) == len(fold_results):
         for j, row in enumerate(grid[0]):
@@ -451,20 +462,41 @@ def _log_and_count_trials(report_dir: Path, trials_log, source: dict, config: Ev
             entries.append({**entries[0], "config": {**run_config, "strategy": {
                 **run_config["strategy"], "confidence": row["confidence"]}},
                 "sharpe": per_bar * math.sqrt(periods), "sharpe_per_bar": per_bar, "bars": n})
+    return entries
+
+
+def log_trials_once(report_dir: Path, trials_log, entries: list[dict]) -> None:
+    """Append ``entries`` to the trials log unless this report folder's state.json says they
+    were logged already (a rerun of a finished evaluation adds nothing)."""
     state_path = report_dir / STATE_NAME
     state = json.loads(state_path.read_text())
     if not state.get("trials_logged"):
         append_trials(trials_log, entries)
         state["trials_logged"] = str(trials_log)
         atomic_write(state_path, lambda handle: handle.write(json.dumps(state, indent=2).encode()))
+
+
+def count_logged_trials(trials_log, dataset: str, entries: list[dict], n_obs: int,
+                        given: int | None = None) -> dict:
+    """N and V of the deflated Sharpe for ``dataset`` from the log (or ``given`` N), as the
+    report states them."""
     logged = read_trials(trials_log, dataset)
-    count = count_trials(logged or entries, int(pooled.size), trials_log, dataset)
-    n_trials = config.trials or count.n_trials
-    text = count.describe(int(pooled.size))
-    if config.trials:
-        text = f"N = {config.trials} trials (given with --trials); " + text.split("; ", 1)[1]
-    return {"n_trials": n_trials, "variance": count.variance, "logged": len(logged),
+    count = count_trials(logged or entries, n_obs, trials_log, dataset)
+    text = count.describe(n_obs)
+    if given:
+        text = f"N = {given} trials (given with --trials); " + text.split("; ", 1)[1]
+    return {"n_trials": given or count.n_trials, "variance": count.variance, "logged": len(logged),
             "this_run": len(entries), "text": text}
+
+
+def _log_and_count_trials(report_dir: Path, trials_log, source: dict, config: EvaluationConfig,
+                          fold_results: list[dict], periods: float) -> dict:
+    """Append this evaluation's trials to the log (once per evaluation, recorded in state.json),
+    then N and V of the deflated Sharpe from the log (or ``config.trials``)."""
+    entries = trial_entries(source, config, fold_results, periods, str(report_dir))
+    log_trials_once(report_dir, trials_log, entries)
+    return count_logged_trials(trials_log, entries[0]["dataset"], entries, entries[0]["bars"],
+                               config.trials)
 
 
 # --- state and resume -------------------------------------------------------------------------------

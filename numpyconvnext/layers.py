@@ -282,8 +282,8 @@ class Block(Layer):
                 if parts < threads:
                     set_numba_threads(threads)
         _, z, _, _ = self._norm_input(x, w_taps)
-        pre = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
-        a, _ = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
+        h = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
+        a, _ = bias_gelu_forward_into(h, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
         branch = ws.get("branch", (B, T, C), x.dtype)
         matmul(a, p["pwconv2.weight"].T, out=branch.reshape(B * T, C))
         return bias_residual_forward(x, branch, p["pwconv2.bias"], p["gamma"], keep, out)

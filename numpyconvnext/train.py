@@ -69,6 +69,7 @@ class TrainingResult:
     stopped_early: bool = False
     test_metrics: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)  # set by workflow.finish_run
+    pool: dict = field(default_factory=dict)  # a pooled run's symbols and skipped ones (workflow)
 
 
 @dataclass

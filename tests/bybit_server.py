@@ -25,6 +25,14 @@ default: a deterministic series around 0.01 %, settable), rows with ``fundingRat
 ``[startTime, endTime]``, newest first, at most ``limit`` (max 200); ``startTime`` without
 ``endTime`` is a parameter error, as on Bybit; spot answers retCode 10001.
 
+It serves ``GET /v5/market/instruments-info`` and ``GET /v5/market/tickers`` for the universe:
+``fake.instruments`` (Bybit's rows: ``symbol``, ``contractType``, ``status``, ``baseCoin``,
+``quoteCoin``, ``settleCoin``; default one Trading USDT perpetual per symbol) paged by ``limit``
+(max 1000, default 500) and an opaque ``cursor`` (``nextPageCursor``, empty on the last page),
+and ``fake.tickers`` (rows with ``symbol``, ``lastPrice``, ``turnover24h``, ``volume24h``;
+default: every symbol, turnover falling in the order given), both settable and both answered
+for the requested ``category`` only.
+
 Scriptable failures (``fake.fail(kind, times=1)``), consumed in order by the next requests:
 ``rate_limit`` (retCode 10006), ``http_429``, ``http_502``, ``http_403``, ``retry_after``
 (HTTP 503 with ``Retry-After: <retry_after_s>``), ``retry_after_date`` (the same as an HTTP
@@ -91,6 +99,11 @@ class FakeBybit:
                               strict=True)
         ]
         self.symbols = tuple(s.upper() for s in symbols)
+        self.instruments = [instrument_row(s) for s in self.symbols]
+        last = float(candles["close"].iloc[-1]) if len(candles) else 1.0
+        self.tickers = [{"symbol": s, "lastPrice": repr(last), "volume24h": "1000",
+                         "turnover24h": repr(1e9 / (k + 1))} for k, s in enumerate(self.symbols)]
+        self.instruments_category = "linear"
         self.now_ms = int(self._open_ms[-1] + step // 2) if now_ms is None else int(now_ms)
         self.page_overlap = page_overlap
         self.timeout_sleep_s = timeout_sleep_s
@@ -203,6 +216,8 @@ class FakeBybit:
             return _send(handler, 200, self._body(*signature_error), limits)
         if path == "/v5/market/funding/history":
             return self._funding_page(handler, record, params, limits)
+        if path in ("/v5/market/instruments-info", "/v5/market/tickers"):
+            return self._universe(handler, path, params, limits)
         if path != "/v5/market/kline":
             return _send(handler, 404, b"not found")
         if params.get("symbol", "").upper() not in self.symbols:
@@ -264,6 +279,25 @@ class FakeBybit:
         body = self._body(0, "OK", {"category": params["category"], "list": rows})
         _send(handler, 200, body, limits)
 
+    def _universe(self, handler, path: str, params: dict, limits: dict) -> None:
+        category = params.get("category")
+        if category not in ("linear", "inverse", "spot", "option"):
+            return _send(handler, 200, self._body(10001, "params error: category is invalid"))
+        same = category == self.instruments_category
+        if path == "/v5/market/tickers":
+            rows = self.tickers if same else []
+            body = self._body(0, "OK", {"category": category, "list": rows})
+            return _send(handler, 200, body, limits)
+        rows = self.instruments if same else []
+        limit = min(max(int(params.get("limit", 500)), 1), 1000)
+        cursor = params.get("cursor", "")
+        offset = int(cursor.removeprefix("next:")) if cursor.startswith("next:") else 0
+        page = rows[offset : offset + limit]
+        more = offset + limit < len(rows)
+        body = self._body(0, "OK", {"category": category, "list": page,
+                                    "nextPageCursor": f"next:{offset + limit}" if more else ""})
+        _send(handler, 200, body, limits)
+
     def _page(self, params: dict) -> list[list[str]]:
         start = int(params.get("start", 0))
         end = int(params.get("end", self.now_ms))
@@ -275,6 +309,15 @@ class FakeBybit:
         hi = min(hi, int(np.searchsorted(self._open_ms, self.now_ms, side="right")))
         chosen = self._rows[max(lo, hi - limit) : hi]
         return [list(r) for r in reversed(chosen)]
+
+
+def instrument_row(symbol: str, status: str = "Trading",
+                   contract_type: str = "LinearPerpetual", quote: str = "USDT") -> dict:
+    """One instruments-info row as Bybit writes it (the fields the client reads, and a few)."""
+    base = symbol[: -len(quote)] if symbol.endswith(quote) else symbol
+    return {"symbol": symbol, "contractType": contract_type, "status": status, "baseCoin": base,
+            "quoteCoin": quote, "settleCoin": quote, "launchTime": "1585526400000",
+            "priceScale": "2", "lotSizeFilter": {"qtyStep": "0.001"}}
 
 
 def _corrupt(row: list[str]) -> list[str]:

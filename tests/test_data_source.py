@@ -125,3 +125,19 @@ def test_every_command_checks_the_symbol_the_same_way(tmp_path, monkeypatch, com
     result = CliRunner().invoke(main, [command, "--symbol", symbol, *extra, "--base-url", DOWN])
     one_error_line(result, f"bad symbol {symbol!r}: exchange symbols are letters, digits and '-'")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_of_another_interval_is_refused_until_it_is_named(tmp_path):
+    """A 4h file read as 1h would be labelled, annualised and traded live as 1h."""
+    path = tmp_path / "candles.csv"
+    save_candles(synthetic_candles(300, interval="4h", seed=1), path)
+    with pytest.raises(ValueError, match=r"holds 4h candles, not 1h: pass --interval 4h"):
+        resolve_candles(path=path, notice=lambda message: None)
+    candles, description = resolve_candles(path=path, interval="4h", notice=lambda message: None)
+    assert description["interval"] == "4h" and len(candles) == 300
+    named = tmp_path / "ETHUSDT_linear_4h.csv"          # the name says it even with a gap
+    save_candles(synthetic_candles(300, interval="4h", seed=1).drop(index=range(5, 200)), named)
+    with pytest.raises(ValueError, match="holds 4h candles"):
+        resolve_candles(path=named, notice=lambda message: None)
+    result = CliRunner().invoke(main, ["train", "--data", str(path), "--epochs", "1"])
+    assert result.exit_code == 2 and "pass --interval 4h" in result.output

@@ -100,3 +100,40 @@ def test_live_signals_offline_replays_with_a_notice(tmp_path, trained_model):
                      "--bars", "5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "SYNTHETIC" in result.stderr and len(json_lines(result.stdout)) == 5
+
+
+def test_the_train_example_defaults_are_the_cli_s():
+    import importlib.util
+
+    import cli
+
+    spec = importlib.util.spec_from_file_location("train_model", ROOT / "examples" / "train_model.py")
+    train_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_model)
+    assert train_model.DEFAULT_EPOCHS == cli.CLI_DEFAULT_EPOCHS
+
+
+def test_the_examples_chain_with_their_defaults(tmp_path):
+    """fetch_data.py -> train_model.py -> live_signals.py: each one's default input is what the
+    one before wrote (only the size of the run and the server's address are given)."""
+    import numpyconvnext
+
+    with FakeBybit(recent_candles(1500)) as fake:
+        fetched = example("fetch_data.py", "--days", "60", "--base-url", fake.url, cwd=tmp_path)
+        assert fetched.returncode == 0, fetched.stderr
+        data = tmp_path / "data" / "BTCUSDT_linear_1h.csv"
+        assert data.exists() and "SYNTHETIC" not in fetched.stdout
+
+        trained = example("train_model.py", "--epochs", "1", "--window", "32", "--horizon", "4",
+                          "--quiet", cwd=tmp_path)
+        assert trained.returncode == 0, trained.stderr
+        assert "NOTICE" not in trained.stdout  # the fetched file, not the synthetic market
+        [model_path] = (tmp_path / "models").glob("*/model.npz")
+        source = numpyconvnext.load(model_path).metadata["data_source"]
+        assert source["kind"] == "file" and source["path"] == str(data.resolve())
+
+        live = example("live_signals.py", "--once", "--base-url", fake.url, cwd=tmp_path)
+    assert live.returncode == 0, live.stderr
+    [record] = json_lines(live.stdout)
+    assert record["symbol"] == "BTCUSDT" and record["signal"] in ("LONG", "SHORT", "HOLD")
+    assert "SYNTHETIC" not in live.stderr

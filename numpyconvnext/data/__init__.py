@@ -40,6 +40,7 @@ from .intervals import (
     to_bybit_interval,
 )
 from .labels import CLASS_NAMES, LabelConfig, make_labels
+from .pool import CalendarFold, PooledData, calendar_split, calendar_walk_forward, prepare_pooled
 from .store import (
     CandleFileError,
     CandleGapWarning,
@@ -54,7 +55,8 @@ from .symbols import validate_symbol
 from .synthetic import synthetic_candles
 
 __all__ = [
-    "AugmentConfig", "BybitClient", "BybitCredentials", "BybitError", "BybitParameterError",
+    "AugmentConfig", "BybitClient", "CalendarFold", "PooledData", "calendar_split",
+    "calendar_walk_forward", "prepare_pooled", "BybitCredentials", "BybitError", "BybitParameterError",
     "BybitResponseError", "BybitUnreachableError", "CANDLE_COLUMNS", "CLASS_NAMES",
     "CandleFileError", "CandleGapWarning", "CandleGridWarning", "FEATURE_NAMES", "Fold",
     "INDICATOR_NAMES", "INTERVALS", "LabelConfig", "Normalizer", "PreparedData", "SplitPart",

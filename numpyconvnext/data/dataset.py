@@ -189,18 +189,24 @@ def chronological_split(
 ) -> Fold:
     """Split the valid window ends into train, val, test in time order, with purge gaps."""
     label_config = label_config or LabelConfig()
+    ends = valid_end_range(n_bars, window, label_config)
+    gap = _purge(window, label_config, purge_bars)
+    return split_ends(ends, gap, split, f"{n_bars} candles are too few for window {window}, "
+                                        f"horizon {label_config.horizon} and split {tuple(split)}")
+
+
+def split_ends(ends: range, gap: int, split: tuple[float, float, float], too_few: str) -> Fold:
+    """``chronological_split`` on any run of window ends: train, val, test in order by the
+    ``split`` fractions, ``gap`` ends apart; ValueError(``too_few``) when a part would be empty."""
     fractions = np.asarray(split, dtype=np.float64)
     if fractions.shape != (3,) or (fractions < 0).any() or fractions.sum() <= 0:
         raise ValueError("split must be three non-negative fractions")
     fractions = fractions / fractions.sum()
-    ends = valid_end_range(n_bars, window, label_config)
-    gap = _purge(window, label_config, purge_bars)
     available = len(ends) - 2 * gap
     n_train, n_val = (int(available * f) for f in fractions[:2])
     n_test = available - n_train - n_val
     if min(n_train, n_val if fractions[1] else 1, n_test if fractions[2] else 1) < 1:
-        raise ValueError(f"{n_bars} candles are too few for window {window}, horizon "
-                         f"{label_config.horizon} and split {tuple(split)}")
+        raise ValueError(too_few)
     if not fractions[2]:
         n_val, n_test = n_val + n_test, 0
     a = ends.start
@@ -229,11 +235,22 @@ def walk_forward_folds(
     ``train_size`` ends (default 3 blocks). Block size default: valid ends minus two gaps, over
     ``n_folds + 4`` (so the first fold trains on about 3 blocks).
     """
-    if mode not in ("expanding", "rolling"):
-        raise ValueError(f"unknown mode {mode!r}; use 'expanding' or 'rolling'")
     label_config = label_config or LabelConfig()
     ends = valid_end_range(n_bars, window, label_config)
     gap = _purge(window, label_config, purge_bars)
+    return walk_forward_ends(ends, gap, n_folds, mode, test_size=test_size, val_size=val_size,
+                             train_size=train_size,
+                             too_few=f"{n_bars} candles are too few for {n_folds} folds with "
+                                     f"window {window} and horizon {label_config.horizon}")
+
+
+def walk_forward_ends(ends: range, gap: int, n_folds: int = 5, mode: str = "expanding", *,
+                      test_size: int | None = None, val_size: int | None = None,
+                      train_size: int | None = None, too_few: str = "too few window ends"
+                      ) -> list[Fold]:
+    """``walk_forward_folds`` on any run of window ends, ``gap`` ends between parts."""
+    if mode not in ("expanding", "rolling"):
+        raise ValueError(f"unknown mode {mode!r}; use 'expanding' or 'rolling'")
     block = (len(ends) - 2 * gap) // (n_folds + 4)
     test_size = test_size or block
     val_size = val_size or block
@@ -245,8 +262,7 @@ def walk_forward_folds(
         train_stop = val.start - gap
         train_start = ends.start if mode == "expanding" else max(ends.start, train_stop - train_size)
         if min(test_size, val_size) < 1 or train_stop - train_start < 1:
-            raise ValueError(f"{n_bars} candles are too few for {n_folds} folds with window "
-                             f"{window} and horizon {label_config.horizon}")
+            raise ValueError(too_few)
         folds.append(Fold(range(train_start, train_stop), val,
                           range(test_start, test_start + test_size)))
     return folds
@@ -261,10 +277,12 @@ def prepare_dataset(
     fold: Fold | None = None,
     purge_bars: int | None = None,
     dtype: np.dtype = np.float32,
+    features: np.ndarray | None = None,
 ) -> PreparedData:
     """Features, labels, purged chronological split and train-only normalisation in one call.
 
-    With ``fold`` the given index ranges are used instead of ``split``.
+    With ``fold`` the given index ranges are used instead of ``split``. ``features`` may pass
+    ``build_features(candles)`` rows ``[T, C]`` (float64) already built, to skip rebuilding them.
     """
     label_config = label_config or LabelConfig()
     n_bars = len(candles)
@@ -275,7 +293,8 @@ def prepare_dataset(
         if len(part) and (part.start < valid.start or part.stop > valid.stop):
             raise ValueError(f"{name} ends {part.start}..{part.stop - 1} leave the valid range "
                              f"{valid.start}..{valid.stop - 1}")
-    features = build_features(candles).to_numpy(np.float64)
+    if features is None:
+        features = build_features(candles).to_numpy(np.float64)
     labels = make_labels(candles, label_config)
     train_rows = features[fold.train.start - window + 1 : fold.train.stop]
     normalizer = Normalizer.fit(train_rows)

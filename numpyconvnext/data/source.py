@@ -22,7 +22,7 @@ market's own, or a stated constant-rate assumption).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +35,7 @@ from .funding import (
     synthetic_funding,
     update_funding_cache,
 )
-from .intervals import interval_to_timedelta, normalize_interval
+from .intervals import interval_from_ms, interval_to_timedelta, normalize_interval
 from .store import find_cache, load_candles
 from .symbols import validate_symbol
 
@@ -78,6 +78,7 @@ def resolve_candles(
             raise ValueError("source 'file' needs a path")
         category, named_symbol = file_market(path, category)
         candles = load_candles(path)
+        check_file_interval(candles, path, interval)
         description = {"kind": "file", "path": str(Path(path).resolve()),
                        "symbol": named_symbol or symbol}
     elif source == "synthetic":
@@ -100,6 +101,46 @@ def resolve_candles(
     return candles, description
 
 
+def resolve_pool(
+    source: str = "auto",
+    *,
+    paths: Sequence[str | Path] = (),
+    symbols: Sequence[str] = (),
+    notice: Callable[[str], None] = print,
+    **options,
+) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:
+    """Candles and descriptions per symbol for pooled training (``resolve_candles`` for each,
+    in the order given): one file per symbol (``paths``; the symbol from the file name
+    ``SYMBOL_[category_]interval.csv``, or from ``symbols`` in the same order), else each of
+    ``symbols`` from ``source``. ``options`` go to ``resolve_candles`` (interval, days,
+    last_bars, category, cache_dir, ...). ValueError (one line) for a file whose name does not
+    say its symbol, a count mismatch, or a symbol named twice."""
+    paths, symbols = list(paths), [validate_symbol(s) for s in symbols]
+    if paths:
+        if symbols and len(symbols) != len(paths):
+            raise ValueError(f"{len(paths)} data files but {len(symbols)} symbols: give one "
+                             "symbol per file, in the same order, or none")
+        if not symbols:
+            for path in paths:
+                named = parse_cache_name(path).symbol
+                if named is None:
+                    raise ValueError(f"cannot tell the symbol of {Path(path).name}: name the file "
+                                     "SYMBOL_1h.csv (e.g. BTCUSDT_linear_1h.csv) or pass --symbols")
+                symbols.append(named)
+    elif not symbols:
+        raise ValueError("no symbols to pool: pass symbols or candle files")
+    twice = sorted({s for s in symbols if symbols.count(s) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} given twice: one candle file per symbol")
+    candles_by_symbol, descriptions = {}, {}
+    for k, symbol in enumerate(symbols):
+        candles, description = resolve_candles(
+            source, path=paths[k] if paths else None, symbol=symbol, notice=notice, **options)
+        description["symbol"] = symbol
+        candles_by_symbol[symbol], descriptions[symbol] = candles, description
+    return candles_by_symbol, descriptions
+
+
 def file_market(path: str | Path, category: str | None = None,
                 default: str = "linear") -> tuple[str, str | None]:
     """The (category, symbol) of a candle file: ``category`` when given (a file whose name says
@@ -109,6 +150,21 @@ def file_market(path: str | Path, category: str | None = None,
     if category is not None and name.category is not None and name.category != category:
         raise ValueError(f"{Path(path).name} holds {name.category} candles, not {category}")
     return category or name.category or default, name.symbol
+
+
+def check_file_interval(candles: pd.DataFrame, path: str | Path, interval: str) -> None:
+    """A ValueError when a file's bars are not ``interval`` long: its name's interval, else the
+    most common spacing of its timestamps, names another one (a 4h file read as 1h would be
+    annualised, labelled and traded live as 1h)."""
+    stated = parse_cache_name(path).interval
+    if stated is None and len(candles) > 1:
+        steps = candles["timestamp"].diff().dropna()
+        steps = steps[steps > pd.Timedelta(0)].mode()
+        if len(steps):
+            stated = interval_from_ms(int(steps.iloc[0] // pd.Timedelta(milliseconds=1)))
+    if stated is not None and stated != interval:
+        raise ValueError(f"{Path(path).name} holds {stated} candles, not {interval}: pass "
+                         f"--interval {stated}")
 
 
 def load_source(description: dict) -> pd.DataFrame:

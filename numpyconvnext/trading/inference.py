@@ -42,6 +42,7 @@ import pandas as pd
 from numpyconvnext.data.dataset import Normalizer, sliding_windows
 from numpyconvnext.data.features import FEATURE_NAMES, WARMUP_BARS, build_features
 from numpyconvnext.data.labels import LabelConfig, label_threshold
+from numpyconvnext.data.pool import pick_normalizer
 
 from .signals import Signal
 from .sizing import average_true_range
@@ -65,6 +66,24 @@ class Preprocessing:
     label_config: LabelConfig
     regression: bool
     target_scale: float
+    symbols: tuple[str, ...] = ()
+    normalizer_symbol: str | None = None
+
+    @property
+    def pooled(self) -> bool:
+        """True for a model trained on a pool of symbols."""
+        return bool(self.symbols)
+
+    def normalizer_note(self, symbol: str | None) -> str | None:
+        """For a pooled model: which normaliser the inputs of ``symbol`` use, in one line (None
+        for a single-symbol model, which has only one)."""
+        if not self.pooled:
+            return None
+        if self.normalizer_symbol is not None:
+            return f"normaliser: {self.normalizer_symbol}'s own (fitted on its training rows)"
+        who = symbol.upper() if symbol else "these candles"
+        return (f"normaliser: the pool's ({who} not among the {len(self.symbols)} training "
+                f"symbols {', '.join(self.symbols)})")
 
     @property
     def first_decision_index(self) -> int:
@@ -77,8 +96,12 @@ class Preprocessing:
         return self.first_decision_index + 1
 
 
-def preprocessing_of(model) -> Preprocessing:
+def preprocessing_of(model, symbol: str | None = None) -> Preprocessing:
     """Read and check a loaded model's stored preprocessing (``model.metadata``).
+
+    A model trained on a pool of symbols keeps a normaliser per symbol and a pooled one:
+    ``symbol``'s own is used when it was in the pool, else the pooled one
+    (``Preprocessing.normalizer_symbol`` says which; ``normalizer_note`` says it in words).
 
     Raises ``IncompatibleModelError`` when the checkpoint was not written by the trainer, its
     features differ from this version's ``FEATURE_NAMES``, or its shapes do not fit the model.
@@ -93,7 +116,9 @@ def preprocessing_of(model) -> Preprocessing:
         names = tuple(stored["feature_names"])
         window = int(stored["window"])
         warmup = int(stored.get("warmup_bars", WARMUP_BARS))
-        normalizer = Normalizer.from_dict(stored["normalizer"])
+        chosen, normalizer_symbol = pick_normalizer(stored, symbol)
+        normalizer = Normalizer.from_dict(chosen)
+        symbols = tuple(stored.get("symbols") or ())
         label_config = LabelConfig.from_dict(stored["label_config"])
     except (KeyError, TypeError, ValueError) as error:
         raise IncompatibleModelError(f"the checkpoint's preprocessing is unreadable: {error}") from None
@@ -126,7 +151,7 @@ def preprocessing_of(model) -> Preprocessing:
     if num_classes == 1 and not (np.isfinite(target_scale) and target_scale > 0):
         raise IncompatibleModelError(f"regression checkpoint with bad target_scale {target_scale}")
     return Preprocessing(names, window, warmup, normalizer, label_config, num_classes == 1,
-                         target_scale)
+                         target_scale, symbols, normalizer_symbol)
 
 
 def normalized_features(candles: pd.DataFrame, preprocessing: Preprocessing,
@@ -205,6 +230,7 @@ class Decisions:
     units: np.ndarray
     equity: float
     strategy: Strategy
+    normalizer_note: str | None = None
 
     def __len__(self) -> int:
         return len(self.end_index)
@@ -251,15 +277,18 @@ def decide(
     equity: float = DEFAULT_EQUITY,
     regression_threshold: float | None = None,
     batch_size: int = 256,
+    symbol: str | None = None,
 ) -> Decisions:
     """Signals and suggested sizes for the bars ``end_index`` (default: every decidable bar).
 
     ``strategy`` (default ``Strategy()``) gives the signal rule, sizing and stops; what it leaves
     open (confidence, payoff ratio) comes from the checkpoint's stored choices. See the module
     docstring for the math. Raises ``IncompatibleModelError`` for a model that cannot be used
-    and ``ValueError`` for candles too short or indices out of range.
+    and ``ValueError`` for candles too short or indices out of range. ``symbol`` names the
+    candles' market: a model trained on a pool normalises them with that symbol's own
+    statistics when it was in the pool, else with the pooled ones (``Decisions.normalizer_note``).
     """
-    prep = preprocessing_of(model)
+    prep = preprocessing_of(model, symbol)
     strategy = (strategy or Strategy()).with_checkpoint(getattr(model, "metadata", None))
     n = len(candles)
     if n < prep.min_candles:
@@ -313,4 +342,5 @@ def decide(
                      win_probability=np.where(plan.signal == Signal.HOLD, np.nan,
                                               plan.win_probability),
                      atr=atr, stop_distance=stop_distance, fraction=plan.fraction,
-                     units=plan.fraction * equity / close, equity=float(equity), strategy=strategy)
+                     units=plan.fraction * equity / close, equity=float(equity), strategy=strategy,
+                     normalizer_note=prep.normalizer_note(symbol))

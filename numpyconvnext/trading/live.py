@@ -317,7 +317,7 @@ def run_live(
                 new = new[-max_catch_up_bars:]
         if len(new):
             decisions = decide(model, candles, new, strategy=settings.strategy,
-                               equity=settings.equity)
+                               equity=settings.equity, symbol=symbol)
             rates = _rates(account, stamps[new], funding)
             for i in range(len(decisions)):
                 now = pd.Timestamp(clock(), unit="s", tz="UTC")
