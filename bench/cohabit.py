@@ -21,7 +21,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -83,23 +82,6 @@ def child(setting: str, variant: str, tasks: list[str], seconds: float) -> dict:
     return result
 
 
-def cpu_description() -> tuple[str, str]:
-    """(CPU model, the SIMD extensions that matter here) from /proc/cpuinfo where there is one."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
-    return model, " ".join(f for f in wanted if f in flags) or "unknown"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="pico")
@@ -122,7 +104,9 @@ def main() -> None:
         return
     extra = dict(item.split("=", 1) for item in args.env)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE)]), **extra)
-    model, isa = cpu_description()
+    from measure import machine_info, machine_line
+
+    machine = machine_line(machine_info())
     load_start = os.getloadavg()
     runs: dict[str, list[dict]] = {s: [] for s in SETTINGS}
     for round_ in range(args.rounds):
@@ -138,7 +122,7 @@ def main() -> None:
     figures = {"train": ("train_samples_s", "samples/s", False), "b1": ("b1_ms", "ms", True)}
     print(f"{args.variant}, C_in={C_IN}, T={T}; train = batch {BATCH_TRAIN} step, b1 = predict one "
           f"window; {args.rounds} rounds; env {extra or 'as given'}")
-    print(f"CPU: {model} ({os.cpu_count()} logical CPUs); ISA: {isa}; load average "
+    print(f"Machine: {machine}; load average "
           f"{load_start[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
     print("| task | alone | torch | interleaved | torch / alone | interleaved / alone |")
     print("|---|---|---|---|---|---|")

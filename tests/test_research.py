@@ -88,6 +88,38 @@ def test_local_pool_retries_a_killed_worker_once_and_keeps_the_others(tmp_path):
     assert not again.failed and store.load("t3")["result"]["value"] == 16
 
 
+def test_local_pool_survives_a_worker_dying_between_wait_and_submit(tmp_path, monkeypatch):
+    """A worker that dies after a wait() returned makes the next submit() raise
+    BrokenProcessPool (a race a clean-clone CI run hit): that task must go back to the queue."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from numpyconvnext.research import executors
+
+    real_pool, submits = executors._pool, []
+
+    class DiesOnThirdSubmit:
+        def __init__(self, pool):
+            self.pool = pool
+
+        def submit(self, *args):
+            submits.append(args)
+            if len(submits) == 3:
+                raise BrokenProcessPool("a worker died since the last wait")
+            return self.pool.submit(*args)
+
+        def shutdown(self, **options):
+            self.pool.shutdown(**options)
+
+    monkeypatch.setattr(executors, "_pool", lambda shared, workers: DiesOnThirdSubmit(
+        real_pool(shared, workers)))
+    store = TaskStore(tmp_path / "store")
+    tasks = {f"t{i}": {"x": i} for i in range(4)}
+    summary = run_tasks(square, tasks, {"offset": 7}, store, jobs=2, quiet=True)
+    assert len(submits) == 5  # the refused task was submitted again, to a fresh pool
+    assert sorted(summary.ran) == ["t0", "t1", "t2", "t3"] and not summary.failed
+    assert [store.load(f"t{i}")["result"]["value"] for i in range(4)] == [7, 8, 11, 16]
+
+
 def test_in_process_runs_single_threaded_and_reports_a_failing_task(tmp_path):
     from numpyconvnext import threads
 
