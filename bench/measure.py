@@ -75,10 +75,34 @@ def machine_info() -> dict:
             "python": platform.python_version()}
 
 
+def software_info() -> dict:
+    """NumPy's BLAS (threadpoolctl: library, version, kernel architecture, threading) and Numba
+    (version, threading layer; starts Numba's pool), for a benchmark child's environment."""
+    import numba
+    import numpy
+    from threadpoolctl import threadpool_info
+
+    here = os.path.dirname(os.path.realpath(numpy.__file__))
+    blas = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
+    mine = [lib for lib in blas if os.path.realpath(lib["filepath"]).startswith(here)] or blas
+    lib = mine[0] if mine else {}
+    numba.get_num_threads()  # launches the pool, so the layer is known
+    return {"numpy": numpy.__version__,
+            "blas": {key: lib.get(key) for key in ("internal_api", "version", "architecture",
+                                                    "threading_layer", "num_threads")},
+            "numba": numba.__version__, "numba_threading_layer": numba.threading_layer()}
+
+
 def machine_line(info: dict) -> str:
-    """One line naming the machine, for printed results."""
+    """One line naming the machine, for printed results (with software_info's keys when given)."""
     isa = "/".join(info["isa"]) or "no AVX2"
-    return f"{info['cpu']} ({isa}), {info['cpu_count']} cores, Python {info['python']}"
+    line = f"{info['cpu']} ({isa}), {info['cpu_count']} cores, Python {info['python']}"
+    blas = info.get("blas")
+    if blas:
+        line += (f"; NumPy {info['numpy']} BLAS {blas.get('internal_api')} {blas.get('version')} "
+                 f"({blas.get('architecture')} kernel); Numba {info['numba']} "
+                 f"({info['numba_threading_layer']} layer)")
+    return line
 
 
 def training_step(model, rng: np.random.Generator, batch: int, in_channels: int, length: int,

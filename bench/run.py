@@ -109,7 +109,11 @@ def child_torch(task: str, variant: str, quick: bool, threads: int) -> dict:
         b1 = median_seconds(lambda: session.run(None, {"x": x1n}), reps["b1"], 5,
                             reps["min_seconds"])
         big = median_seconds(lambda: session.run(None, {"x": xbn}), reps["big"], 1)
-        result = {"b1_ms": b1 * 1e3, "b256_samples_s": BATCH_INFER / big}
+        result = {"b1_ms": b1 * 1e3, "b256_samples_s": BATCH_INFER / big,
+                  "baseline": {"exporter": "torch.onnx.export(dynamo=False)", "opset": 17,
+                               "constant_folding": True, "onnxruntime": ort.__version__,
+                               "graph_optimization_level": str(options.graph_optimization_level),
+                               "torch": torch.__version__}}
     del np
     return result
 
@@ -170,9 +174,56 @@ def child_kernels(quick: bool, threads: int) -> dict:
 
 
 def child_matmul(threads: int) -> dict:
-    from measure import matmul_gflops
+    """The BLAS ceiling as our children run it: the machine's sgemm rate at `threads` threads
+    (OpenBLAS's own threads, a large square product), and the machine and software it ran on."""
+    from measure import machine_info, matmul_gflops, software_info
 
-    return {"matmul_gflops": matmul_gflops()}
+    return {"matmul_gflops": matmul_gflops(), "machine": {**machine_info(), **software_info()}}
+
+
+COLD_CHILD = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+from numpyconvnext import ConvNeXt1D
+t_import = time.perf_counter() - t0
+rng = np.random.default_rng(0)
+model = ConvNeXt1D.from_config({variant!r}, {c}, {classes})
+if {task!r} == "train":
+    import sys
+    sys.path.insert(0, {bench!r})
+    from measure import training_step
+    training_step(model, rng, {batch}, {c}, {t}, {classes})()
+else:
+    model.eval()
+    model.predict(rng.standard_normal((1, {c}, {t})).astype(np.float32))
+print(t_import, time.perf_counter() - t0)
+"""
+
+
+def cold_compile(threads: int, variant: str = "atto") -> dict:
+    """Wall time of a new process, as after a fresh install (an empty Numba cache), to its first
+    training step (batch 32) and to its first batch-1 predict; each with its own empty cache,
+    run as our other children (the CLI's environment)."""
+    out = {}
+    for task in ("train", "b1"):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(USER_ENV, NUMBA_CACHE_DIR=cache, NUMBA_NUM_THREADS=str(threads))
+            set_process_defaults(env)
+            script = COLD_CHILD.format(variant=variant, task=task, c=C_IN, t=T, classes=CLASSES,
+                                       batch=BATCH_TRAIN, bench=str(HERE))
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                                  capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                print(f"  [cold {task}] failed: {proc.stderr.strip().splitlines()[-1:]}",
+                      file=sys.stderr)
+                continue
+            import_s, _ = map(float, proc.stdout.split())
+            out[f"first_{task}_s"] = wall
+            out[f"first_{task}_import_s"] = import_s
+    return out
 
 
 # --- parent ------------------------------------------------------------------------------------
@@ -260,7 +311,10 @@ def combine_rounds(rounds: list[dict]) -> dict:
         entry[framework] = {}
         for key in keys:
             values = [row[framework][key] for row in rounds if key in row.get(framework, {})]
-            entry[framework][key] = max(values) if key.endswith("rss_mb") else median(values)
+            if not all(isinstance(value, int | float) for value in values):
+                entry[framework][key] = values[-1]  # a description (the ORT baseline's settings)
+            else:
+                entry[framework][key] = max(values) if key.endswith("rss_mb") else median(values)
     pairs = {"ort_over_ours_b1": ("ort", "b1_ms", "ours", "b1_ms"),
              "ort_over_ours_passive_b1": ("ort", "b1_ms", "ours_passive", "b1_ms"),
              "ours_over_torch_b256": ("ours", "b256_samples_s", "torch", "b256_samples_s"),
@@ -303,6 +357,23 @@ def markdown(results: dict) -> str:
                  f"`cli.py --help`: {fmt(results['cold_start'].get('cli_help_s'))} s. "
                  f"\"passive\": our batch-1 figure with OMP_WAIT_POLICY=PASSIVE (idle OpenMP "
                  f"threads sleep at once) instead of the CLI's short spin (GOMP_SPINCOUNT=300).")
+    ceiling = results.get("matmul_gflops")
+    if ceiling:
+        shares = [f"{v} {fmt(r['ours'].get('gflops_b256', 0) / ceiling * 100, 0)} % / "
+                  f"{fmt(r['ours'].get('gflops_train', 0) / ceiling * 100, 0)} %"
+                  for v, r in results["variants"].items()]
+        lines.append(f"Share of the machine's sgemm rate (b256 forward / training): "
+                     f"{', '.join(shares)}.")
+    cold = results.get("cold_compile")
+    if cold:
+        lines.append(f"Empty Numba cache (as after a fresh install), new process to the first "
+                     f"training step {fmt(cold.get('first_train_s'), 1)} s, to the first batch-1 "
+                     f"predict {fmt(cold.get('first_b1_s'), 1)} s (imports "
+                     f"{fmt(cold.get('first_train_import_s'))} s).")
+    if results["machine"].get("cpu"):
+        from measure import machine_line
+
+        lines.append(f"Machine: {machine_line(results['machine'])}; {results['threads']} threads.")
     if results.get("kernels"):
         lines += ["", "| kernel (B=32, T=64, C=96) | Numba us | NumPy reference us | speedup |",
                   "|---|---|---|---|"]
@@ -310,6 +381,36 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {k['numba_us']:.0f} | {k['numpy_us']:.0f} | "
                          f"{k['speedup']:.1f}x |")
     return "\n".join(lines)
+
+
+RATIO_NAMES = {"ort_over_ours_b1": "ORT/ours b1", "ours_over_torch_train": "ours/torch train",
+               "ours_over_torch_b256": "ours/torch b256"}
+
+
+def summary(paths: list[Path]) -> str:
+    """The ratios of saved results, grouped by machine (CPU model and ISA, or 'not recorded'
+    for results older than the machine record), one line per run and variant."""
+    by_machine: dict[str, list[str]] = {}
+    for path in sorted(paths):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        machine = results.get("machine", {})
+        key = (f"{machine['cpu']} ({'/'.join(machine.get('isa', [])) or 'no AVX2'})"
+               if machine.get("cpu") else "CPU not recorded")
+        for variant, entry in results.get("variants", {}).items():
+            q = entry.get("ratios") or {  # single-round results: ratios of the figures
+                "ort_over_ours_b1": ratio((entry.get("ort") or {}).get("b1_ms"),
+                                          entry["ours"].get("b1_ms")),
+                "ours_over_torch_train": ratio(entry["ours"].get("train_samples_s"),
+                                               (entry.get("torch") or {}).get("train_samples_s")),
+                "ours_over_torch_b256": ratio(entry["ours"].get("b256_samples_s"),
+                                              (entry.get("torch") or {}).get("b256_samples_s"))}
+            figures = ", ".join(f"{label} {fmt(q.get(name))}x" for name, label in RATIO_NAMES.items())
+            by_machine.setdefault(key, []).append(
+                f"  {path.name} ({results.get('threads')} threads) {variant}: {figures}")
+    return "\n".join(f"{key}\n" + "\n".join(rows) for key, rows in by_machine.items())
 
 
 def main() -> None:
@@ -321,6 +422,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-torch", action="store_true", help="hide torch and onnxruntime")
     parser.add_argument("--no-kernels", action="store_true", help="skip per-kernel timings")
+    parser.add_argument("--cold-compile", action="store_true",
+                        help="also time a new process with an empty Numba cache to its first "
+                             "training step and first batch-1 predict (about a minute each)")
+    parser.add_argument("--summary", action="store_true",
+                        help="print the ratios of every saved result, grouped by machine, and exit")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/<date>.json)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -329,6 +435,9 @@ def main() -> None:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
 
+    if args.summary:
+        print(summary(list((HERE / "results").glob("*.json"))))
+        return
     if args.child:
         kind = args.child[0]
         if kind == "kernels":
@@ -347,7 +456,8 @@ def main() -> None:
     flag = " --quick" if args.quick else ""
     command = (f"python bench/run.py --variants {args.variants} --threads {args.threads}"
                f" --rounds {args.rounds}{flag}"
-               + (" --no-torch" if args.no_torch else ""))
+               + (" --no-torch" if args.no_torch else "")
+               + (" --cold-compile" if args.cold_compile else ""))
     results: dict = {
         "date": dt.date.today().isoformat(), "command": command, "threads": args.threads,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
@@ -361,8 +471,9 @@ def main() -> None:
     from numpyconvnext.model import CONFIGS, forward_flops
 
     quick = ["--quick"] if args.quick else []
-    results["matmul_gflops"] = (run_child(["matmul", *quick], args.threads) or {}).get(
-        "matmul_gflops")
+    ceiling = run_child(["matmul", *quick], args.threads) or {}
+    results["matmul_gflops"] = ceiling.get("matmul_gflops")
+    results["machine"].update(ceiling.get("machine", {}))
     for variant in args.variants.split(","):
         print(f"{variant}...", file=sys.stderr, flush=True)
         flops = forward_flops(**CONFIGS[variant], in_channels=C_IN, num_classes=CLASSES, length=T)
@@ -390,6 +501,8 @@ def main() -> None:
     if not args.no_kernels:
         results["kernels"] = run_child(["kernels", *quick], args.threads)
     results["cold_start"] = cold_start(args.threads)
+    if args.cold_compile:
+        results["cold_compile"] = cold_compile(args.threads)
     results["machine"]["load_avg_end"] = os.getloadavg()
 
     out = Path(args.out) if args.out else HERE / "results" / f"{results['date']}.json"

@@ -99,12 +99,6 @@ def _matmul_cols(x, w, out, n0, n1):
 
 
 @njit(cache=True)
-def _matmul_rows(x, w, out):
-    """out[M, N] = x[M, K] @ w[N, K].T on one thread."""
-    return _matmul_cols(x, w, out, 0, w.shape[0])
-
-
-@njit(cache=True)
 def _split(n, parts, p):
     """Start of part p of range(n) cut into `parts` pieces at multiples of 4."""
     if p >= parts:
@@ -115,7 +109,7 @@ def _split(n, parts, p):
 @njit(cache=True)
 def matmul_rows(x, w, out):
     """out[M, N] = x[M, K] @ w[N, K].T for few rows M (serial). x, w C-contiguous; returns out."""
-    return _matmul_rows(x, w, out)
+    return _matmul_cols(x, w, out, 0, w.shape[0])
 
 
 @njit(cache=True, parallel=True)

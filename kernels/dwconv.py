@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.layernorm import _normalize_row
+from kernels.reduce import sum_leading
 
 
 @njit(cache=True, parallel=True)
@@ -56,7 +57,7 @@ def dwconv_backward(dy, x, w):
                         partial[bi, k, c] += g[c] * xs[c]
             for c in range(C):
                 partial[bi, K, c] += g[c]
-    total = partial.sum(axis=0)
+    total = sum_leading(partial.reshape((B, (K + 1) * C))).reshape((K + 1, C))
     return dx, total[:K].copy(), total[K].copy()
 
 

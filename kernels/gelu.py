@@ -24,6 +24,7 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from kernels.layernorm import _CHUNKS
+from kernels.reduce import sum_leading
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -167,4 +168,4 @@ def bias_gelu_backward(dy, pre):
                 g = row[c] * gelu_grad_scalar(src[c])
                 row[c] = g
                 acc[c] += g
-    return dy, partial.astype(np.float64).sum(axis=0).astype(pre.dtype)
+    return dy, sum_leading(partial.astype(np.float64)).astype(pre.dtype)

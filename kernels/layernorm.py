@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels.reduce import sum_leading
+
 # The weight/bias reductions are split into a fixed number of row chunks (not one per thread),
 # so results are bit-identical whatever the thread count.
 _CHUNKS = 64
@@ -54,7 +56,7 @@ def layernorm_backward(dy, x, w, mean, rstd):
     for chunk in prange(chunks):
         for n in range(chunk * N // chunks, (chunk + 1) * N // chunks):
             _layernorm_backward_row(dy[n], x[n], w, mean[n], rstd[n], dx[n], partial[chunk])
-    total = partial.sum(axis=0)
+    total = sum_leading(partial.reshape((chunks, 2 * C))).reshape((2, C))
     return dx, total[0].astype(x.dtype), total[1].astype(x.dtype)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.layernorm import _CHUNKS
+from kernels.reduce import sum_leading
 
 
 @njit(cache=True, parallel=True)
@@ -52,7 +53,7 @@ def residual_backward(dout, branch, gamma, keep):
                 g = dout[bi, t, c] * k
                 dbranch[bi, t, c] = g * gamma[c]
                 acc[c] += g * branch[bi, t, c]
-    return dbranch, partial.sum(axis=0).astype(branch.dtype)
+    return dbranch, sum_leading(partial).astype(branch.dtype)
 
 
 @njit(cache=True, parallel=True)

@@ -16,13 +16,8 @@ from collections.abc import Hashable
 import numpy as np
 
 from kernels.block import BLOCK_ROWS, SPLIT_WEIGHTS, block_forward_rows, matmul_rows
-from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward, dwconv_layernorm_forward_into
-from kernels.gelu import (
-    bias_gelu_backward,
-    bias_gelu_forward,
-    bias_gelu_forward_into,
-    gelu_forward_into,
-)
+from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward_into
+from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into
 from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
 from kernels.linear import (
     linear_backward,
@@ -240,21 +235,24 @@ class Block(Layer):
         p = self.params
         B, T, C = x.shape
         w_taps = np.ascontiguousarray(p["dwconv.weight"][:, 0, :].T)
-        _, z, _, _ = dwconv_layernorm_forward(
-            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps
-        )
+        # the kernel the backward's recomputation uses, into fresh arrays: one kernel fewer to
+        # compile on an empty cache than the allocating dwconv_layernorm_forward (same bits)
+        _, z, _, _ = dwconv_layernorm_forward_into(
+            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps,
+            np.empty_like(x), np.empty_like(x), np.empty((B, T), x.dtype),
+            np.empty((B, T), x.dtype))
         # few rows: the same matmul kernel as block_forward_rows, so that forward() in eval mode
         # and predict() give the same bits
         if B * T <= BLOCK_ROWS and _rows_kernel_fits(z, p["pwconv1.weight"]):
-            h = matmul_rows(z.reshape(B * T, C), p["pwconv1.weight"],
-                            np.empty((B * T, 4 * C), x.dtype))
-            a, pre = bias_gelu_forward(h, p["pwconv1.bias"])  # pre = h + b1, written over h
+            pre = matmul_rows(z.reshape(B * T, C), p["pwconv1.weight"],
+                              np.empty((B * T, 4 * C), x.dtype))
+            a, pre = bias_gelu_forward_into(pre, p["pwconv1.bias"], np.empty_like(pre))
             branch = matmul_rows(a, p["pwconv2.weight"], np.empty((B * T, C), x.dtype))
             branch += p["pwconv2.bias"]
             branch = branch.reshape(B, T, C)
         else:
-            h = linear_forward(z.reshape(B * T, C), p["pwconv1.weight"], None)
-            a, pre = bias_gelu_forward(h, p["pwconv1.bias"])
+            pre = linear_forward(z.reshape(B * T, C), p["pwconv1.weight"], None)
+            a, pre = bias_gelu_forward_into(pre, p["pwconv1.bias"], np.empty_like(pre))
             branch = linear_forward(a, p["pwconv2.weight"], p["pwconv2.bias"]).reshape(B, T, C)
         out = residual_forward(x, branch, p["gamma"], keep)
         self._cache = (x, w_taps, pre, branch, keep)
@@ -294,7 +292,10 @@ class Block(Layer):
         x, w_taps, pre, branch, keep = self._take_cache()
         p, g, ws = self.params, self.grads, self.workspace
         B, T, C = x.shape
-        a = gelu_forward_into(pre, ws.get("a", pre.shape, x.dtype))
+        # a = GELU(pre) again, by the forward's kernel with a zero bias (pre + 0 = pre): one
+        # kernel fewer to compile on an empty cache than a separate gelu_forward_into
+        a, _ = bias_gelu_forward_into(pre, np.zeros(pre.shape[1], x.dtype),
+                                      ws.get("a", pre.shape, x.dtype))
         dbranch, g["gamma"][...] = residual_backward(dout, branch, p["gamma"], keep)
         dbranch = dbranch.reshape(B * T, C)
         matmul(dbranch.T, a, out=g["pwconv2.weight"])

@@ -28,6 +28,10 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert {"b1_ms", "b256_samples_s", "train_samples_s", "train_peak_rss_mb"} <= set(ours)
     assert "torch" not in results["variants"]["atto"]
     assert "| atto |" in proc.stdout
+    machine = results["machine"]  # every result says where it was measured
+    assert {"cpu", "isa", "cpu_count", "blas", "numba", "numba_threading_layer"} <= set(machine)
+    assert {"internal_api", "architecture"} <= set(machine["blas"])
+    assert "Machine: " in proc.stdout and "sgemm rate" in proc.stdout
 
 
 def test_rounds_combine_to_medians_and_per_round_ratios():
@@ -72,3 +76,25 @@ def test_cohabit_skips_cleanly_without_torch():
                           env=dict(os.environ, BENCH_NO_TORCH="1"))
     assert proc.returncode == 0, proc.stderr
     assert "nothing to compare" in proc.stdout and "Reproduce: python bench/cohabit.py" in proc.stdout
+
+
+def test_summary_groups_ratios_by_machine(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    amd = {"machine": {"cpu": "AMD EPYC", "isa": ["avx2"]}, "threads": 2, "variants": {
+        "pico": {"ours": {"b1_ms": 2.0}, "ratios": {"ort_over_ours_b1": 0.5,
+                                                     "ours_over_torch_train": 1.2}}}}
+    old = {"threads": 1, "variants": {"atto": {"ours": {"b1_ms": 2.0, "train_samples_s": 30.0},
+                                                "ort": {"b1_ms": 3.0},
+                                                "torch": {"train_samples_s": 20.0}}}}
+    (tmp_path / "a.json").write_text(json.dumps(amd))
+    (tmp_path / "b.json").write_text(json.dumps(old))
+    text = bench.summary([tmp_path / "a.json", tmp_path / "b.json"])
+    lines = text.splitlines()
+    assert lines[0] == "AMD EPYC (avx2)"
+    assert "pico: ORT/ours b1 0.50x, ours/torch train 1.20x, ours/torch b256 -x" in lines[1]
+    assert lines[2] == "CPU not recorded"  # ratios of a single-round result from its figures
+    assert "atto: ORT/ours b1 1.50x, ours/torch train 1.50x" in lines[3]

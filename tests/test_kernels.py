@@ -376,3 +376,20 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
     # LayerNorm of a nearly constant row amplifies float32 rounding (dims of 1 are constant)
     tol = TOL[dtype] if dtype == np.float64 else dict(rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(whole, expected, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(n=st.integers(1, 40), m=st.integers(1, 50), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_sum_leading_equals_numpy_axis_sum(dtype, n, m, seed):
+    from kernels.reduce import sum_leading
+
+    (partial,) = arrays(seed, (n, m), dtype=dtype)
+    total = sum_leading(partial)
+    assert total.dtype == dtype and total.shape == (m,)
+    # rows added in order, as the kernels' partial sums were before: the same bits as a loop
+    expected = np.zeros(m, dtype)
+    for row in partial:
+        expected += row
+    np.testing.assert_array_equal(total, expected)
+    np.testing.assert_allclose(total, partial.sum(axis=0), **TOL[dtype])
