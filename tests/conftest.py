@@ -1,7 +1,9 @@
 """Shared pytest fixtures, and the hypothesis seed every run prints."""
 
+import ipaddress
 import os
 import random
+import socket
 import subprocess
 from pathlib import Path
 
@@ -51,6 +53,57 @@ def pytest_report_header(config):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if exitstatus != 0:
         terminalreporter.write_line(_seed_line(config))
+
+
+# --- no test touches the internet ------------------------------------------------------------------
+# Children (CLI runs) get a closed loopback port as their default Bybit URL; in this process any
+# lookup of a public host name or TCP connection to a public address fails the test that made it
+# (the client would otherwise treat the refusal as "unreachable" and pass quietly).
+OFFLINE_BYBIT_URL = "http://127.0.0.1:9"
+_internet_attempts: list[str] = []
+_real_getaddrinfo, _real_connect = socket.getaddrinfo, socket.socket.connect
+_LOCAL_NAMES = {"localhost", socket.gethostname(), socket.getfqdn()}
+
+
+def _is_public(host) -> bool:
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_global
+    except ValueError:  # a name: only the machine's own names are local
+        return str(host).lower() not in _LOCAL_NAMES
+
+
+def _offline_getaddrinfo(host, *args, **kwargs):
+    if host is not None and _is_public(host):
+        _internet_attempts.append(f"DNS lookup of {host}")
+        raise socket.gaierror(socket.EAI_NONAME, f"tests are offline: {host}")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def _offline_connect(self, address):
+    if self.type == socket.SOCK_STREAM and isinstance(address, tuple) and _is_public(address[0]):
+        _internet_attempts.append(f"TCP connection to {address[0]}:{address[1]}")
+        raise ConnectionRefusedError(f"tests are offline: {address[0]}")
+    return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _offline():
+    previous = os.environ.get("NUMPYCONVNEXT_BYBIT_URL")
+    os.environ["NUMPYCONVNEXT_BYBIT_URL"] = OFFLINE_BYBIT_URL
+    socket.getaddrinfo, socket.socket.connect = _offline_getaddrinfo, _offline_connect
+    yield
+    socket.getaddrinfo, socket.socket.connect = _real_getaddrinfo, _real_connect
+    if previous is None:
+        os.environ.pop("NUMPYCONVNEXT_BYBIT_URL", None)
+    else:
+        os.environ["NUMPYCONVNEXT_BYBIT_URL"] = previous
+
+
+@pytest.fixture(autouse=True)
+def _no_internet(_offline):
+    del _internet_attempts[:]
+    yield
+    assert not _internet_attempts, f"the test tried to reach the internet: {_internet_attempts}"
 
 
 # --- data layer: a fake Bybit server (see tests/bybit_server.py) -----------------------------

@@ -108,8 +108,8 @@ def test_old_style_cache_is_read_as_linear_with_a_notice(tmp_path):
     assert find_cache(tmp_path, "BTCUSDT", "1h", "linear", notices.append) == old
     assert "old-style cache name" in notices[0] and "BTCUSDT_linear_1h.csv" in notices[0]
     assert find_cache(tmp_path, "BTCUSDT", "1h", "spot", notices.append) is None  # never spot
-    frame, description = resolve_candles("auto", symbol="BTCUSDT", cache_dir=tmp_path,
-                                         notice=notices.append)
+    frame, description = resolve_candles("auto", symbol="BTCUSDT", cache_dir=tmp_path,  # offline
+                                         notice=notices.append, retry_time_s=0.0)
     assert description["category"] == "linear" and len(frame) == 300
     assert cache_path(tmp_path, "BTCUSDT", "1h", category="spot").name == "BTCUSDT_spot_1h.csv"
 
