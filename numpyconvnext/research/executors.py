@@ -17,8 +17,9 @@ Executors:
 
 Failures: a task whose worker process dies (killed, out of memory) is retried once; if it dies
 again it is reported as failed and the others go on. Locally, the processes that were running
-beside it die with the pool too: they are retried one at a time in a fresh single process, so
-only the task that kills its worker when running alone is counted against. A Python exception in
+beside it die with the pool too: they are retried one at a time in a fresh single process, and
+only a death while a task ran alone is counted against it (a bystander of another task's crash
+keeps its full retry). A Python exception in
 a task is deterministic: reported as failed at once, not retried. Failed tasks are not stored, so
 a rerun tries them again.
 """
@@ -201,11 +202,10 @@ def _run_local(function, todo: dict, shared, jobs: int, finished, failed) -> Non
     running tasks with it); after a crash, the tasks that were running are retried one at a time
     in a single fresh process."""
     pending = list(todo)
-    suspects: list[str] = []
     pool = _pool(shared, jobs)
     try:
         while pending:
-            running = {}
+            running, crashed = {}, []
             broken = False
             while pending or running:
                 while pending and len(running) < jobs and not broken:
@@ -224,29 +224,42 @@ def _run_local(function, todo: dict, shared, jobs: int, finished, failed) -> Non
                         finished(key, future.result())
                     except BrokenProcessPool:
                         broken = True
-                        suspects.append(key)
+                        crashed.append(key)
                     except Exception as error:  # noqa: BLE001
                         failed(key, _describe(error), 1)
             if broken:
                 pool.shutdown(wait=True, cancel_futures=True)
-                _retry_alone(function, todo, shared, suspects, finished, failed)
-                suspects = []
+                # the crash is a task's own only when it was the one running
+                _retry_alone(function, todo, shared, crashed, len(crashed) == 1, finished, failed)
                 pool = _pool(shared, jobs)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _retry_alone(function, todo: dict, shared, keys: list[str], finished, failed) -> None:
+def _retry_alone(function, todo: dict, shared, keys: list[str], own_crash: bool, finished,
+                 failed) -> None:
+    """Each task of a crashed pool, alone in a fresh process, until it finishes or its worker
+    has died 1 + RETRIES times under it. A crash with several tasks running counts against
+    none of them (it may have been another's): a bystander gets its full retries alone."""
     for key in keys:
-        pool = _pool(shared, 1)
-        try:
-            finished(key, pool.submit(_worker_run, function, todo[key]).result())
-        except BrokenProcessPool:
-            failed(key, "its worker process died twice (killed or out of memory)", 1 + RETRIES)
-        except Exception as error:  # noqa: BLE001
-            failed(key, _describe(error), 2)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        deaths, runs = int(own_crash), 1
+        while True:
+            pool = _pool(shared, 1)
+            runs += 1
+            try:
+                finished(key, pool.submit(_worker_run, function, todo[key]).result())
+                break
+            except BrokenProcessPool:
+                deaths += 1
+                if deaths > RETRIES:
+                    failed(key, f"its worker process died {deaths} times (killed or out of "
+                                "memory)", runs)
+                    break
+            except Exception as error:  # noqa: BLE001
+                failed(key, _describe(error), runs)
+                break
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ray_task(function: Callable, spec: dict, shared) -> dict:
