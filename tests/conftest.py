@@ -61,7 +61,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # (the client would otherwise treat the refusal as "unreachable" and pass quietly).
 OFFLINE_BYBIT_URL = "http://127.0.0.1:9"
 _internet_attempts: list[str] = []
-_real_getaddrinfo, _real_connect = socket.getaddrinfo, socket.socket.connect
+_real_getaddrinfo, _real_connect = socket.getaddrinfo, socket.socket.connect  # before the patch
 _LOCAL_NAMES = {"localhost", socket.gethostname(), socket.getfqdn()}
 
 
@@ -88,15 +88,13 @@ def _offline_connect(self, address):
 
 @pytest.fixture(autouse=True, scope="session")
 def _offline():
-    previous = os.environ.get("NUMPYCONVNEXT_BYBIT_URL")
-    os.environ["NUMPYCONVNEXT_BYBIT_URL"] = OFFLINE_BYBIT_URL
-    socket.getaddrinfo, socket.socket.connect = _offline_getaddrinfo, _offline_connect
-    yield
-    socket.getaddrinfo, socket.socket.connect = _real_getaddrinfo, _real_connect
-    if previous is None:
-        os.environ.pop("NUMPYCONVNEXT_BYBIT_URL", None)
-    else:
-        os.environ["NUMPYCONVNEXT_BYBIT_URL"] = previous
+    from numpyconvnext.data.bybit import URL_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(URL_ENV, OFFLINE_BYBIT_URL)
+        patch.setattr(socket, "getaddrinfo", _offline_getaddrinfo)
+        patch.setattr(socket.socket, "connect", _offline_connect)
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -123,10 +121,6 @@ def _trials_log_outside_the_repository(tmp_path_factory):
     """Runs of train/evaluate append to a trials log; tests keep it out of ./reports."""
     from numpyconvnext.trials import TRIALS_ENV
 
-    previous = os.environ.get(TRIALS_ENV)
-    os.environ[TRIALS_ENV] = str(tmp_path_factory.mktemp("trials") / "trials.jsonl")
-    yield
-    if previous is None:
-        os.environ.pop(TRIALS_ENV, None)
-    else:
-        os.environ[TRIALS_ENV] = previous
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TRIALS_ENV, str(tmp_path_factory.mktemp("trials") / "trials.jsonl"))
+        yield

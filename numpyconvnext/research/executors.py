@@ -19,9 +19,8 @@ Failures: a task whose worker process dies (killed, out of memory) is retried on
 again it is reported as failed and the others go on. Locally, the processes that were running
 beside it die with the pool too: they are retried one at a time in a fresh single process, and
 only a death while a task ran alone is counted against it (a bystander of another task's crash
-keeps its full retry). A Python exception in
-a task is deterministic: reported as failed at once, not retried. Failed tasks are not stored, so
-a rerun tries them again.
+keeps its full retry). A Python exception in a task is deterministic: reported as failed at
+once, not retried. Failed tasks are not stored, so a rerun tries them again.
 """
 
 from __future__ import annotations
