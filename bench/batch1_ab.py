@@ -8,7 +8,8 @@ each timing `model.predict` on one window (C_in=20, T=256) 300 times after warm-
 reporting the median. Printed: per configuration the median over rounds, and the median of
 the per-round ratios first/this (> 1: this one is faster), which cancels a load that drifts
 between rounds. A configuration is environment variables (e.g. `spin:GOMP_SPINCOUNT=300`) and/or
-a source tree (`--root`, e.g. a `git worktree` of the commit before a change). `--busy` keeps
+a source tree (`--root`, e.g. a `git worktree` of the commit before a change);
+`BENCH_PRECISION=bfloat16` in a configuration times `model.frozen("bfloat16")` instead. `--busy` keeps
 one core busy with another process meanwhile (a loaded machine). OpenBLAS runs on one thread,
 Numba on all cores, as in bench/run.py.
 """
@@ -25,11 +26,13 @@ from statistics import median
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = """
-import sys, time
+import os, sys, time
 import numpy as np
 from numpyconvnext import ConvNeXt1D
 for variant in sys.argv[1].split(","):
     model = ConvNeXt1D.from_config(variant, 20, 3).eval()
+    if os.environ.get("BENCH_PRECISION"):
+        model = model.frozen(os.environ["BENCH_PRECISION"])
     x = np.random.default_rng(0).standard_normal((1, 20, 256)).astype(np.float32)
     for _ in range(30):
         model.predict(x)

@@ -59,11 +59,13 @@ def child_ours(task: str, variant: str, quick: bool, threads: int) -> dict:
     reps = _repeats(quick, variant == "tiny")
     rng = np.random.default_rng(0)
     model = ConvNeXt1D.from_config(variant, C_IN, CLASSES)
-    if task in ("b1", "infer"):  # b1: the batch-1 figure only
+    if task in ("b1", "b1bf16", "infer"):  # b1: the batch-1 figure only
         model.eval()
+        if task == "b1bf16":  # the bfloat16 pointwise weights of model.frozen("bfloat16")
+            model = model.frozen("bfloat16")
         x1 = rng.standard_normal((1, C_IN, T)).astype(np.float32)
         b1 = median_seconds(lambda: model.predict(x1), reps["b1"], 5, reps["min_seconds"])
-        if task == "b1":
+        if task != "infer":
             return {"b1_ms": b1 * 1e3}
         xb = rng.standard_normal((BATCH_INFER, C_IN, T)).astype(np.float32)
         big = median_seconds(lambda: model.predict(xb), reps["big"], 1)
@@ -304,7 +306,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
     """Per framework, the median of each figure over the rounds (peak RSS: the largest); the
     ratios are the medians of the ratios measured within each round."""
     entry: dict = {"rounds": rounds}
-    for framework in ("ours", "ours_passive", "torch", "ort"):
+    for framework in ("ours", "ours_passive", "ours_bf16", "torch", "ort"):
         keys = sorted({k for row in rounds for k in row.get(framework, {})})
         if not keys:
             continue
@@ -317,6 +319,7 @@ def combine_rounds(rounds: list[dict]) -> dict:
                 entry[framework][key] = max(values) if key.endswith("rss_mb") else median(values)
     pairs = {"ort_over_ours_b1": ("ort", "b1_ms", "ours", "b1_ms"),
              "ort_over_ours_passive_b1": ("ort", "b1_ms", "ours_passive", "b1_ms"),
+             "ort_over_ours_bf16_b1": ("ort", "b1_ms", "ours_bf16", "b1_ms"),
              "ours_over_torch_b256": ("ours", "b256_samples_s", "torch", "b256_samples_s"),
              "ours_over_torch_train": ("ours", "train_samples_s", "torch", "train_samples_s")}
     entry["ratios"] = {}
@@ -329,20 +332,23 @@ def combine_rounds(rounds: list[dict]) -> dict:
 
 def markdown(results: dict) -> str:
     lines = [
-        "| variant | ours b1 ms | ours b1 ms, passive | torch b1 ms | ORT b1 ms | ORT/ours b1 | "
-        "ORT/ours b1, passive | ours b256 /s | "
+        "| variant | ours b1 ms | ours b1 ms, passive | ours b1 ms, bf16 | torch b1 ms | ORT b1 ms | "
+        "ORT/ours b1 | ORT/ours b1, passive | ORT/ours b1, bf16 | ours b256 /s | "
         "torch b256 /s | ours/torch b256 | ours train /s | torch train /s | ours/torch train | "
         "ours train RSS MB | torch train RSS MB | ours GFLOP/s (b256, train) |",
-        "|" + "---|" * 16,
+        "|" + "---|" * 18,
     ]
     for v, r in results["variants"].items():
         o, t, x = r["ours"], r.get("torch") or {}, r.get("ort") or {}
         passive = r.get("ours_passive") or {}
+        bf16 = r.get("ours_bf16") or {}
         q = r.get("ratios") or {}
         lines.append(
-            f"| {v} | {fmt(o.get('b1_ms'))} | {fmt(passive.get('b1_ms'))} | {fmt(t.get('b1_ms'))} | "
+            f"| {v} | {fmt(o.get('b1_ms'))} | {fmt(passive.get('b1_ms'))} | "
+            f"{fmt(bf16.get('b1_ms'))} | {fmt(t.get('b1_ms'))} | "
             f"{fmt(x.get('b1_ms'))} | {fmt(q.get('ort_over_ours_b1'))}x | "
-            f"{fmt(q.get('ort_over_ours_passive_b1'))}x | {fmt(o.get('b256_samples_s'), 0)} | "
+            f"{fmt(q.get('ort_over_ours_passive_b1'))}x | "
+            f"{fmt(q.get('ort_over_ours_bf16_b1'))}x | {fmt(o.get('b256_samples_s'), 0)} | "
             f"{fmt(t.get('b256_samples_s'), 0)} | "
             f"{fmt(q.get('ours_over_torch_b256'))}x | "
             f"{fmt(o.get('train_samples_s'), 0)} | {fmt(t.get('train_samples_s'), 0)} | "
@@ -356,7 +362,9 @@ def markdown(results: dict) -> str:
                  f"warm): {fmt(results['cold_start'].get('load_predict_s'))} s; "
                  f"`cli.py --help`: {fmt(results['cold_start'].get('cli_help_s'))} s. "
                  f"\"passive\": our batch-1 figure with OMP_WAIT_POLICY=PASSIVE (idle OpenMP "
-                 f"threads sleep at once) instead of the CLI's short spin (GOMP_SPINCOUNT=300).")
+                 f"threads sleep at once) instead of the CLI's short spin (GOMP_SPINCOUNT=300). "
+                 f"\"bf16\": `model.frozen(\"bfloat16\")`, the blocks' pointwise weights in "
+                 f"bfloat16 (accuracy: README \"Speed\").")
     ceiling = results.get("matmul_gflops")
     if ceiling:
         shares = [f"{v} {fmt(r['ours'].get('gflops_b256', 0) / ceiling * 100, 0)} % / "
@@ -383,7 +391,10 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-RATIO_NAMES = {"ort_over_ours_b1": "ORT/ours b1", "ours_over_torch_train": "ours/torch train",
+# ratios that results before 2026-12-03 (round 2) do not have: left out there, not shown as "-"
+NEWER_RATIOS = {"ort_over_ours_bf16_b1"}
+RATIO_NAMES = {"ort_over_ours_b1": "ORT/ours b1", "ort_over_ours_bf16_b1": "ORT/ours b1 bf16",
+               "ours_over_torch_train": "ours/torch train",
                "ours_over_torch_b256": "ours/torch b256"}
 
 
@@ -407,7 +418,8 @@ def summary(paths: list[Path]) -> str:
                                                (entry.get("torch") or {}).get("train_samples_s")),
                 "ours_over_torch_b256": ratio(entry["ours"].get("b256_samples_s"),
                                               (entry.get("torch") or {}).get("b256_samples_s"))}
-            figures = ", ".join(f"{label} {fmt(q.get(name))}x" for name, label in RATIO_NAMES.items())
+            figures = ", ".join(f"{label} {fmt(q.get(name))}x" for name, label in RATIO_NAMES.items()
+                                if q.get(name) is not None or name not in NEWER_RATIOS)
             by_machine.setdefault(key, []).append(
                 f"  {path.name} ({results.get('threads')} threads) {variant}: {figures}")
     return "\n".join(f"{key}\n" + "\n".join(rows) for key, rows in by_machine.items())
@@ -487,6 +499,7 @@ def main() -> None:
                         run_child([f"torch-{task}", variant, *quick], args.threads) or {})
             row["ours_passive"] = run_child(["ours-b1", variant, *quick], args.threads,
                                             PASSIVE_ENV) or {}
+            row["ours_bf16"] = run_child(["ours-b1bf16", variant, *quick], args.threads) or {}
             if ort_ok:
                 row["ort"] = run_child(["torch-ort", variant, *quick], args.threads) or {}
             rounds.append(row)

@@ -20,6 +20,7 @@ from numba import njit, prange
 from kernels.dwconv import _conv_row
 from kernels.gelu import gelu_scalar
 from kernels.layernorm import _normalize_row
+from kernels.simd import lanes, vfma, vload, vload_head, vsum, vzero
 
 # rows at or below which `linear_forward` (stem, downsample, head) takes `matmul_rows`
 SMALL_ROWS = 32
@@ -33,68 +34,130 @@ BLOCK_ROWS = 64
 SPLIT_WEIGHTS = 1 << 18
 
 
-@njit(cache=True, fastmath={"reassoc", "contract"})
+@njit(cache=True)
 def _matmul_cols(x, w, out, n0, n1):
-    """out[:, n0:n1] = x[M, K] @ w[n0:n1, K].T; tiles of 2 rows x 4 output columns (8
-    accumulators), then the n1 - n0 % 4 tail columns one by one. Each out[m, n] is computed by
-    the same code whatever the range, as long as n0 and the tile starts agree modulo 4 (callers
-    split at multiples of 4), so a split product has the same bits as a whole one.
-
-    Not inlined: Numba applies the fastmath flags of the function the code ends up in, and
-    the reductions only vectorise with "reassoc"."""
+    """out[:, n0:n1] = x[M, K] @ w[n0:n1, K].T, as dot products of explicit SIMD vectors
+    (kernels/simd.py): tiles of 4 rows x 4 output columns (16 vector accumulators, 8 vector
+    loads per 16 FMAs), the rows past a multiple of 4 one at a time against 4 columns, the
+    n1 - n0 % 4 tail columns one by one. Every out[m, n] is the same sequence of operations
+    whichever tile computes it (lane-wise FMAs over the full vectors of K, then the partial
+    vector by a masked load, then the fixed pairwise `vsum`), so the bits do not depend on M,
+    on the split of the columns or on the thread count."""
     M, K = x.shape
-    zero = x.dtype.type(0.0)
+    xf = x.reshape(M * K)
+    wf = w.reshape(w.shape[0] * K)
+    L = lanes(x)
+    KL = K - K % L
+    rest = K - KL
     n4 = n0 + (n1 - n0) - (n1 - n0) % 4
-    m2 = M - M % 2
+    m4 = M - M % 4
     for n in range(n0, n4, 4):
-        w0 = w[n]
-        w1 = w[n + 1]
-        w2 = w[n + 2]
-        w3 = w[n + 3]
-        for m in range(0, m2, 2):
-            xa = x[m]
-            xb = x[m + 1]
-            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
-            for k in range(K):
-                u = xa[k]
-                v = xb[k]
-                a0 += w0[k] * u
-                a1 += w1[k] * u
-                a2 += w2[k] * u
-                a3 += w3[k] * u
-                b0 += w0[k] * v
-                b1 += w1[k] * v
-                b2 += w2[k] * v
-                b3 += w3[k] * v
-            out[m, n] = a0
-            out[m, n + 1] = a1
-            out[m, n + 2] = a2
-            out[m, n + 3] = a3
-            out[m + 1, n] = b0
-            out[m + 1, n + 1] = b1
-            out[m + 1, n + 2] = b2
-            out[m + 1, n + 3] = b3
-        for m in range(m2, M):
-            xa = x[m]
-            a0 = a1 = a2 = a3 = zero
-            for k in range(K):
-                u = xa[k]
-                a0 += w0[k] * u
-                a1 += w1[k] * u
-                a2 += w2[k] * u
-                a3 += w3[k] * u
-            out[m, n] = a0
-            out[m, n + 1] = a1
-            out[m, n + 2] = a2
-            out[m, n + 3] = a3
+        w0 = n * K
+        w1 = w0 + K
+        w2 = w1 + K
+        w3 = w2 + K
+        for m in range(0, m4, 4):
+            x0 = m * K
+            x1 = x0 + K
+            x2 = x1 + K
+            x3 = x2 + K
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = vzero(xf)
+            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = vzero(xf)
+            for k in range(0, KL, L):
+                v0 = vload(wf, w0 + k)
+                v1 = vload(wf, w1 + k)
+                v2 = vload(wf, w2 + k)
+                v3 = vload(wf, w3 + k)
+                u = vload(xf, x0 + k)
+                a00 = vfma(a00, u, v0)
+                a01 = vfma(a01, u, v1)
+                a02 = vfma(a02, u, v2)
+                a03 = vfma(a03, u, v3)
+                u = vload(xf, x1 + k)
+                a10 = vfma(a10, u, v0)
+                a11 = vfma(a11, u, v1)
+                a12 = vfma(a12, u, v2)
+                a13 = vfma(a13, u, v3)
+                u = vload(xf, x2 + k)
+                a20 = vfma(a20, u, v0)
+                a21 = vfma(a21, u, v1)
+                a22 = vfma(a22, u, v2)
+                a23 = vfma(a23, u, v3)
+                u = vload(xf, x3 + k)
+                a30 = vfma(a30, u, v0)
+                a31 = vfma(a31, u, v1)
+                a32 = vfma(a32, u, v2)
+                a33 = vfma(a33, u, v3)
+            if rest:
+                v0 = vload_head(wf, w0 + KL, rest)
+                v1 = vload_head(wf, w1 + KL, rest)
+                v2 = vload_head(wf, w2 + KL, rest)
+                v3 = vload_head(wf, w3 + KL, rest)
+                u = vload_head(xf, x0 + KL, rest)
+                a00 = vfma(a00, u, v0)
+                a01 = vfma(a01, u, v1)
+                a02 = vfma(a02, u, v2)
+                a03 = vfma(a03, u, v3)
+                u = vload_head(xf, x1 + KL, rest)
+                a10 = vfma(a10, u, v0)
+                a11 = vfma(a11, u, v1)
+                a12 = vfma(a12, u, v2)
+                a13 = vfma(a13, u, v3)
+                u = vload_head(xf, x2 + KL, rest)
+                a20 = vfma(a20, u, v0)
+                a21 = vfma(a21, u, v1)
+                a22 = vfma(a22, u, v2)
+                a23 = vfma(a23, u, v3)
+                u = vload_head(xf, x3 + KL, rest)
+                a30 = vfma(a30, u, v0)
+                a31 = vfma(a31, u, v1)
+                a32 = vfma(a32, u, v2)
+                a33 = vfma(a33, u, v3)
+            out[m, n] = vsum(a00)
+            out[m, n + 1] = vsum(a01)
+            out[m, n + 2] = vsum(a02)
+            out[m, n + 3] = vsum(a03)
+            out[m + 1, n] = vsum(a10)
+            out[m + 1, n + 1] = vsum(a11)
+            out[m + 1, n + 2] = vsum(a12)
+            out[m + 1, n + 3] = vsum(a13)
+            out[m + 2, n] = vsum(a20)
+            out[m + 2, n + 1] = vsum(a21)
+            out[m + 2, n + 2] = vsum(a22)
+            out[m + 2, n + 3] = vsum(a23)
+            out[m + 3, n] = vsum(a30)
+            out[m + 3, n + 1] = vsum(a31)
+            out[m + 3, n + 2] = vsum(a32)
+            out[m + 3, n + 3] = vsum(a33)
+        for m in range(m4, M):
+            x0 = m * K
+            a00 = a01 = a02 = a03 = vzero(xf)
+            for k in range(0, KL, L):
+                u = vload(xf, x0 + k)
+                a00 = vfma(a00, u, vload(wf, w0 + k))
+                a01 = vfma(a01, u, vload(wf, w1 + k))
+                a02 = vfma(a02, u, vload(wf, w2 + k))
+                a03 = vfma(a03, u, vload(wf, w3 + k))
+            if rest:
+                u = vload_head(xf, x0 + KL, rest)
+                a00 = vfma(a00, u, vload_head(wf, w0 + KL, rest))
+                a01 = vfma(a01, u, vload_head(wf, w1 + KL, rest))
+                a02 = vfma(a02, u, vload_head(wf, w2 + KL, rest))
+                a03 = vfma(a03, u, vload_head(wf, w3 + KL, rest))
+            out[m, n] = vsum(a00)
+            out[m, n + 1] = vsum(a01)
+            out[m, n + 2] = vsum(a02)
+            out[m, n + 3] = vsum(a03)
     for n in range(n4, n1):
-        wn = w[n]
+        w0 = n * K
         for m in range(M):
-            xa = x[m]
-            s = zero
-            for k in range(K):
-                s += wn[k] * xa[k]
-            out[m, n] = s
+            x0 = m * K
+            a00 = vzero(xf)
+            for k in range(0, KL, L):
+                a00 = vfma(a00, vload(xf, x0 + k), vload(wf, w0 + k))
+            if rest:
+                a00 = vfma(a00, vload_head(xf, x0 + KL, rest), vload_head(wf, w0 + KL, rest))
+            out[m, n] = vsum(a00)
     return out
 
 

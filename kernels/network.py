@@ -57,10 +57,12 @@ def _patchify_rows(x, w, b, out):
 
 
 @njit(cache=True)
-def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts):
+def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, pointwise):
     """Logits [B, classes] of the ConvNeXt whose parameters `flat`/`spans` hold, for x
     [B, T, C_in] (channels-last); dims, depths int64 [4]; kernel = dwconv taps; parts = threads
-    for each block's matmuls."""
+    for each block's matmuls. The blocks' pointwise weights (pwconv1, pwconv2: nearly all the
+    bytes) are read from `pointwise` at the same spans: `flat` itself, or the bfloat16 bits of
+    `flat` (uint16, `kernels.simd.bfloat16_bits`; widened to float32 as they are loaded)."""
     B, T, C_in = x.shape
     dt = x.dtype
     d = dims[0]
@@ -97,8 +99,8 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts):
             block_forward_rows(
                 act, taps, _param(flat, spans, k + 1), _param(flat, spans, k + 2),
                 _param(flat, spans, k + 3), eps,
-                _param(flat, spans, k + 4).reshape((4 * d, d)), _param(flat, spans, k + 5),
-                _param(flat, spans, k + 6).reshape((d, 4 * d)), _param(flat, spans, k + 7),
+                _param(pointwise, spans, k + 4).reshape((4 * d, d)), _param(flat, spans, k + 5),
+                _param(pointwise, spans, k + 6).reshape((d, 4 * d)), _param(flat, spans, k + 7),
                 _param(flat, spans, k + 8), keep, z, a, other, parts,
             )
             act, other = other, act

@@ -22,6 +22,7 @@ import numpy as np
 
 from kernels.block import BLOCK_ROWS
 from kernels.network import network_forward_rows
+from kernels.simd import bfloat16_bits, bfloat16_values
 from numpyconvnext.layers import (
     LAYERNORM_EPS,
     Block,
@@ -167,6 +168,10 @@ class ConvNeXt1D:
         self._build_layers(dims, depths, drop_path_rate)
         self._init_weights(self.config["layer_scale_init"] or 1.0, np.random.default_rng(seed))
         self._keep: list[np.ndarray] = []
+        self.precision = self.dtype.name
+        # what the one-call inference reads the blocks' pointwise weights from: flat_params, or
+        # their bfloat16 bits (`frozen("bfloat16")`)
+        self._pointwise: np.ndarray = self.flat_params
 
     @classmethod
     def from_config(cls, name: str, in_channels: int, num_classes: int, **options) -> ConvNeXt1D:
@@ -293,9 +298,52 @@ class ConvNeXt1D:
         for name, value in state.items():
             self._params[name][...] = value
 
+    def frozen(self, precision: str = "float32") -> ConvNeXt1D:
+        """An inference-only copy of this model, its weights read-only.
+
+        precision "float32" (or the model's own dtype): the same weights. "bfloat16": the
+        blocks' pointwise weights (pwconv1, pwconv2: nearly all the parameters) rounded to
+        bfloat16 (8 significant bits, nearest, ties to even); activations, accumulation and
+        every other parameter stay float32. Batch-1 inference then streams 2 bytes per weight
+        instead of 4; a batch runs the same math with the rounded values. Changes to this
+        model afterwards do not reach the copy. README "Speed" gives the measured effect on
+        the decisions of trained models. Temperature and checkpoint metadata are copied;
+        `train()` on the copy raises.
+        """
+        if precision not in ("float32", "float64", "bfloat16"):
+            raise ValueError(f"precision must be float32, float64 or bfloat16, got {precision!r}")
+        if precision != "bfloat16" and precision != self.dtype.name:
+            raise ValueError(f"precision {precision!r} differs from the model's dtype "
+                             f"{self.dtype.name}; only bfloat16 changes it")
+        if precision == "bfloat16" and self.dtype != np.float32:
+            raise ValueError("precision bfloat16 needs a float32 model")
+        c = self.config
+        copy = ConvNeXt1D(c["dims"], c["depths"], c["in_channels"], c["num_classes"],
+                          c["drop_path_rate"], c["layer_scale_init"], self.dtype, c["seed"],
+                          c["kernel_size"], c["layernorm_eps"])
+        copy.flat_params[...] = self.flat_params
+        copy.temperature = self.temperature
+        if hasattr(self, "metadata"):
+            copy.metadata = self.metadata
+        if precision == "bfloat16":
+            bits = np.zeros(copy.flat_params.size, dtype=np.uint16)  # read at pointwise spans only
+            for (start, end), name in zip(copy._spans, copy._params, strict=True):
+                if name.endswith((".pwconv1.weight", ".pwconv2.weight")):
+                    bits[start:end] = bfloat16_bits(copy.flat_params[start:end])
+                    copy.flat_params[start:end] = bfloat16_values(bits[start:end])
+            copy._pointwise = bits
+        for array in [copy.flat_params, *copy._params.values()]:  # the layers hold these views
+            array.flags.writeable = False
+        copy.precision = precision
+        copy.training = False
+        return copy
+
     # --- modes ----------------------------------------------------------------------------
 
     def train(self) -> ConvNeXt1D:
+        if not self.flat_params.flags.writeable:
+            raise RuntimeError(f"this model is a frozen ({self.precision}) copy for inference; "
+                               "train the model it was made from")
         self.training = True
         return self
 
@@ -354,7 +402,7 @@ class ConvNeXt1D:
                     np.ascontiguousarray(x.transpose(0, 2, 1)), self.flat_params, self._spans,
                     np.array(config["dims"], dtype=np.int64),
                     np.array(config["depths"], dtype=np.int64), config["kernel_size"],
-                    config["layernorm_eps"], parts,
+                    config["layernorm_eps"], parts, self._pointwise,
                 )
             self.workspace.select(x.shape)
             return self._run(x, cache=False, drop_path_masks=None, inference=True)

@@ -27,6 +27,7 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     ours = results["variants"]["atto"]["ours"]
     assert {"b1_ms", "b256_samples_s", "train_samples_s", "train_peak_rss_mb"} <= set(ours)
     assert "torch" not in results["variants"]["atto"]
+    assert results["variants"]["atto"]["ours_bf16"]["b1_ms"] > 0  # model.frozen("bfloat16")
     assert "| atto |" in proc.stdout
     machine = results["machine"]  # every result says where it was measured
     assert {"cpu", "isa", "cpu_count", "blas", "numba", "numba_threading_layer"} <= set(machine)
@@ -58,7 +59,8 @@ def test_rounds_combine_to_medians_and_per_round_ratios():
 def test_batch1_ab_runs_configurations_in_turn():
     proc = subprocess.run(
         [sys.executable, "bench/batch1_ab.py", "--variants", "atto", "--rounds", "2",
-         "--config", "a:NUMBA_NUM_THREADS=1", "--config", "b:NUMBA_NUM_THREADS=1"],
+         "--config", "a:NUMBA_NUM_THREADS=1",
+         "--config", "b:NUMBA_NUM_THREADS=1,BENCH_PRECISION=bfloat16"],
         cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr
@@ -86,6 +88,7 @@ def test_summary_groups_ratios_by_machine(tmp_path):
     spec.loader.exec_module(bench)
     amd = {"machine": {"cpu": "AMD EPYC", "isa": ["avx2"]}, "threads": 2, "variants": {
         "pico": {"ours": {"b1_ms": 2.0}, "ratios": {"ort_over_ours_b1": 0.5,
+                                                     "ort_over_ours_bf16_b1": 1.1,
                                                      "ours_over_torch_train": 1.2}}}}
     old = {"threads": 1, "variants": {"atto": {"ours": {"b1_ms": 2.0, "train_samples_s": 30.0},
                                                 "ort": {"b1_ms": 3.0},
@@ -95,6 +98,8 @@ def test_summary_groups_ratios_by_machine(tmp_path):
     text = bench.summary([tmp_path / "a.json", tmp_path / "b.json"])
     lines = text.splitlines()
     assert lines[0] == "AMD EPYC (avx2)"
-    assert "pico: ORT/ours b1 0.50x, ours/torch train 1.20x, ours/torch b256 -x" in lines[1]
+    assert ("pico: ORT/ours b1 0.50x, ORT/ours b1 bf16 1.10x, ours/torch train 1.20x, "
+            "ours/torch b256 -x") in lines[1]
     assert lines[2] == "CPU not recorded"  # ratios of a single-round result from its figures
     assert "atto: ORT/ours b1 1.50x, ours/torch train 1.50x" in lines[3]
+    assert "bf16" not in lines[3]  # older results have no bfloat16 figure: not shown as "-"

@@ -362,7 +362,7 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
 
     def run(parts):
         return network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
-                                    np.array(depths), 7, 1e-6, parts)
+                                    np.array(depths), 7, 1e-6, parts, model.flat_params)
 
     saved = numba.get_num_threads()
     try:
@@ -393,3 +393,54 @@ def test_sum_leading_equals_numpy_axis_sum(dtype, n, m, seed):
         expected += row
     np.testing.assert_array_equal(total, expected)
     np.testing.assert_allclose(total, partial.sum(axis=0), **TOL[dtype])
+
+
+@given(dims=st.lists(st.integers(1, 12), min_size=4, max_size=4),
+       depths=st.lists(st.integers(0, 2), min_size=4, max_size=4), c_in=st.integers(1, 5),
+       seed=st.integers(0, 2**16))
+@SETTINGS
+def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in, seed):
+    """With the pointwise weights given as bfloat16 bits the network computes the reference
+    model whose pointwise weights are those bfloat16 values (widening is exact)."""
+    from kernels.network import network_forward_rows
+    from kernels.simd import bfloat16_bits, bfloat16_values
+    from numpyconvnext import ConvNeXt1D
+
+    model = ConvNeXt1D(dims, depths, c_in, 3)
+    rng = np.random.default_rng(seed)
+    state = model.state_dict()
+    for name, p in state.items():
+        scale = 1.0 / np.sqrt(np.prod(p.shape[1:])) if p.ndim > 1 else 0.3
+        p[...] = rng.standard_normal(p.shape) * scale + (1.0 if name.endswith("gamma") else 0.0)
+    bits = np.zeros(model.flat_params.size, np.uint16)
+    rounded = {k: v.copy() for k, v in state.items()}
+    for (start, end), name in zip(model._spans, model._params, strict=True):
+        if name.endswith(("pwconv1.weight", "pwconv2.weight")):
+            bits[start:end] = bfloat16_bits(model.flat_params[start:end])
+            rounded[name] = bfloat16_values(bits[start:end]).reshape(state[name].shape)
+    x = rng.standard_normal((1, 64, c_in)).astype(np.float32)
+    got = network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
+                               np.array(depths), 7, 1e-6, 1, bits)
+    expected = reference.convnext_forward(rounded, depths, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)
+
+
+@given(values=st.lists(st.floats(-(2.0**127), 2.0**127, width=32), min_size=1, max_size=50))
+@SETTINGS
+def test_bfloat16_rounding_is_nearest_even(values):
+    from kernels.simd import bfloat16_bits, bfloat16_values
+
+    x = np.array(values, np.float32)
+    back = bfloat16_values(bfloat16_bits(x)).astype(np.float64)
+    # the neighbours of x in bfloat16 (8 significant bits): rounding picks the nearer one
+    exponent = np.floor(np.log2(np.maximum(np.abs(x.astype(np.float64)), 2.0**-133)))
+    step = 2.0 ** (np.maximum(exponent, -126) - 7)
+    assert (np.abs(back - x) <= step / 2).all()
+    np.testing.assert_array_equal(bfloat16_values(bfloat16_bits(back.astype(np.float32))), back)
+    # ties go to the even neighbour: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7
+    ties = np.array([1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 2.0**-8)], np.float32)
+    np.testing.assert_array_equal(bfloat16_values(bfloat16_bits(ties)), [1.0, 1 + 2.0**-6, -1.0])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        bfloat16_bits(np.array([np.nan], np.float32))
+    with pytest.raises(ValueError, match="beyond"):
+        bfloat16_bits(np.array([3.4e38], np.float32))

@@ -280,3 +280,70 @@ def test_predict_reuses_workspaces_and_matches_forward(batch):
     np.testing.assert_allclose(
         first, reference.convnext_forward(model.state_dict(), SMALL["depths"], x.transpose(0, 2, 1)),
         rtol=1e-12, atol=1e-12)
+
+
+def _trained_like(seed: int = 0) -> ConvNeXt1D:
+    """A small model with weights off the init (every parameter matters)."""
+    model = ConvNeXt1D((8, 16, 24, 32), (1, 1, 2, 1), 5, 3)
+    rng = np.random.default_rng(seed)
+    for name, p in model.state_dict().items():
+        scale = 1.0 / np.sqrt(np.prod(p.shape[1:])) if p.ndim > 1 else 0.3
+        p[...] = rng.standard_normal(p.shape) * scale + (1.0 if name.endswith("gamma") else 0.0)
+    return model.eval()
+
+
+def test_frozen_float32_is_the_same_model_read_only():
+    model = _trained_like()
+    model.temperature = 1.7
+    model.metadata = {"symbol": "BTCUSDT"}
+    frozen = model.frozen()
+    x = np.random.default_rng(1).standard_normal((1, 5, 64)).astype(np.float32)
+    np.testing.assert_array_equal(frozen.predict(x), model.predict(x))
+    assert frozen.temperature == 1.7 and frozen.metadata == {"symbol": "BTCUSDT"}
+    assert frozen.precision == "float32" and not frozen.training
+    with pytest.raises(ValueError, match="read-only"):
+        frozen.state_dict()["head.bias"][0] = 1.0
+    with pytest.raises(RuntimeError, match="frozen"):
+        frozen.train()
+    model.state_dict()["head.bias"][...] += 1.0  # the original stays trainable and separate
+    assert not np.array_equal(frozen.predict(x), model.predict(x))
+
+
+def test_frozen_bfloat16_rounds_only_the_pointwise_weights():
+    from kernels.simd import bfloat16_bits, bfloat16_values
+
+    model = _trained_like()
+    frozen = model.frozen("bfloat16")
+    assert frozen.precision == "bfloat16"
+    for name, value in frozen.state_dict().items():
+        original = model.state_dict()[name]
+        if name.endswith(("pwconv1.weight", "pwconv2.weight")):
+            np.testing.assert_array_equal(value, bfloat16_values(bfloat16_bits(original))
+                                          .reshape(value.shape))
+            assert not np.array_equal(value, original)
+        else:
+            np.testing.assert_array_equal(value, original)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 9])
+def test_frozen_bfloat16_predicts_alike_one_call_and_layer_by_layer(batch):
+    """Batch 1 streams the bfloat16 bits, a batch multiplies their float32 values: same math."""
+    model = _trained_like(3)
+    frozen = model.frozen("bfloat16")
+    x = np.random.default_rng(2).standard_normal((batch, 5, 64)).astype(np.float32)
+    together = frozen.predict(x)
+    one_by_one = np.concatenate([frozen.predict(x[i:i + 1]) for i in range(batch)])
+    np.testing.assert_allclose(one_by_one, together, rtol=1e-5, atol=1e-5)
+    full = model.predict(x)
+    assert np.abs(together - full).max() < 0.05 * np.abs(full).max()  # close, not equal
+    assert not np.array_equal(together, full)
+
+
+def test_frozen_rejects_what_it_cannot_do():
+    model = _trained_like()
+    with pytest.raises(ValueError, match="precision must be"):
+        model.frozen("int8")
+    with pytest.raises(ValueError, match="needs a float32 model"):
+        ConvNeXt1D((4, 4, 4, 4), (1, 1, 1, 1), 2, 3, dtype=np.float64).frozen("bfloat16")
+    with pytest.raises(ValueError, match="differs from the model's dtype"):
+        model.frozen("float64")

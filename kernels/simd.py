@@ -1,0 +1,214 @@
+"""Explicit SIMD vectors inside Numba kernels: a vector type and the few operations a dot product
+needs, lowered straight to LLVM vector IR.
+
+Why: LLVM's auto-vectoriser decides the width itself, and on AVX-512 Intel cores its tuning
+prefers 256-bit vectors (`prefer-256-bit`), so the reductions of `_matmul_cols` used ymm
+registers only (bench/NOTES.md, "LLVM vector width"). A vector written out in the IR keeps the
+width we give it. Here that is the widest the code is compiled for: 64 bytes (16 float32, 8
+float64) when the target has AVX-512 F, else 32 bytes (8 float32, 4 float64: AVX2; on older x86
+LLVM splits them into SSE halves, still correct).
+
+    vzero(row)          the zero vector of row's dtype
+    vload(row, i)       row[i : i + lanes(row)] as a vector (row: 1-D contiguous, no bound check;
+                        a uint16 row holds bfloat16 bits and loads as float32, exactly)
+    vload_head(row, i, count)
+                        row[i : i + count] in the first count lanes, zeros after (a masked
+                        load: reads nothing past row[i + count - 1])
+    vfma(acc, a, b)     acc + a * b lane by lane, fused (one rounding)
+    vsum(v)             the sum of the lanes: pairwise, halves then quarters ... (a fixed order,
+                        so equal vectors give equal bits)
+    lanes(array)        how many elements of the array a vector holds (a compile-time constant)
+
+The width is read from the CPU Numba compiles for (`NUMBA_CPU_NAME`/`NUMBA_CPU_FEATURES` if set,
+else the host) when a kernel is compiled, not at import; Numba's cache is keyed by that CPU too.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+
+@functools.cache
+def vector_bytes() -> int:
+    """64 if the compile target has AVX-512 F, else 32."""
+    features = numba.config.CPU_FEATURES
+    if features is None and numba.config.CPU_NAME in (None, "host"):
+        from llvmlite import binding
+
+        features = binding.get_host_cpu_features().flatten()
+    return 64 if features and "+avx512f" in features.split(",") else 32
+
+
+class Vector(types.Type):
+    """An LLVM vector <lanes x dtype> held in registers (a value, like a scalar)."""
+
+    def __init__(self, dtype: types.Float, lanes: int):
+        self.dtype = dtype
+        self.lanes = lanes
+        super().__init__(name=f"Vector({dtype}, {lanes})")
+
+
+@register_model(Vector)
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        scalar = ir.FloatType() if fe_type.dtype == types.float32 else ir.DoubleType()
+        super().__init__(dmm, fe_type, ir.VectorType(scalar, fe_type.lanes))
+
+
+def _vector_of(array: types.Array) -> Vector:
+    """The vector a load from `array` gives: its own dtype, or float32 for bfloat16 bits."""
+    if not isinstance(array, types.Array) or array.ndim != 1 or array.layout != "C" \
+            or array.dtype not in (types.float32, types.float64, types.uint16):
+        raise numba.core.errors.TypingError(
+            "SIMD operations take a 1-D contiguous float32, float64 or uint16 (bfloat16 bits) "
+            f"array, got {array}")
+    dtype = types.float32 if array.dtype == types.uint16 else array.dtype
+    return Vector(dtype, vector_bytes() * 8 // dtype.bitwidth)
+
+
+def _widen_bf16(builder, bits, lanes_):
+    """<lanes x i16> bfloat16 bits -> <lanes x float>: the bits are the float32's upper half."""
+    wide = builder.zext(bits, ir.VectorType(ir.IntType(32), lanes_))
+    shift = ir.Constant(ir.VectorType(ir.IntType(32), lanes_), [16] * lanes_)
+    return builder.bitcast(builder.shl(wide, shift), ir.VectorType(ir.FloatType(), lanes_))
+
+
+def _element_pointer(context, builder, signature, args, element_vector):
+    array = context.make_array(signature.args[0])(context, builder, args[0])
+    index = context.cast(builder, args[1], signature.args[1], types.intp)
+    return builder.bitcast(builder.gep(array.data, [index]), element_vector.as_pointer())
+
+
+def _stored_vector(row: types.Array, vector: Vector) -> ir.VectorType:
+    """The LLVM vector as it lies in memory (i16 lanes for bfloat16 bits)."""
+    if row.dtype == types.uint16:
+        return ir.VectorType(ir.IntType(16), vector.lanes)
+    scalar = ir.FloatType() if vector.dtype == types.float32 else ir.DoubleType()
+    return ir.VectorType(scalar, vector.lanes)
+
+
+@intrinsic
+def vzero(typingctx, row):
+    vector = _vector_of(row)
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(context.get_value_type(vector), None)
+
+    return vector(row), codegen
+
+
+@intrinsic
+def lanes(typingctx, row):
+    if not (isinstance(row, types.Array)
+            and row.dtype in (types.float32, types.float64, types.uint16)):
+        return None
+    bits = 32 if row.dtype == types.uint16 else row.dtype.bitwidth
+    count = vector_bytes() * 8 // bits
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, count)
+
+    return types.intp(row), codegen
+
+
+@intrinsic
+def vload(typingctx, row, i):
+    vector = _vector_of(row)
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        stored = _stored_vector(row, vector)
+        pointer = _element_pointer(context, builder, signature, args, stored)
+        value = builder.load(pointer, align=row.dtype.bitwidth // 8)
+        return _widen_bf16(builder, value, vector.lanes) if row.dtype == types.uint16 else value
+
+    return vector(row, i), codegen
+
+
+@intrinsic
+def vload_head(typingctx, row, i, count):
+    vector = _vector_of(row)
+    if not (isinstance(i, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        stored = _stored_vector(row, vector)
+        pointer = _element_pointer(context, builder, signature, args, stored)
+        count_ = context.cast(builder, args[2], signature.args[2], types.intp)
+        index_vector = ir.VectorType(ir.IntType(64), vector.lanes)
+        limit = builder.insert_element(ir.Constant(index_vector, None), count_,
+                                       ir.Constant(ir.IntType(32), 0))
+        limit = builder.shuffle_vector(
+            limit, limit, ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None))
+        mask = builder.icmp_signed("<", ir.Constant(index_vector, list(range(vector.lanes))),
+                                   limit)
+        element = "i16" if row.dtype == types.uint16 else f"f{vector.dtype.bitwidth}"
+        masked_load = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(stored, [stored.as_pointer(), ir.IntType(32), mask.type, stored]),
+            f"llvm.masked.load.v{vector.lanes}{element}.p0")
+        value = builder.call(masked_load, [pointer, ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8),
+                                           mask, ir.Constant(stored, None)])
+        return _widen_bf16(builder, value, vector.lanes) if row.dtype == types.uint16 else value
+
+    return vector(row, i, count), codegen
+
+
+@intrinsic
+def vfma(typingctx, acc, a, b):
+    if not (isinstance(acc, Vector) and acc == a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vector = context.get_value_type(acc)
+        suffix = f"v{acc.lanes}f{acc.dtype.bitwidth}"
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.{suffix}")
+        return builder.call(fma, [args[1], args[2], args[0]])
+
+    return acc(acc, a, b), codegen
+
+
+@intrinsic
+def vsum(typingctx, v):
+    if not isinstance(v, Vector):
+        return None
+
+    def codegen(context, builder, signature, args):
+        x = args[0]
+        n = v.lanes
+        while n > 1:
+            n //= 2
+            low = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n)))
+            high = ir.Constant(ir.VectorType(ir.IntType(32), n), list(range(n, 2 * n)))
+            x = builder.fadd(builder.shuffle_vector(x, x, low), builder.shuffle_vector(x, x, high))
+        return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
+
+    return v.dtype(v), codegen
+
+
+def bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 array -> uint16 bfloat16 bits, rounded to nearest, ties to even (the upper half
+    of each float32 after adding 0x7FFF + its lowest kept bit). Raises ValueError for NaN,
+    infinity or a value that would round to infinity."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError("bfloat16_bits: the array has NaN or infinite values")
+    bits = x.view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    if ((rounded & 0x7F80) == 0x7F80).any():  # |x| within half a step of float32's maximum
+        raise ValueError("bfloat16_bits: a value rounds beyond bfloat16's range")
+    return rounded
+
+
+def bfloat16_values(bits: np.ndarray) -> np.ndarray:
+    """uint16 bfloat16 bits -> the float32 values they stand for (exact)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

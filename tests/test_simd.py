@@ -1,0 +1,118 @@
+"""kernels/simd.py (explicit SIMD vectors) and the matmul built on it (kernels/block.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from numba import njit
+from numba.core.errors import TypingError
+
+from kernels.block import _matmul_cols, matmul_rows
+from kernels.simd import lanes, vector_bytes, vfma, vload, vload_head, vsum, vzero
+from tests.test_kernels import SETTINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@njit(cache=True)
+def _dot(x, w):
+    L = lanes(x)
+    full = x.shape[0] - x.shape[0] % L
+    acc = vzero(x)
+    for k in range(0, full, L):
+        acc = vfma(acc, vload(x, k), vload(w, k))
+    if full < x.shape[0]:
+        acc = vfma(acc, vload_head(x, full, x.shape[0] - full), vload_head(w, full, x.shape[0] - full))
+    return vsum(acc)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lanes_fill_the_vector_width(dtype):
+    @njit
+    def count(x):
+        return lanes(x)
+
+    assert vector_bytes() in (32, 64)
+    assert count(np.zeros(3, dtype)) == vector_bytes() // np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(n=st.integers(1, 70), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_vector_dot_matches_numpy(dtype, n, seed):
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((2, n)).astype(dtype)
+    # a window of a longer array: the masked last load must not pick up what follows
+    padded = np.full(n + 40, 1e30, dtype)
+    padded[:n] = x
+    expected = float(np.dot(x.astype(np.float64), w.astype(np.float64)))
+    tolerance = 1e-5 if dtype == np.float32 else 1e-12
+    assert _dot(padded[:n], w) == pytest.approx(expected, rel=tolerance, abs=tolerance * n)
+
+
+def test_vector_operations_refuse_strided_and_integer_arrays():
+    with pytest.raises(TypingError):
+        _dot(np.ones(8)[::2], np.ones(4))
+    with pytest.raises(TypingError):
+        _dot(np.ones(8, np.int64), np.ones(8, np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(m=st.integers(1, 13), k=st.integers(1, 70), n=st.integers(1, 23), cut=st.integers(0, 6),
+       seed=st.integers(0, 2**16))
+@SETTINGS
+def test_matmul_bits_do_not_depend_on_rows_or_column_split(dtype, m, k, n, cut, seed):
+    """The docstring's promise: each out[m, n] is computed the same way whatever tile or split."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((n, k)).astype(dtype)
+    whole = matmul_rows(x, w, np.empty((m, n), dtype))
+    split = np.empty((m, n), dtype)
+    at = min(n, 4 * cut)
+    _matmul_cols(x, w, split, 0, at)
+    _matmul_cols(x, w, split, at, n)
+    np.testing.assert_array_equal(split, whole)
+    for row in range(m):
+        alone = matmul_rows(x[row:row + 1].copy(), w, np.empty((1, n), dtype))
+        np.testing.assert_array_equal(alone[0], whole[row])
+
+
+def _has_avx2() -> bool:
+    try:
+        return "avx2" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_avx2(), reason="needs an x86-64 CPU with AVX2 (/proc/cpuinfo)")
+def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
+    """On an AVX-512 machine the kernels use 64-byte vectors; compiled for Haswell (AVX2) they
+    use 32-byte ones. A child compiles for Haswell so both paths are checked on any machine."""
+    code = (
+        "import numpy as np\n"
+        "from kernels.block import matmul_rows\n"
+        "from kernels.simd import vector_bytes\n"
+        "assert vector_bytes() == 32, vector_bytes()\n"
+        "rng = np.random.default_rng(0)\n"
+        "for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-11)):\n"
+        "    for m, k, n in ((1, 1, 1), (5, 7, 9), (16, 41, 18), (8, 100, 12)):\n"
+        "        x = rng.standard_normal((m, k)).astype(dtype)\n"
+        "        w = rng.standard_normal((n, k)).astype(dtype)\n"
+        "        out = matmul_rows(x, w, np.empty((m, n), dtype))\n"
+        "        np.testing.assert_allclose(out, x @ w.T, rtol=tol, atol=tol)\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=str(ROOT))
+    env.pop("NUMBA_CPU_FEATURES", None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"
