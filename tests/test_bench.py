@@ -103,3 +103,23 @@ def test_summary_groups_ratios_by_machine(tmp_path):
     assert lines[2] == "CPU not recorded"  # ratios of a single-round result from its figures
     assert "atto: ORT/ours b1 1.50x, ours/torch train 1.50x" in lines[3]
     assert "bf16" not in lines[3]  # older results have no bfloat16 figure: not shown as "-"
+
+
+def test_bf16_accuracy_compares_decisions_of_a_checkpoint(tmp_path):
+    from numpyconvnext.data.store import save_candles
+    from tests.test_trading_cli import make_checkpoint
+
+    path, candles = make_checkpoint(tmp_path, bars=700)
+    data = save_candles(candles, tmp_path / "BTCUSDT_1h.csv")
+    out = tmp_path / "accuracy.json"
+    proc = subprocess.run(
+        [sys.executable, "bench/bf16_accuracy.py", str(path), "--data", str(data), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["bars"] > 300 and row["data"] == "BTCUSDT_1h.csv"
+    assert 0 < row["max_abs_probability_change"] < 0.05  # rounded weights: close, not equal
+    assert 0.9 <= row["same_class"] <= 1 and 0.9 <= row["same_signal"] <= 1
+    assert row["batch1_vs_batched_max_gap"] < 1e-4
+    assert "same class" in proc.stdout and "Reproduce: python bench/bf16_accuracy.py" in proc.stdout
