@@ -76,8 +76,8 @@ def main() -> None:
             result.update(checkpoint=path, dims=variant, data=Path(file).name)
             rows.append(result)
             print(f"{Path(path).parent.name:>8} {Path(file).name:>22}: {result['bars']:6d} bars, "
-                  f"max |dp| {result['max_abs_probability_change']:.4f}, mean |dp| "
-                  f"{result['mean_abs_probability_change']:.5f}, same class "
+                  f"max |dp| {result['max_abs_probability_change']:.1e}, mean |dp| "
+                  f"{result['mean_abs_probability_change']:.1e}, same class "
                   f"{100 * result['same_class']:.2f} %, same signal "
                   f"{100 * result['same_signal']:.2f} % ({result['signals_changed']} of "
                   f"{result['traded_signals']} traded changed); "
@@ -90,7 +90,7 @@ def main() -> None:
     worst = max(r["max_abs_probability_change"] for r in rows)
     print(f"\nAll: {bars} decisions, same class {100 * same:.2f} % (lowest per pair "
           f"{100 * min(r['same_class'] for r in rows):.2f} %), same signal "
-          f"{100 * same_signal:.2f} %, max |dp| {worst:.4f}")
+          f"{100 * same_signal:.2f} %, max |dp| {worst:.1e}")
     print("Reproduce: python bench/bf16_accuracy.py " + " ".join(sys.argv[1:]))
     if args.out:
         Path(args.out).write_text(json.dumps({"machine": machine_info(), "rows": rows,
