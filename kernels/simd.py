@@ -62,15 +62,23 @@ class _VectorModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, ir.VectorType(scalar, fe_type.lanes))
 
 
+_ELEMENTS = (types.float32, types.float64, types.uint16)  # uint16: bfloat16 bits
+
+
+def _vector_for(element: types.Type) -> Vector:
+    """The vector a load of `element`s gives: that dtype, or float32 for bfloat16 bits."""
+    dtype = types.float32 if element == types.uint16 else element
+    return Vector(dtype, vector_bytes() * 8 // dtype.bitwidth)
+
+
 def _vector_of(array: types.Array) -> Vector:
-    """The vector a load from `array` gives: its own dtype, or float32 for bfloat16 bits."""
+    """The vector a load from the 1-D contiguous `array` gives."""
     if not isinstance(array, types.Array) or array.ndim != 1 or array.layout != "C" \
-            or array.dtype not in (types.float32, types.float64, types.uint16):
+            or array.dtype not in _ELEMENTS:
         raise numba.core.errors.TypingError(
             "SIMD operations take a 1-D contiguous float32, float64 or uint16 (bfloat16 bits) "
             f"array, got {array}")
-    dtype = types.float32 if array.dtype == types.uint16 else array.dtype
-    return Vector(dtype, vector_bytes() * 8 // dtype.bitwidth)
+    return _vector_for(array.dtype)
 
 
 def _widen_bf16(builder, bits, lanes_):
@@ -86,12 +94,11 @@ def _element_pointer(context, builder, signature, args, element_vector):
     return builder.bitcast(builder.gep(array.data, [index]), element_vector.as_pointer())
 
 
-def _stored_vector(row: types.Array, vector: Vector) -> ir.VectorType:
-    """The LLVM vector as it lies in memory (i16 lanes for bfloat16 bits)."""
+def _stored_vector(context, row: types.Array, vector: Vector) -> ir.VectorType:
+    """The LLVM vector as it lies in memory: the vector itself, or i16 lanes for bfloat16 bits."""
     if row.dtype == types.uint16:
         return ir.VectorType(ir.IntType(16), vector.lanes)
-    scalar = ir.FloatType() if vector.dtype == types.float32 else ir.DoubleType()
-    return ir.VectorType(scalar, vector.lanes)
+    return context.get_value_type(vector)
 
 
 @intrinsic
@@ -106,11 +113,9 @@ def vzero(typingctx, row):
 
 @intrinsic
 def lanes(typingctx, row):
-    if not (isinstance(row, types.Array)
-            and row.dtype in (types.float32, types.float64, types.uint16)):
+    if not (isinstance(row, types.Array) and row.dtype in _ELEMENTS):
         return None
-    bits = 32 if row.dtype == types.uint16 else row.dtype.bitwidth
-    count = vector_bytes() * 8 // bits
+    count = _vector_for(row.dtype).lanes
 
     def codegen(context, builder, signature, args):
         return context.get_constant(types.intp, count)
@@ -125,7 +130,7 @@ def vload(typingctx, row, i):
         return None
 
     def codegen(context, builder, signature, args):
-        stored = _stored_vector(row, vector)
+        stored = _stored_vector(context, row, vector)
         pointer = _element_pointer(context, builder, signature, args, stored)
         value = builder.load(pointer, align=row.dtype.bitwidth // 8)
         return _widen_bf16(builder, value, vector.lanes) if row.dtype == types.uint16 else value
@@ -140,7 +145,7 @@ def vload_head(typingctx, row, i, count):
         return None
 
     def codegen(context, builder, signature, args):
-        stored = _stored_vector(row, vector)
+        stored = _stored_vector(context, row, vector)
         pointer = _element_pointer(context, builder, signature, args, stored)
         count_ = context.cast(builder, args[2], signature.args[2], types.intp)
         index_vector = ir.VectorType(ir.IntType(64), vector.lanes)
