@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from kernels import dwconv, gelu, layernorm, linear, reference, residual
 from kernels.adamw import adamw_update
 from tests.gradcheck import directional_check, elementwise_check
+from tests.test_interop import randomised
 
 SETTINGS = settings(max_examples=15, deadline=None)
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -351,13 +352,10 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
     from kernels.network import network_forward_rows
     from numpyconvnext import ConvNeXt1D
 
-    model = ConvNeXt1D(dims, depths, c_in, classes, dtype=dtype)
-    rng = np.random.default_rng(seed)
-    for name, p in model.state_dict().items():  # off the init: every parameter matters
-        scale = 1.0 / np.sqrt(np.prod(p.shape[1:])) if p.ndim > 1 else 0.3
-        p[...] = rng.standard_normal(p.shape) * scale + (1.0 if name.endswith("gamma") else 0.0)
+    # off the init: every parameter matters
+    model = randomised(ConvNeXt1D(dims, depths, c_in, classes, dtype=dtype), seed)
     B, T = batch_steps
-    x = rng.standard_normal((B, T, c_in)).astype(dtype)
+    x = np.random.default_rng(seed + 1).standard_normal((B, T, c_in)).astype(dtype)
     expected = reference.convnext_forward(model.state_dict(), depths, x)
 
     def run(parts):
@@ -403,25 +401,15 @@ def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in
     """With the pointwise weights given as bfloat16 bits the network computes the reference
     model whose pointwise weights are those bfloat16 values (widening is exact)."""
     from kernels.network import network_forward_rows
-    from kernels.simd import bfloat16_bits, bfloat16_values
     from numpyconvnext import ConvNeXt1D
 
-    model = ConvNeXt1D(dims, depths, c_in, 3)
-    rng = np.random.default_rng(seed)
-    state = model.state_dict()
-    for name, p in state.items():
-        scale = 1.0 / np.sqrt(np.prod(p.shape[1:])) if p.ndim > 1 else 0.3
-        p[...] = rng.standard_normal(p.shape) * scale + (1.0 if name.endswith("gamma") else 0.0)
-    bits = np.zeros(model.flat_params.size, np.uint16)
-    rounded = {k: v.copy() for k, v in state.items()}
-    for (start, end), name in zip(model._spans, model._params, strict=True):
-        if name.endswith(("pwconv1.weight", "pwconv2.weight")):
-            bits[start:end] = bfloat16_bits(model.flat_params[start:end])
-            rounded[name] = bfloat16_values(bits[start:end]).reshape(state[name].shape)
-    x = rng.standard_normal((1, 64, c_in)).astype(np.float32)
+    # frozen("bfloat16") holds the bits (`_pointwise`) and their values (its state dict); its
+    # rounding itself is checked in tests/test_model.py
+    model = randomised(ConvNeXt1D(dims, depths, c_in, 3), seed).frozen("bfloat16")
+    x = np.random.default_rng(seed + 1).standard_normal((1, 64, c_in)).astype(np.float32)
     got = network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
-                               np.array(depths), 7, 1e-6, 1, bits)
-    expected = reference.convnext_forward(rounded, depths, x)
+                               np.array(depths), 7, 1e-6, 1, model._pointwise)
+    expected = reference.convnext_forward(model.state_dict(), depths, x)
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)
 
 

@@ -283,13 +283,8 @@ def test_predict_reuses_workspaces_and_matches_forward(batch):
 
 
 def _trained_like(seed: int = 0) -> ConvNeXt1D:
-    """A small model with weights off the init (every parameter matters)."""
-    model = ConvNeXt1D((8, 16, 24, 32), (1, 1, 2, 1), 5, 3)
-    rng = np.random.default_rng(seed)
-    for name, p in model.state_dict().items():
-        scale = 1.0 / np.sqrt(np.prod(p.shape[1:])) if p.ndim > 1 else 0.3
-        p[...] = rng.standard_normal(p.shape) * scale + (1.0 if name.endswith("gamma") else 0.0)
-    return model.eval()
+    """A small float32 model with weights off the init (every parameter matters)."""
+    return randomised(ConvNeXt1D((8, 16, 24, 32), (1, 1, 2, 1), 5, 3), seed).eval()
 
 
 def test_frozen_float32_is_the_same_model_read_only():
