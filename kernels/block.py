@@ -20,7 +20,7 @@ from numba import njit, prange
 from kernels.dwconv import _conv_row
 from kernels.gelu import gelu_scalar
 from kernels.layernorm import _normalize_row
-from kernels.simd import lanes, vfma, vload, vload_head, vsum, vzero
+from kernels.simd import lanes, vfma, vload, vload_head, vprefetch, vsum, vzero
 
 # rows at or below which `linear_forward` (stem, downsample, head) takes `matmul_rows`
 SMALL_ROWS = 32
@@ -42,7 +42,13 @@ def _matmul_cols(x, w, out, n0, n1):
     n1 - n0 % 4 tail columns one by one. Every out[m, n] is the same sequence of operations
     whichever tile computes it (lane-wise FMAs over the full vectors of K, then the partial
     vector by a masked load, then the fixed pairwise `vsum`), so the bits do not depend on M,
-    on the split of the columns or on the thread count."""
+    on the split of the columns or on the thread count.
+
+    A tile's 4 weight rows are one contiguous run of 4K elements, read once from memory and
+    then from L1 by the other row tiles. So that the memory does not idle while those compute,
+    each step of K prefetches two cache lines of the next tile's run: with M >= 8 the whole
+    run is on its way before the tile is done (1.3-1.7x on the stage 2-3 pwconv1 shapes
+    8x512x2048 ... 16x384x1536 with weights from DRAM; bench/NOTES.md, round 5)."""
     M, K = x.shape
     xf = x.reshape(M * K)
     wf = w.reshape(w.shape[0] * K)
@@ -51,11 +57,15 @@ def _matmul_cols(x, w, out, n0, n1):
     rest = K - KL
     n4 = n0 + (n1 - n0) - (n1 - n0) % 4
     m4 = M - M % 4
+    line = 64 // wf.itemsize  # elements per cache line
+    last = wf.size - 1
     for n in range(n0, n4, 4):
         w0 = n * K
         w1 = w0 + K
         w2 = w1 + K
         w3 = w2 + K
+        ahead = w3 + K  # the next tile's rows, up to `stop`
+        stop = min(ahead + 4 * K, last)
         for m in range(0, m4, 4):
             x0 = m * K
             x1 = x0 + K
@@ -64,6 +74,10 @@ def _matmul_cols(x, w, out, n0, n1):
             a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = vzero(xf)
             a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = vzero(xf)
             for k in range(0, KL, L):
+                if ahead < stop:
+                    vprefetch(wf, ahead)
+                    vprefetch(wf, min(ahead + line, stop))
+                    ahead += 2 * line
                 v0 = vload(wf, w0 + k)
                 v1 = vload(wf, w1 + k)
                 v2 = vload(wf, w2 + k)

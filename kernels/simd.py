@@ -17,6 +17,8 @@ LLVM splits them into SSE halves, still correct).
     vfma(acc, a, b)     acc + a * b lane by lane, fused (one rounding)
     vsum(v)             the sum of the lanes: pairwise, halves then quarters ... (a fixed order,
                         so equal vectors give equal bits)
+    vprefetch(row, i)   a hint to bring the cache line holding row[i] into the caches (x86
+                        `prefetcht0`; never faults, changes no value: it only moves the wait)
     lanes(array)        how many elements of the array a vector holds (a compile-time constant)
 
 The width is read from the CPU Numba compiles for (`NUMBA_CPU_NAME`/`NUMBA_CPU_FEATURES` if set,
@@ -198,6 +200,26 @@ def vsum(typingctx, v):
         return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
 
     return v.dtype(v), codegen
+
+
+@intrinsic
+def vprefetch(typingctx, row, i):
+    if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
+            and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        byte_pointer = ir.IntType(8).as_pointer()
+        pointer = _element_pointer(context, builder, signature, args, ir.IntType(8))
+        prefetch = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [byte_pointer] + [ir.IntType(32)] * 3),
+            "llvm.prefetch.p0")
+        # read (0), keep in all cache levels (3), data cache (1)
+        builder.call(prefetch, [pointer] + [ir.Constant(ir.IntType(32), v) for v in (0, 3, 1)])
+        return context.get_dummy_value()
+
+    return types.none(row, i), codegen
 
 
 def bfloat16_bits(x: np.ndarray) -> np.ndarray:

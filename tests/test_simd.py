@@ -15,7 +15,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from kernels.block import _matmul_cols, matmul_rows
-from kernels.simd import lanes, vector_bytes, vfma, vload, vload_head, vsum, vzero
+from kernels.simd import lanes, vector_bytes, vfma, vload, vload_head, vprefetch, vsum, vzero
 from tests.test_kernels import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +62,24 @@ def test_vector_operations_refuse_strided_and_integer_arrays():
         _dot(np.ones(8)[::2], np.ones(4))
     with pytest.raises(TypingError):
         _dot(np.ones(8, np.int64), np.ones(8, np.int64))
+
+
+@njit(cache=True)
+def _prefetched_sum(x, ahead):
+    total = 0.0
+    for i in range(x.shape[0]):
+        vprefetch(x, i + ahead)  # also far past the end: a hint, never a fault
+        total += x[i]
+    return total
+
+
+def test_prefetch_changes_no_value_and_takes_only_contiguous_rows():
+    x = np.arange(100, dtype=np.float32)
+    for ahead in (0, 16, 10**6):
+        assert _prefetched_sum(x, ahead) == 4950.0
+    assert _prefetched_sum(np.zeros(0, np.uint16), 5) == 0.0
+    with pytest.raises(TypingError):
+        _prefetched_sum(x[::2], 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
