@@ -186,7 +186,8 @@ def _split(n, parts, p):
 @njit(cache=True)
 def matmul_rows(x, w, out):
     """out[M, N] = x[M, K] @ w[N, K].T for few rows M (serial). x, w C-contiguous; returns out."""
-    return _matmul_cols(x, w, out, 0, w.shape[0])
+    first = 0 * w.shape[0]  # computed: a literal 0 would compile a second `_matmul_cols`
+    return _matmul_cols(x, w, out, first, w.shape[0])
 
 
 @njit(cache=True, parallel=True)

@@ -26,11 +26,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.block import _matmul_cols, block_forward_rows
+from kernels.block import block_forward_rows, matmul_rows
 from kernels.layernorm import layernorm_forward_serial
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # inlined: no specialisation per literal index
 def _param(flat, spans, i):
     return flat[spans[i, 0]:spans[i, 1]]
 
@@ -51,7 +51,7 @@ def _patchify_rows(x, w, b, out):
             xs = x[bi, t0 + j]
             for c in range(C):
                 row[c * s + j] = xs[c]
-    _matmul_cols(patches, w, out, 0, w.shape[0])
+    matmul_rows(patches, w, out)
     out += b
     return out
 
@@ -117,6 +117,6 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, point
                                       eps)[0]
     classes = (spans[k + 2, 1] - spans[k + 2, 0]) // d
     logits = np.empty((B, classes), dtype=dt)
-    _matmul_cols(normed, _param(flat, spans, k + 2).reshape((classes, d)), logits, 0, classes)
+    matmul_rows(normed, _param(flat, spans, k + 2).reshape((classes, d)), logits)
     logits += _param(flat, spans, k + 3)
     return logits

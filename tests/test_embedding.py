@@ -163,15 +163,15 @@ def test_kernels_leave_a_long_spinning_openmp_pool_asleep(monkeypatch):
     assert threads.thread_counts() == (1, 1)
 
 
-def test_cli_sets_a_short_openmp_wait_for_its_own_process_only():
+def test_cli_sets_a_short_openmp_wait_and_llvm_o2_for_its_own_process_only():
     from cli import set_process_defaults
 
     environ: dict[str, str] = {}
     set_process_defaults(environ)
-    assert environ == {"GOMP_SPINCOUNT": "300", "KMP_BLOCKTIME": "0"}
-    mine = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert environ == {"GOMP_SPINCOUNT": "300", "KMP_BLOCKTIME": "0", "NUMBA_OPT": "2"}
+    mine = {"OMP_WAIT_POLICY": "ACTIVE", "NUMBA_OPT": "3"}
     set_process_defaults(mine)
-    assert mine == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert mine == {"OMP_WAIT_POLICY": "ACTIVE", "NUMBA_OPT": "3"}
     # ... and `python cli.py` applies it before it imports the library
     out = subprocess.run([sys.executable, "-c", "import os, runpy, sys; sys.argv = ['cli.py', '--help'];"
                           "\ntry: runpy.run_path('cli.py', run_name='__main__')"
