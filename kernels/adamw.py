@@ -15,8 +15,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels import prange_only
 
-@njit(cache=True, parallel=True)
+
+@njit(cache=True, parallel=prange_only())
 def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step):
     """In-place AdamW step on 1-D contiguous arrays p, g, m, v (same dtype and length).
 

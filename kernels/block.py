@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from numba import njit, prange
 
+from kernels import prange_only
 from kernels.dwconv import _conv_row
 from kernels.gelu import gelu_scalar
 from kernels.layernorm import _normalize_row
@@ -190,7 +191,7 @@ def matmul_rows(x, w, out):
     return _matmul_cols(x, w, out, first, w.shape[0])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, gamma, keep,
                        z, a, out, parts=1):
     """A whole block's inference in one call, for few rows.

@@ -15,11 +15,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels import prange_only
 from kernels.layernorm import _normalize_row
 from kernels.reduce import sum_leading
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def dwconv_forward(x, w, b):
     """x [B, T, C], w [K, C], b [C] -> y [B, T, C] (see module docstring)."""
     B, T, C = x.shape
@@ -29,7 +30,7 @@ def dwconv_forward(x, w, b):
     return y
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def dwconv_backward(dy, x, w):
     """dy, x [B, T, C], w [K, C] -> dx [B, T, C], dw [K, C], db [C]."""
     B, T, C = x.shape
@@ -61,7 +62,7 @@ def dwconv_backward(dy, x, w):
     return dx, total[:K].copy(), total[K].copy()
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps):
     """Fused y = dwconv(x); z = LayerNorm(y) over C. Returns (y, z, mean, rstd).
 
@@ -83,7 +84,7 @@ def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps):
     return y, z, mean, rstd
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def dwconv_layernorm_forward_into(x, w, b, norm_w, norm_b, eps, y, z, mean, rstd):
     """As `dwconv_layernorm_forward`, writing into the caller's y, z [B, T, C], mean, rstd [B, T]."""
     B, T, C = x.shape

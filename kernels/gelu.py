@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
+from kernels import prange_only
 from kernels.layernorm import _CHUNKS
 from kernels.reduce import sum_leading
 
@@ -93,7 +94,7 @@ def _gelu_grad_scalar_impl(x):
                       + x * _INV_SQRT_2PI * math.exp(-0.5 * x * x))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def gelu_forward(x):
     """x [N, C] -> GELU(x) [N, C]."""
     N, C = x.shape
@@ -104,7 +105,7 @@ def gelu_forward(x):
     return y
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def gelu_backward(dy, x):
     """dy, x [N, C] -> dx = dy * GELU'(x) [N, C]."""
     N, C = x.shape
@@ -115,7 +116,7 @@ def gelu_backward(dy, x):
     return dx
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def gelu_forward_into(x, y):
     """y[N, C] = GELU(x[N, C]) written into the caller's buffer (recomputes a from pre in the
     block's backward instead of keeping it)."""
@@ -126,7 +127,7 @@ def gelu_forward_into(x, y):
     return y
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def bias_gelu_forward(h, b):
     """h [N, C], b [C] -> (y, pre) with pre = h + b written into h (in place), y = GELU(pre)."""
     # the loop of bias_gelu_forward_into, not a call to it (see dwconv_layernorm_forward)
@@ -140,7 +141,7 @@ def bias_gelu_forward(h, b):
     return y, h
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def bias_gelu_forward_into(h, b, y):
     """As `bias_gelu_forward`, writing y into the caller's buffer y [N, C]. Returns (y, h)."""
     N, C = h.shape
@@ -152,7 +153,7 @@ def bias_gelu_forward_into(h, b, y):
     return y, h
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def bias_gelu_backward(dy, pre):
     """dy, pre [N, C] -> dpre [N, C] (written into dy, in place), db [C]."""
     N, C = pre.shape

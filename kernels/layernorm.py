@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels import prange_only
 from kernels.reduce import sum_leading
 
 # The weight/bias reductions are split into a fixed number of row chunks (not one per thread),
@@ -22,7 +23,7 @@ from kernels.reduce import sum_leading
 _CHUNKS = 64
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def layernorm_forward(x, w, b, eps):
     """x [N, C], w [C], b [C] -> y [N, C], mean [N], rstd [N]."""
     N, C = x.shape
@@ -46,7 +47,7 @@ def layernorm_forward_serial(x, w, b, eps):
     return y, mean, rstd
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def layernorm_backward(dy, x, w, mean, rstd):
     """dy, x [N, C], w [C], mean, rstd [N] -> dx [N, C], dw [C], db [C]."""
     N, C = x.shape

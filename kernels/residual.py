@@ -17,11 +17,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from kernels import prange_only
 from kernels.layernorm import _CHUNKS
 from kernels.reduce import sum_leading
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def residual_forward(x, branch, gamma, keep):
     """x, branch [B, T, C], gamma [C], keep [B] -> out [B, T, C]."""
     B, T, C = x.shape
@@ -35,7 +36,7 @@ def residual_forward(x, branch, gamma, keep):
     return out
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def residual_backward(dout, branch, gamma, keep):
     """dout, branch [B, T, C], gamma [C], keep [B] -> dbranch [B, T, C], dgamma [C]."""
     B, T, C = branch.shape
@@ -56,7 +57,7 @@ def residual_backward(dout, branch, gamma, keep):
     return dbranch, sum_leading(partial).astype(branch.dtype)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=prange_only())
 def bias_residual_forward(x, branch, bias, gamma, keep, out):
     """The block's last step fused with pwconv2's bias: branch += bias (in place: the branch
     output is kept for the backward), out = x + keep[b] * gamma * branch. x, branch, out
