@@ -26,8 +26,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from measure import machine_info  # noqa: E402
 
-from numpyconvnext.checkpoint import load  # noqa: E402
-from numpyconvnext.data.store import load_candles  # noqa: E402
+from numpyconvnext.checkpoint import CheckpointError, load  # noqa: E402
+from numpyconvnext.data.store import CandleFileError, load_candles  # noqa: E402
 from numpyconvnext.trading.inference import (  # noqa: E402
     decide,
     preprocessing_of,
@@ -56,17 +56,10 @@ def compare(model, candles, symbol: str) -> dict:
             "batch1_vs_batched_max_gap": batch1_gap}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+")
-    parser.add_argument("--data", action="append", default=None)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-    files = args.data or sorted(str(p) for p in [*SHARED.glob("*.csv"), *SHARED.glob("perp/*.csv")])
-    if not files:
-        raise SystemExit(f"no candle files (looked in {SHARED}); pass --data FILE")
+def compare_all(checkpoints: list[str], files: list[str]) -> list[dict]:
+    """`compare` for every checkpoint on every candle file, printing a line for each."""
     rows = []
-    for path in args.checkpoints:
+    for path in checkpoints:
         model = load(path)
         variant = "x".join(str(d) for d in model.config["dims"])
         for file in files:
@@ -84,6 +77,22 @@ def main() -> None:
                   f"batch 1 vs batched {result['batch1_vs_batched_max_gap']:.1e}", flush=True)
             if result["batch1_vs_batched_max_gap"] > 1e-4:
                 raise SystemExit("the batch-1 bfloat16 path disagrees with the batched one")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--data", action="append", default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    files = args.data or sorted(str(p) for p in [*SHARED.glob("*.csv"), *SHARED.glob("perp/*.csv")])
+    if not files:
+        raise SystemExit(f"no candle files (looked in {SHARED}); pass --data FILE")
+    try:
+        rows = compare_all(args.checkpoints, files)
+    except (CheckpointError, CandleFileError, OSError) as error:
+        raise SystemExit(f"bf16_accuracy: {error}") from None
     bars = sum(r["bars"] for r in rows)
     same = sum(r["same_class"] * r["bars"] for r in rows) / bars
     same_signal = sum(r["same_signal"] * r["bars"] for r in rows) / bars

@@ -469,6 +469,7 @@ def main() -> None:
     command = (f"python bench/run.py --variants {args.variants} --threads {args.threads}"
                f" --rounds {args.rounds}{flag}"
                + (" --no-torch" if args.no_torch else "")
+               + (" --no-kernels" if args.no_kernels else "")
                + (" --cold-compile" if args.cold_compile else ""))
     results: dict = {
         "date": dt.date.today().isoformat(), "command": command, "threads": args.threads,

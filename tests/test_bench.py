@@ -123,3 +123,31 @@ def test_bf16_accuracy_compares_decisions_of_a_checkpoint(tmp_path):
     assert 0.9 <= row["same_class"] <= 1 and 0.9 <= row["same_signal"] <= 1
     assert row["batch1_vs_batched_max_gap"] < 1e-4
     assert "same class" in proc.stdout and "Reproduce: python bench/bf16_accuracy.py" in proc.stdout
+
+
+def test_bf16_accuracy_says_in_one_line_what_it_cannot_read(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "bench/bf16_accuracy.py", str(tmp_path / "missing.npz"), "--data",
+         str(tmp_path / "missing.csv")],
+        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("bf16_accuracy: ") and "missing.npz" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+def test_matmul_shapes_compares_the_blas_or_says_it_needs_torch():
+    proc = subprocess.run(
+        [sys.executable, "bench/matmul_shapes.py", "--variant", "atto", "--batch", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+    )
+    try:
+        import torch  # noqa: F401
+    except ImportError:  # the test extra has no torch: the script must say so in one line
+        assert proc.returncode == 1 and proc.stderr.strip() == (
+            "matmul_shapes: needs torch (pip install -e .[bench])")
+        return
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum("torch/NumPy" in line and "GFLOP/s" in line for line in lines) == 24
+    assert lines[-1] == "Reproduce: python bench/matmul_shapes.py --variant atto --batch 1"
