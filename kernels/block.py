@@ -9,8 +9,9 @@ read each weight row once for several rows of x:
     matmul_rows:          out[m, n] = sum_k x[m, k] w[n, k]          (x @ w.T, PyTorch layout)
     block_forward_rows:   out = x + keep * gamma * (GELU(LN(dwconv(x)) W1^T + b1) W2^T + b2)
 
-The dot products are reassociated (fastmath "reassoc", "contract": SIMD partial sums and FMA),
-so results match BLAS to rounding, not bit for bit.
+The dot products are reassociated (per-lane partial sums of explicit SIMD vectors, fused
+multiply-adds, a fixed pairwise lane sum; no fastmath flags), so results match BLAS to rounding,
+not bit for bit.
 """
 
 from __future__ import annotations
