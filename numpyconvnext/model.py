@@ -317,10 +317,7 @@ class ConvNeXt1D:
                              f"{self.dtype.name}; only bfloat16 changes it")
         if precision == "bfloat16" and self.dtype != np.float32:
             raise ValueError("precision bfloat16 needs a float32 model")
-        c = self.config
-        copy = ConvNeXt1D(c["dims"], c["depths"], c["in_channels"], c["num_classes"],
-                          c["drop_path_rate"], c["layer_scale_init"], self.dtype, c["seed"],
-                          c["kernel_size"], c["layernorm_eps"])
+        copy = ConvNeXt1D(**self.config)
         copy.flat_params[...] = self.flat_params
         copy.temperature = self.temperature
         if hasattr(self, "metadata"):
