@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from statistics import median
@@ -25,21 +24,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # a benchmark owns its proce
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import machine_info  # noqa: E402
+from measure import machine_info, median_seconds  # noqa: E402
 
 DIMS = {"atto": (40, 80, 160, 320), "pico": (64, 128, 256, 512), "tiny": (96, 192, 384, 768)}
 
 
-def gflops(product, flops: float, repeat: int = 20) -> float:
-    product()
-    product()
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(repeat):
-            product()
-        best = min(best, (time.perf_counter() - start) / repeat)
-    return flops / best / 1e9
+def gflops(product, flops: float) -> float:
+    return flops / median_seconds(product, repeat=20, min_seconds=0.2) / 1e9
 
 
 def main() -> None:
