@@ -191,11 +191,14 @@ from numpyconvnext import ConvNeXt1D
 t_import = time.perf_counter() - t0
 rng = np.random.default_rng(0)
 model = ConvNeXt1D.from_config({variant!r}, {c}, {classes})
-if {task!r} == "train":
+if {task!r}.startswith("train"):
     import sys
     sys.path.insert(0, {bench!r})
     from measure import training_step
-    training_step(model, rng, {batch}, {c}, {t}, {classes})()
+    from contextlib import nullcontext
+    from numpyconvnext.precompile import compiling_beside
+    with compiling_beside("train") if {task!r} == "train_helper" else nullcontext():
+        training_step(model, rng, {batch}, {c}, {t}, {classes})()
 else:
     model.eval()
     model.predict(rng.standard_normal((1, {c}, {t})).astype(np.float32))
@@ -205,10 +208,11 @@ print(t_import, time.perf_counter() - t0)
 
 def cold_compile(threads: int, variant: str = "atto") -> dict:
     """Wall time of a new process, as after a fresh install (an empty Numba cache), to its first
-    training step (batch 32) and to its first batch-1 predict; each with its own empty cache,
-    run as our other children (the CLI's environment)."""
+    training step (batch 32), alone (`train`) and with the compile helper `cli.py train`
+    starts (`train_helper`, numpyconvnext/precompile.py), and to its first batch-1 predict; each
+    with its own empty cache, run as our other children (the CLI's environment)."""
     out = {}
-    for task in ("train", "b1"):
+    for task in ("train", "train_helper", "b1"):
         with tempfile.TemporaryDirectory() as cache:
             env = dict(USER_ENV, NUMBA_CACHE_DIR=cache, NUMBA_NUM_THREADS=str(threads))
             set_process_defaults(env)
@@ -375,7 +379,9 @@ def markdown(results: dict) -> str:
     cold = results.get("cold_compile")
     if cold:
         lines.append(f"Empty Numba cache (as after a fresh install), new process to the first "
-                     f"training step {fmt(cold.get('first_train_s'), 1)} s, to the first batch-1 "
+                     f"training step {fmt(cold.get('first_train_s'), 1)} s (with the compile "
+                     f"helper of `cli.py train`: {fmt(cold.get('first_train_helper_s'), 1)} s), "
+                     f"to the first batch-1 "
                      f"predict {fmt(cold.get('first_b1_s'), 1)} s (imports "
                      f"{fmt(cold.get('first_train_import_s'))} s).")
     if results["machine"].get("cpu"):

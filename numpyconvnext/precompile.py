@@ -1,0 +1,146 @@
+"""Compile a command's kernels in a second process while this one starts and compiles too.
+
+On an empty Numba cache (a fresh install) the first training step waits ~20 s for about ten
+kernels, compiled one after another: Numba compiles one function at a time per process. The
+CLI's `train` starts a helper process beside it (`compiling_beside("train")`) that compiles
+the same kernels, last needed first, into Numba's on-disk cache; each kernel the command
+reaches and finds there it loads (milliseconds) instead of compiling. The two meet in the
+middle, so on two cores the wait is about halved. The helper is started only when one of the
+kernels is missing from the cache and the process may use two cores; it writes nothing but
+Numba's cache (each file written whole, then renamed), and is stopped when the command ends.
+
+A plan lists each kernel with its argument types exactly as the command calls it: a kernel
+compiled for other types would be of no use. tests/test_precompile.py checks that a `train`
+run compiles nothing the plan did not.
+
+    python -m numpyconvnext.precompile train      (what the helper runs)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from numba import types
+
+_NOT_NEEDED = ("0", "false", "no", "off")
+
+
+def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
+    """(kernel, argument types) of the command `name`, in the order the helper compiles them:
+    the reverse of the order the command first calls them.
+
+    "train": a training step of the float32 model (forward, backward, AdamW), then what the
+    evaluation of the validation and test windows adds (batched inference, its head on few rows).
+    """
+    if name != "train":
+        raise ValueError(f"no compile plan {name!r}; the one plan is 'train'")
+    from kernels.adamw import adamw_update
+    from kernels.block import matmul_rows
+    from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward_into
+    from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into
+    from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
+    from kernels.residual import bias_residual_forward, residual_backward, residual_forward
+
+    a1, a2, a3 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3))
+    real, count = types.float64, types.int64
+    step = [  # the order a training step first calls them
+        (layernorm_forward, (a2, a1, a1, real)),
+        (dwconv_layernorm_forward_into, (a3, a2, a1, a1, a1, real, a3, a3, a2, a2)),
+        (bias_gelu_forward_into, (a2, a1, a2)),
+        (residual_forward, (a3, a3, a1, a1)),
+        (layernorm_backward, (a2, a2, a1, a1, a1)),
+        (residual_backward, (a3, a3, a1, a1)),
+        (bias_gelu_backward, (a2, a2)),
+        (dwconv_backward, (a3, a3, a2)),
+        (adamw_update, (a1, a1, a1, a1, real, real, real, real, real, count)),
+    ]
+    evaluation = [
+        (layernorm_forward_serial, (a2, a1, a1, real)),
+        (matmul_rows, (a2, a2, a2)),
+        (bias_residual_forward, (a3, a3, a1, a1, a1, a3)),
+    ]
+    # the step's kernels first (last needed first), then evaluation's (needed an epoch later)
+    return step[::-1] + evaluation
+
+
+def _cached(kernel, argument_types: tuple) -> bool:
+    """Whether Numba's on-disk cache holds `kernel` for these argument types (for this CPU)."""
+    cache = kernel._cache
+    key = cache._index_key(argument_types, kernel.targetctx.codegen())
+    return key in cache._cache_file._load_index()
+
+
+def missing(name: str) -> bool:
+    """Whether a kernel of the plan is neither compiled in this process nor in the disk cache.
+    False when there is nothing a helper could do (JIT disabled, no disk cache)."""
+    from numba import config
+    from numba.core.caching import NullCache
+
+    if config.DISABLE_JIT:
+        return False
+    for kernel, argument_types in plan(name):
+        if argument_types in kernel.overloads:
+            continue
+        if isinstance(kernel._cache, NullCache):
+            return False
+        try:
+            if not _cached(kernel, argument_types):
+                return True
+        except (AttributeError, TypeError, OSError, EOFError, ValueError):
+            return True  # another Numba's internals, or an unreadable index: compile
+    return False
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def compiling_beside(name: str) -> Iterator[subprocess.Popen | None]:
+    """Within the block, a helper process compiles the plan `name` (see the module docstring);
+    yields it, or None when not started: on one core, with NUMPYCONVNEXT_COMPILE_HELPER=0, or
+    when every kernel is compiled already. The helper is stopped when the block ends."""
+    start = (os.environ.get("NUMPYCONVNEXT_COMPILE_HELPER", "1").lower() not in _NOT_NEEDED
+             and _cores() >= 2 and missing(name))
+    helper = None
+    if start:
+        helper = subprocess.Popen(
+            [sys.executable, "-m", "numpyconvnext.precompile", name],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    try:
+        yield helper
+    finally:
+        if helper is not None and helper.poll() is None:
+            helper.terminate()  # a cache file is written whole, then renamed: none is left half
+            helper.wait()
+
+
+def compile_plan(name: str, parent: int | None = None) -> None:
+    """Compile the plan's kernels in order (each loaded instead if the cache has it); stop early
+    if `parent` (a process id) has gone."""
+    for kernel, argument_types in plan(name):
+        if parent is not None and os.getppid() != parent:
+            return
+        kernel.compile(argument_types)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m numpyconvnext.precompile PLAN", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    compile_plan(argv[0], parent=os.getppid())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

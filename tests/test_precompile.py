@@ -1,0 +1,97 @@
+"""The compile helper of `cli.py train` (numpyconvnext/precompile.py): its plan is exactly what a
+training run compiles, it is started only when a kernel is missing, and stopped with the block."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from numpyconvnext import precompile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a short run with the default window (256 bars): its batches of 32 (training) and 256
+# (evaluation) and their remainders take the kernels a default run takes
+RUN = """
+import importlib, pkgutil, sys, tempfile
+from numba.core.registry import CPUDispatcher
+import kernels
+from cli import main
+from numpyconvnext.precompile import compile_plan, missing
+
+def compiled():
+    found = set()
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module("kernels." + info.name)
+        for name, kernel in vars(module).items():
+            if isinstance(kernel, CPUDispatcher):
+                found.update((kernel.py_func.__qualname__, str(sig)) for sig in kernel.overloads)
+    return found
+
+def train():
+    main(["train", "--source", "synthetic", "--bars", "2400", "--horizon", "4", "--epochs", "1",
+          "--quiet", "--out", tempfile.mkdtemp()], standalone_mode=False)
+
+if sys.argv[1] == "plan-first":
+    compile_plan("train")
+    assert not missing("train")
+    before = compiled()
+    train()
+else:
+    train()
+    before = compiled()
+    compile_plan("train")
+print(sorted(compiled() - before))
+"""
+
+
+def run_python(script: str, *args: str, env: dict | None = None) -> str:
+    environment = {**os.environ, "NUMPYCONVNEXT_COMPILE_HELPER": "0", **(env or {})}
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("order", ["plan-first", "train-first"])
+def test_plan_is_exactly_what_a_training_run_compiles(order):
+    """plan-first: the run then compiles nothing (the plan is complete); train-first: the plan
+    then compiles nothing (it holds nothing a run does not use)."""
+    assert run_python(RUN, order) == "[]"
+
+
+MISSING = """
+from numpyconvnext.precompile import missing
+print(missing("train"))
+"""
+
+
+def test_missing_on_an_empty_cache_and_without_jit(tmp_path):
+    assert run_python(MISSING, env={"NUMBA_CACHE_DIR": str(tmp_path)}) == "True"
+    assert run_python(MISSING, env={"NUMBA_CACHE_DIR": str(tmp_path),
+                                    "NUMBA_DISABLE_JIT": "1"}) == "False"
+
+
+BESIDE = """
+import sys
+from numpyconvnext.precompile import compiling_beside
+with compiling_beside("train") as helper:
+    started = helper is not None and helper.poll() is None
+print(started, helper is None or helper.returncode is not None)
+"""
+
+
+def test_helper_starts_on_an_empty_cache_and_stops_with_the_block(tmp_path):
+    cache = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    assert run_python(BESIDE, env={**cache, "NUMPYCONVNEXT_COMPILE_HELPER": "1"}) == "True True"
+    assert run_python(BESIDE, env={**cache, "NUMPYCONVNEXT_COMPILE_HELPER": "0"}) == "False True"
+
+
+def test_unknown_plan_and_usage():
+    with pytest.raises(ValueError, match="no compile plan"):
+        precompile.plan("nope")
+    assert precompile.main([]) == 2
