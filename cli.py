@@ -1009,6 +1009,7 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
     from numpyconvnext.checkpoint import CheckpointError
     from numpyconvnext.data.bybit import BybitClient
     from numpyconvnext.data.intervals import normalize_interval
+    from numpyconvnext.precompile import ready_for_batch1
     from numpyconvnext.trading.inference import preprocessing_of
     from numpyconvnext.trading.live import LiveError, LiveSettings, paper_account, run_live
     from numpyconvnext.trading.live_state import LiveState, state_path
@@ -1053,6 +1054,8 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
     if account is not None:
         click.echo(_paper_summary(account, equity), err=True)
     try:
+        # on an empty Numba cache: compile the batch-1 path now, half of it in a helper process
+        ready_for_batch1(model)
         run_live(model, client, symbol, interval, settings=settings, once=once, state=state,
                  paper=paper)
     except KeyboardInterrupt:

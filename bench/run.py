@@ -201,6 +201,9 @@ if {task!r}.startswith("train"):
         training_step(model, rng, {batch}, {c}, {t}, {classes})()
 else:
     model.eval()
+    if {task!r} == "b1_helper":
+        from numpyconvnext.precompile import ready_for_batch1
+        ready_for_batch1(model)
     model.predict(rng.standard_normal((1, {c}, {t})).astype(np.float32))
 print(t_import, time.perf_counter() - t0)
 """
@@ -208,11 +211,12 @@ print(t_import, time.perf_counter() - t0)
 
 def cold_compile(threads: int, variant: str = "atto") -> dict:
     """Wall time of a new process, as after a fresh install (an empty Numba cache), to its first
-    training step (batch 32), alone (`train`) and with the compile helper `cli.py train`
-    starts (`train_helper`, numpyconvnext/precompile.py), and to its first batch-1 predict; each
-    with its own empty cache, run as our other children (the CLI's environment)."""
+    training step (batch 32) and to its first batch-1 predict, each alone (`train`, `b1`) and
+    with the compile helper of `cli.py train` / `live` (`train_helper`, `b1_helper`;
+    numpyconvnext/precompile.py); each with its own empty cache, run as our other children (the
+    CLI's environment)."""
     out = {}
-    for task in ("train", "train_helper", "b1"):
+    for task in ("train", "train_helper", "b1", "b1_helper"):
         with tempfile.TemporaryDirectory() as cache:
             env = dict(USER_ENV, NUMBA_CACHE_DIR=cache, NUMBA_NUM_THREADS=str(threads))
             set_process_defaults(env)
@@ -382,7 +386,8 @@ def markdown(results: dict) -> str:
                      f"training step {fmt(cold.get('first_train_s'), 1)} s (with the compile "
                      f"helper of `cli.py train`: {fmt(cold.get('first_train_helper_s'), 1)} s), "
                      f"to the first batch-1 "
-                     f"predict {fmt(cold.get('first_b1_s'), 1)} s (imports "
+                     f"predict {fmt(cold.get('first_b1_s'), 1)} s (helper of `cli.py live`: "
+                     f"{fmt(cold.get('first_b1_helper_s'), 1)} s; imports "
                      f"{fmt(cold.get('first_train_import_s'))} s).")
     if results["machine"].get("cpu"):
         from measure import machine_line

@@ -14,7 +14,8 @@ Here the same computation runs as one compiled function over the model's flat pa
 where patchify_s(x)[t] = b + sum_{c, j} w[:, c, j] x[s t + j, c] (Conv1d, kernel = stride = s),
 computed as one product of the patches, rearranged channel-major [rows, C*s], with w viewed as
 [C_out, C*s]; each block is `kernels.block.block_forward_rows` (its two matmuls split by output
-columns over `parts` threads). Parameters are read in place: `spans[i]` = (start, end) of the
+columns over `parts` threads), called through a C function pointer (kernels/pointer.py: it
+compiles apart from this function). Parameters are read in place: `spans[i]` = (start, end) of the
 i-th parameter of the official state-dict order in `flat`.
 
 Layout: x [B, T, C_in] channels-last, C-contiguous. Results equal the layer-by-layer path to
@@ -26,8 +27,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.block import block_forward_rows, matmul_rows
+from kernels.block import matmul_rows
 from kernels.layernorm import layernorm_forward_serial
+from kernels.pointer import call_block_rows
 
 
 @njit(cache=True, inline="always")  # inlined: no specialisation per literal index
@@ -57,7 +59,7 @@ def _patchify_rows(x, w, b, out):
 
 
 @njit(cache=True)
-def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, pointwise):
+def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, pointwise, block):
     """Logits [B, classes] of the ConvNeXt whose parameters `flat`/`spans` hold, for x
     [B, T, C_in] (channels-last); dims, depths int64 [4]; kernel = dwconv taps; parts = threads
     for each block's matmuls. The blocks' pointwise weights (pwconv1, pwconv2: nearly all the
@@ -96,8 +98,8 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, point
             for c in range(d):
                 for j in range(kernel):
                     taps[j, c] = w_dw[c, j]
-            block_forward_rows(
-                act, taps, _param(flat, spans, k + 1), _param(flat, spans, k + 2),
+            call_block_rows(
+                block, act, taps, _param(flat, spans, k + 1), _param(flat, spans, k + 2),
                 _param(flat, spans, k + 3), eps,
                 _param(pointwise, spans, k + 4).reshape((4 * d, d)), _param(flat, spans, k + 5),
                 _param(pointwise, spans, k + 6).reshape((d, 4 * d)), _param(flat, spans, k + 7),

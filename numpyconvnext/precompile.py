@@ -5,15 +5,19 @@ kernels, compiled one after another: Numba compiles one function at a time per p
 CLI's `train` starts a helper process beside it (`compiling_beside("train")`) that compiles
 the same kernels, last needed first, into Numba's on-disk cache; each kernel the command
 reaches and finds there it loads (milliseconds) instead of compiling. The two meet in the
-middle, so on two cores the wait is about halved. The helper is started only when one of the
-kernels is missing from the cache and the process may use two cores; it writes nothing but
-Numba's cache (each file written whole, then renamed), and is stopped when the command ends.
+middle, so on two cores the wait is about halved. Before its first batch-1 predict, `live`
+calls `ready_for_batch1`: the blocks compile here while a helper compiles the rest of the
+one-call network (plan "predict"; the network calls its blocks through a pointer,
+kernels/pointer.py, so neither waits for the other).
 
-A plan lists each kernel with its argument types exactly as the command calls it: a kernel
-compiled for other types would be of no use. tests/test_precompile.py checks that a `train`
-run compiles nothing the plan did not.
+A helper is started only when a kernel of its plan is missing from the cache and the process
+may use two cores; it writes nothing but Numba's cache (each file written whole, then
+renamed), and is stopped when the command's block ends. A plan lists each kernel with its
+argument types exactly as the command calls it (a kernel compiled for other types would be of
+no use): tests/test_precompile.py checks that a run compiles nothing its plan did not, and the
+plan nothing the run does not use.
 
-    python -m numpyconvnext.precompile train      (what the helper runs)
+    python -m numpyconvnext.precompile train|predict      (what the helper runs)
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 from numba import types
 
 _NOT_NEEDED = ("0", "false", "no", "off")
@@ -36,9 +41,12 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
 
     "train": a training step of the float32 model (forward, backward, AdamW), then what the
     evaluation of the validation and test windows adds (batched inference, its head on few rows).
+    "predict": the batch-1 network of a float32 model without its blocks (`ready_for_batch1`).
     """
+    if name == "predict":
+        return _predict_plan()
     if name != "train":
-        raise ValueError(f"no compile plan {name!r}; the one plan is 'train'")
+        raise ValueError(f"no compile plan {name!r}; the plans are 'train' and 'predict'")
     from kernels.adamw import adamw_update
     from kernels.block import matmul_rows
     from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward_into
@@ -66,6 +74,19 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
     ]
     # the step's kernels first (last needed first), then evaluation's (needed an epoch later)
     return step[::-1] + evaluation
+
+
+def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
+    """A batch-1 predict of a float32 model: the one-call network (and, within its compile, the
+    stem, downsample and head kernels) but not its blocks, which `ready_for_batch1` compiles in
+    this process meanwhile (kernels/pointer.py)."""
+    from kernels.network import network_forward_rows
+
+    a1, a3 = types.Array(types.float32, 1, "C"), types.Array(types.float32, 3, "C")
+    i1, i2 = types.Array(types.int64, 1, "C"), types.Array(types.int64, 2, "C")
+    count, real = types.int64, types.float64
+    # x, flat, spans, dims, depths, kernel, eps, parts, pointwise, block address
+    return [(network_forward_rows, (a3, a1, i2, i1, i1, count, real, count, a1, count))]
 
 
 def _cached(kernel, argument_types: tuple) -> bool:
@@ -112,8 +133,12 @@ def compiling_beside(name: str) -> Iterator[subprocess.Popen | None]:
              and _cores() >= 2 and missing(name))
     helper = None
     if start:
+        # the package's own directory first: the command may run from a checkout, elsewhere
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = (f"import sys; sys.path.insert(0, {root!r}); "
+                f"from numpyconvnext.precompile import main; sys.exit(main([{name!r}]))")
         helper = subprocess.Popen(
-            [sys.executable, "-m", "numpyconvnext.precompile", name],
+            [sys.executable, "-c", code],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
     try:
@@ -121,6 +146,22 @@ def compiling_beside(name: str) -> Iterator[subprocess.Popen | None]:
     finally:
         if helper is not None and helper.poll() is None:
             helper.terminate()  # a cache file is written whole, then renamed: none is left half
+            helper.wait()
+
+
+def ready_for_batch1(model) -> None:
+    """Compile what a batch-1 `model.predict` needs, if it is not in the cache: the blocks here
+    and, beside them, the rest of the one-call network in a helper process (plan "predict";
+    waited for, so that this process loads it instead of compiling it too)."""
+    from kernels.pointer import block_rows_address
+
+    pointwise = model._pointwise.dtype
+    if not model.dtype == pointwise == np.float32:  # the plan is the float32 network's
+        block_rows_address(model.dtype, pointwise)
+        return
+    with compiling_beside("predict") as helper:
+        block_rows_address(model.dtype, pointwise)
+        if helper is not None:
             helper.wait()
 
 

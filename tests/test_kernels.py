@@ -350,6 +350,7 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
     import numba
 
     from kernels.network import network_forward_rows
+    from kernels.pointer import block_rows_address
     from numpyconvnext import ConvNeXt1D
 
     # off the init: every parameter matters
@@ -360,7 +361,8 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
 
     def run(parts):
         return network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
-                                    np.array(depths), 7, 1e-6, parts, model.flat_params)
+                                    np.array(depths), 7, 1e-6, parts, model.flat_params,
+                                    block_rows_address(dtype, dtype))
 
     saved = numba.get_num_threads()
     try:
@@ -401,6 +403,7 @@ def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in
     """With the pointwise weights given as bfloat16 bits the network computes the reference
     model whose pointwise weights are those bfloat16 values (widening is exact)."""
     from kernels.network import network_forward_rows
+    from kernels.pointer import block_rows_address
     from numpyconvnext import ConvNeXt1D
 
     # frozen("bfloat16") holds the bits (`_pointwise`) and their values (its state dict); its
@@ -408,9 +411,35 @@ def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in
     model = randomised(ConvNeXt1D(dims, depths, c_in, 3), seed).frozen("bfloat16")
     x = np.random.default_rng(seed + 1).standard_normal((1, 64, c_in)).astype(np.float32)
     got = network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
-                               np.array(depths), 7, 1e-6, 1, model._pointwise)
+                               np.array(depths), 7, 1e-6, 1, model._pointwise,
+                               block_rows_address(np.float32, np.uint16))
     expected = reference.convnext_forward(model.state_dict(), depths, x)
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)
+
+
+def test_block_rows_address_only_for_the_compiled_dtypes():
+    from kernels.pointer import block_rows_address
+
+    for dtype, pointwise in [(np.float64, np.uint16), (np.float32, np.float64), (np.int32, np.int32)]:
+        with pytest.raises(TypeError, match="no block for"):
+            block_rows_address(dtype, pointwise)
+
+
+def test_call_block_rows_refuses_a_strided_array():
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from kernels.pointer import call_block_rows
+
+    @njit
+    def call(x, vector, matrix):
+        call_block_rows(0, x, matrix, vector, vector, vector, 1e-6, matrix, vector, matrix,
+                        vector, vector, vector, x, matrix, x, 1)
+
+    vector, matrix = np.zeros(2, np.float32), np.zeros((2, 2), np.float32)
+    strided = np.zeros((1, 2, 4), np.float32)[:, :, ::2]
+    with pytest.raises(TypingError, match="x must be a C-contiguous float32 array of 3"):
+        call(strided, vector, matrix)
 
 
 @given(values=st.lists(st.floats(-(2.0**127), 2.0**127, width=32), min_size=1, max_size=50))

@@ -95,3 +95,61 @@ def test_unknown_plan_and_usage():
     with pytest.raises(ValueError, match="no compile plan"):
         precompile.plan("nope")
     assert precompile.main([]) == 2
+
+
+PREDICT = """
+import importlib, pkgutil, sys
+import numpy as np
+from numba.core.registry import CPUDispatcher
+import kernels
+from kernels.pointer import block_rows_address
+from numpyconvnext import ConvNeXt1D
+from numpyconvnext.precompile import compile_plan, missing
+
+def compiled():
+    found = set()
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module("kernels." + info.name)
+        for name, kernel in vars(module).items():
+            if isinstance(kernel, CPUDispatcher):
+                found.update((kernel.py_func.__qualname__, str(sig)) for sig in kernel.overloads)
+    return found
+
+model = ConvNeXt1D.from_config("atto", 20, 3).eval()
+x = np.zeros((1, 20, 256), np.float32)
+if sys.argv[1] == "plan-first":
+    compile_plan("predict")
+    block_rows_address(np.float32, np.float32)
+    assert not missing("predict")
+    before = compiled()
+    model.predict(x)
+else:
+    model.predict(x)
+    before = compiled()
+    compile_plan("predict")
+print(sorted(compiled() - before))
+"""
+
+
+@pytest.mark.parametrize("order", ["plan-first", "predict-first"])
+def test_predict_plan_is_exactly_the_batch1_network(order):
+    assert run_python(PREDICT, order) == "[]"
+
+
+READY = """
+import numpy as np
+from kernels.network import network_forward_rows
+from numpyconvnext import ConvNeXt1D
+from numpyconvnext.precompile import ready_for_batch1
+
+model = ConvNeXt1D.from_config("atto", 20, 3).eval()
+ready_for_batch1(model)
+model.predict(np.zeros((1, 20, 256), np.float32))
+# the network was compiled by the helper and loaded here, not compiled here
+print(sum(network_forward_rows._cache_hits.values()), sum(network_forward_rows._cache_misses.values()))
+"""
+
+
+def test_ready_for_batch1_has_the_helper_compile_the_network(tmp_path):
+    cache = {"NUMBA_CACHE_DIR": str(tmp_path), "NUMPYCONVNEXT_COMPILE_HELPER": "1"}
+    assert run_python(READY, env=cache) == "1 0"
