@@ -14,13 +14,12 @@ from numpyconvnext import precompile
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# a short run with the default window (256 bars): its batches of 32 (training) and 256
-# (evaluation) and their remainders take the kernels a default run takes
-RUN = """
+# every (kernel, signature) the kernels package holds compiled or loaded in this process
+COMPILED = """
 import importlib, pkgutil, sys, tempfile
+import numpy as np
 from numba.core.registry import CPUDispatcher
 import kernels
-from cli import main
 from numpyconvnext.precompile import compile_plan, missing
 
 def compiled():
@@ -31,6 +30,12 @@ def compiled():
             if isinstance(kernel, CPUDispatcher):
                 found.update((kernel.py_func.__qualname__, str(sig)) for sig in kernel.overloads)
     return found
+"""
+
+# a short run with the default window (256 bars): its batches of 32 (training) and 256
+# (evaluation) and their remainders take the kernels a default run takes
+RUN = COMPILED + """
+from cli import main
 
 def train():
     main(["train", "--source", "synthetic", "--bars", "2400", "--horizon", "4", "--epochs", "1",
@@ -97,23 +102,9 @@ def test_unknown_plan_and_usage():
     assert precompile.main([]) == 2
 
 
-PREDICT = """
-import importlib, pkgutil, sys
-import numpy as np
-from numba.core.registry import CPUDispatcher
-import kernels
+PREDICT = COMPILED + """
 from kernels.pointer import block_rows_address
 from numpyconvnext import ConvNeXt1D
-from numpyconvnext.precompile import compile_plan, missing
-
-def compiled():
-    found = set()
-    for info in pkgutil.iter_modules(kernels.__path__):
-        module = importlib.import_module("kernels." + info.name)
-        for name, kernel in vars(module).items():
-            if isinstance(kernel, CPUDispatcher):
-                found.update((kernel.py_func.__qualname__, str(sig)) for sig in kernel.overloads)
-    return found
 
 model = ConvNeXt1D.from_config("atto", 20, 3).eval()
 x = np.zeros((1, 20, 256), np.float32)
