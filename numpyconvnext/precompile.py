@@ -130,17 +130,20 @@ def compiling_beside(name: str) -> Iterator[subprocess.Popen | None]:
     yields it, or None when not started: on one core, with NUMPYCONVNEXT_COMPILE_HELPER=0, or
     when every kernel is compiled already. The helper is stopped when the block ends."""
     start = (os.environ.get("NUMPYCONVNEXT_COMPILE_HELPER", "1").lower() not in _NOT_NEEDED
-             and _cores() >= 2 and missing(name))
+             and sys.executable and _cores() >= 2 and missing(name))
     helper = None
     if start:
         # the package's own directory first: the command may run from a checkout, elsewhere
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = (f"import sys; sys.path.insert(0, {root!r}); "
                 f"from numpyconvnext.precompile import main; sys.exit(main([{name!r}]))")
-        helper = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        try:
+            helper = subprocess.Popen(
+                [sys.executable, "-c", code],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        except OSError:  # no process to be had: this one compiles everything, as without
+            helper = None
     try:
         yield helper
     finally:

@@ -144,3 +144,25 @@ print(sum(network_forward_rows._cache_hits.values()), sum(network_forward_rows._
 def test_ready_for_batch1_has_the_helper_compile_the_network(tmp_path):
     cache = {"NUMBA_CACHE_DIR": str(tmp_path), "NUMPYCONVNEXT_COMPILE_HELPER": "1"}
     assert run_python(READY, env=cache) == "1 0"
+
+
+def test_no_helper_when_no_process_can_be_started(monkeypatch):
+    """A failed start (no executable, no process to be had) only means compiling alone."""
+    monkeypatch.setenv("NUMPYCONVNEXT_COMPILE_HELPER", "1")
+    monkeypatch.setattr(precompile, "missing", lambda name: True)
+    monkeypatch.setattr(precompile, "_cores", lambda: 2)
+
+    def refuse(*args, **kwargs):
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(precompile.subprocess, "Popen", refuse)
+    with precompile.compiling_beside("train") as helper:
+        assert helper is None
+
+    def unexpected(*args, **kwargs):
+        raise AssertionError("no start without an executable")
+
+    monkeypatch.setattr(precompile.subprocess, "Popen", unexpected)
+    monkeypatch.setattr(precompile.sys, "executable", "")
+    with precompile.compiling_beside("train") as helper:
+        assert helper is None
