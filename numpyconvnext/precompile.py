@@ -40,7 +40,8 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
     the reverse of the order the command first calls them.
 
     "train": a training step of the float32 model (forward, backward, AdamW), then what the
-    evaluation of the validation and test windows adds (batched inference, its head on few rows).
+    evaluation of the validation and test windows adds (batched inference, its head on few rows)
+    and the backtest of their trades.
     "predict": the batch-1 network of a float32 model without its blocks (`ready_for_batch1`).
     """
     if name == "predict":
@@ -72,8 +73,17 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
         (matmul_rows, (a2, a2, a2)),
         (bias_residual_forward, (a3, a3, a1, a1, a1, a3)),
     ]
+    # the trades on the validation and test windows after training: state, params, then the
+    # bars' open, high, low, close, targets, stop and take-profit distances, funding rates
+    trades = [(_backtest_run(), (types.Array(types.float64, 1, "C"),) * 10)]
     # the step's kernels first (last needed first), then evaluation's (needed an epoch later)
-    return step[::-1] + evaluation
+    return step[::-1] + evaluation + trades
+
+
+def _backtest_run():
+    from numpyconvnext.trading.backtest import _run
+
+    return _run
 
 
 def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:

@@ -14,7 +14,8 @@ from numpyconvnext import precompile
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# every (kernel, signature) the kernels package holds compiled or loaded in this process
+# every (kernel, signature) the kernels package and the backtest hold compiled or loaded in
+# this process
 COMPILED = """
 import importlib, pkgutil, sys, tempfile
 import numpy as np
@@ -24,8 +25,9 @@ from numpyconvnext.precompile import compile_plan, missing
 
 def compiled():
     found = set()
-    for info in pkgutil.iter_modules(kernels.__path__):
-        module = importlib.import_module("kernels." + info.name)
+    names = ["kernels." + info.name for info in pkgutil.iter_modules(kernels.__path__)]
+    for module_name in names + ["numpyconvnext.trading.backtest"]:
+        module = importlib.import_module(module_name)
         for name, kernel in vars(module).items():
             if isinstance(kernel, CPUDispatcher):
                 found.update((kernel.py_func.__qualname__, str(sig)) for sig in kernel.overloads)
