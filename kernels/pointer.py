@@ -58,6 +58,7 @@ def _c_signature(dtype: types.Float, pointwise: types.Number) -> types.Signature
     return types.void(*pointers, *[types.int64] * _SIZES, types.float64)
 
 
+@functools.cache  # also keeps the C function alive: its code is freed with it
 def _compiled(dtype: str, pointwise: str):
     # a C function is linked as it is compiled, and the block's parallel loops link to the
     # thread pool's scheduler: start the pool first (Numba does it for a jitted function only
