@@ -4,9 +4,9 @@ Numba compiles a called function before its caller, links the callee's code into
 and optimises it again there. Called directly from `network_forward_rows`, the block (two
 parallel loops around the few-row matmul: the biggest compile of a batch-1 predict) had to be
 compiled first and was then optimised once more inside the network. Called through a pointer,
-the network's compile needs only the block's signature: on an empty cache a second process
-can compile the block while this one compiles the network (numpyconvnext/precompile.py), and
-the network's own code is all its module holds.
+the network's compile needs only the block's signature: on an empty cache the block and the
+network can compile in two processes at once (numpyconvnext/precompile.py), and the network's
+own code is all its module holds.
 
     block_rows_address(dtype, pointwise)  the address of a C function running
                                           block_forward_rows on float `dtype` arrays with
@@ -41,6 +41,9 @@ _ARRAYS = dict(x=3, w_taps=2, dw_bias=1, norm_w=1, norm_b=1, w1=2, b1=1, w2=2, b
                keep=1, z=3, a=2, out=3)
 _POINTWISE = {"w1", "w2"}
 _SIZES = 6  # B, T, C, K, H, parts
+# call_block_rows's arguments, in order
+_CALL = ("address", "x", "w_taps", "dw_bias", "norm_w", "norm_b", "eps", "w1", "b1", "w2", "b2",
+         "gamma", "keep", "z", "a", "out", "parts")
 
 
 def _block_rows_c(x, w_taps, dw_bias, norm_w, norm_b, w1, b1, w2, b2, gamma, keep, z, a, out,
@@ -64,9 +67,7 @@ def _compiled(dtype: str, pointwise: str):
     # thread pool's scheduler: start the pool first (Numba does it for a jitted function only
     # when one runs; compiled before, the symbol is missing: abort, or a crash when called)
     numba.get_num_threads()
-    signature = _c_signature(types.float32 if dtype == "float32" else types.float64,
-                             types.uint16 if pointwise == "uint16" else
-                             types.float32 if pointwise == "float32" else types.float64)
+    signature = _c_signature(numba.from_dtype(np.dtype(dtype)), numba.from_dtype(np.dtype(pointwise)))
     return cfunc(signature, cache=True)(_block_rows_c)
 
 
@@ -84,37 +85,35 @@ def block_rows_address(dtype, pointwise) -> int:
 @intrinsic
 def call_block_rows(typingctx, address, x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2,
                     gamma, keep, z, a, out, parts):
-    arrays = dict(x=x, w_taps=w_taps, dw_bias=dw_bias, norm_w=norm_w, norm_b=norm_b, w1=w1,
-                  b1=b1, w2=w2, b2=b2, gamma=gamma, keep=keep, z=z, a=a, out=out)
-    for name, array in arrays.items():
-        wanted = w1.dtype if name in _POINTWISE else x.dtype
+    given = dict(zip(_CALL, (address, x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2,
+                             gamma, keep, z, a, out, parts), strict=True))
+    for name, ndim in _ARRAYS.items():
+        array, wanted = given[name], w1.dtype if name in _POINTWISE else x.dtype
         if not (isinstance(array, types.Array) and array.layout == "C" and array.dtype == wanted
-                and array.ndim == _ARRAYS[name]):
+                and array.ndim == ndim):
             raise TypingError(f"call_block_rows: {name} must be a C-contiguous {wanted} array of "
-                              f"{_ARRAYS[name]} dimensions, got {array}")
+                              f"{ndim} dimensions, got {array}")
     if not (isinstance(address, types.Integer) and isinstance(parts, types.Integer)
             and isinstance(eps, types.Float)):
         raise TypingError("call_block_rows: address and parts are integers, eps a float")
-    signature = types.none(address, x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2,
-                           gamma, keep, z, a, out, parts)
 
     def codegen(context, builder, sig, args):
-        values = dict(zip(("address", "x", "w_taps", "dw_bias", "norm_w", "norm_b", "eps", "w1",
-                           "b1", "w2", "b2", "gamma", "keep", "z", "a", "out", "parts"), args, strict=True))
-        structs = {name: context.make_array(arrays[name])(context, builder, values[name])
+        values = dict(zip(_CALL, args, strict=True))
+
+        def scalar(name, to):
+            return context.cast(builder, values[name], given[name], to)
+
+        structs = {name: context.make_array(given[name])(context, builder, values[name])
                    for name in _ARRAYS}
         B, T, C = cgutils.unpack_tuple(builder, structs["x"].shape, 3)
         K = cgutils.unpack_tuple(builder, structs["w_taps"].shape, 2)[0]
         H = cgutils.unpack_tuple(builder, structs["a"].shape, 2)[1]
-        i64 = ir.IntType(64)
-        parts_ = context.cast(builder, values["parts"], sig.args[16], types.int64)
-        eps_ = context.cast(builder, values["eps"], sig.args[6], types.float64)
         pointers = [structs[name].data for name in _ARRAYS]
         function_type = ir.FunctionType(
-            ir.VoidType(), [p.type for p in pointers] + [i64] * _SIZES + [ir.DoubleType()])
-        address_ = context.cast(builder, values["address"], sig.args[0], types.int64)
-        function = builder.inttoptr(address_, function_type.as_pointer())
-        builder.call(function, [*pointers, B, T, C, K, H, parts_, eps_])
+            ir.VoidType(), [p.type for p in pointers] + [ir.IntType(64)] * _SIZES + [ir.DoubleType()])
+        function = builder.inttoptr(scalar("address", types.int64), function_type.as_pointer())
+        builder.call(function, [*pointers, B, T, C, K, H, scalar("parts", types.int64),
+                                scalar("eps", types.float64)])
         return context.get_dummy_value()
 
-    return signature, codegen
+    return types.none(*given.values()), codegen

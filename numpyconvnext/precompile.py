@@ -44,16 +44,20 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
     and the backtest of their trades.
     "predict": the batch-1 network of a float32 model without its blocks (`ready_for_batch1`).
     """
-    if name == "predict":
-        return _predict_plan()
-    if name != "train":
+    plans = {"train": _train_plan, "predict": _predict_plan}
+    if name not in plans:
         raise ValueError(f"no compile plan {name!r}; the plans are 'train' and 'predict'")
+    return plans[name]()
+
+
+def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     from kernels.adamw import adamw_update
     from kernels.block import matmul_rows
     from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward_into
     from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into
     from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
     from kernels.residual import bias_residual_forward, residual_backward, residual_forward
+    from numpyconvnext.trading.backtest import _run as backtest_run
 
     a1, a2, a3 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3))
     real, count = types.float64, types.int64
@@ -75,15 +79,9 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
     ]
     # the trades on the validation and test windows after training: state, params, then the
     # bars' open, high, low, close, targets, stop and take-profit distances, funding rates
-    trades = [(_backtest_run(), (types.Array(types.float64, 1, "C"),) * 10)]
+    trades = [(backtest_run, (types.Array(types.float64, 1, "C"),) * 10)]
     # the step's kernels first (last needed first), then evaluation's (needed an epoch later)
     return step[::-1] + evaluation + trades
-
-
-def _backtest_run():
-    from numpyconvnext.trading.backtest import _run
-
-    return _run
 
 
 def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
