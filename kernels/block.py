@@ -12,16 +12,26 @@ read each weight row once for several rows of x:
 The dot products are reassociated (per-lane partial sums of explicit SIMD vectors, fused
 multiply-adds, a fixed pairwise lane sum; no fastmath flags), so results match BLAS to rounding,
 not bit for bit.
+
+The block calls its matmul, and the batch-1 network its blocks, through their addresses
+(`matmul_cols_address`, `block_rows_address`, kernels/pointer.py), so that each compiles on
+its own (in two processes at once on an empty cache, numpyconvnext/precompile.py) instead of
+again inside its caller.
 """
 
 from __future__ import annotations
 
-from numba import njit, prange
+import functools
+
+import numba
+import numpy as np
+from numba import njit, prange, types
 
 from kernels import prange_only
 from kernels.dwconv import _conv_row
 from kernels.gelu import gelu_scalar
 from kernels.layernorm import _normalize_row
+from kernels.pointer import call_matmul_cols, native_address
 from kernels.simd import lanes, vfma, vload, vload_head, vprefetch, vsum, vzero
 
 # rows at or below which `linear_forward` (stem, downsample, head) takes `matmul_rows`
@@ -194,7 +204,7 @@ def matmul_rows(x, w, out):
 
 @njit(cache=True, parallel=prange_only())
 def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, gamma, keep,
-                       z, a, out, parts=1):
+                       z, a, out, parts, matmul):
     """A whole block's inference in one call, for few rows.
 
     x [B, T, C], w_taps [K, C], dw_bias, norm_w, norm_b, b2, gamma [C], w1 [4C, C], b1 [4C],
@@ -203,6 +213,7 @@ def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, 
 
         z = LN(dwconv(x)); a = GELU(z W1^T + b1); out = x + keep * gamma * (a W2^T + b2)
 
+    `matmul` is `matmul_cols_address(x.dtype, w1.dtype)`: the matmul runs through it.
     Each matmul is split by output columns into `parts` pieces (cut at multiples of 4, so the
     bits do not depend on `parts`), one `prange` iteration each, with GELU resp. the residual
     done by the same iteration on its columns: two fork/joins per block in all (each piece
@@ -228,7 +239,7 @@ def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, 
             _normalize_row(row, norm_w, norm_b, eps, row)  # in place: reads x[c] before out[c]
         n0 = _split(H, parts, p)
         n1 = _split(H, parts, p + 1)
-        _matmul_cols(zp, w1, a, n0, n1)
+        call_matmul_cols(matmul, zp, w1, a, n0, n1)
         bias = b1[n0:n1]
         for m in range(R):
             row = a[m, n0:n1]  # slices: indices from 0 (no negative-index wraparound)
@@ -239,7 +250,7 @@ def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, 
     for p in prange(parts):
         n0 = _split(C, parts, p)
         n1 = _split(C, parts, p + 1)
-        _matmul_cols(a, w2, flat, n0, n1)
+        call_matmul_cols(matmul, a, w2, flat, n0, n1)
         g = gamma[n0:n1]
         bias = b2[n0:n1]
         for m in range(R):
@@ -249,3 +260,40 @@ def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, 
             for c in range(n1 - n0):
                 orow[c] = xrow[c] + k * g[c] * (orow[c] + bias[c])
     return out
+
+
+def _types(dtype, weights) -> tuple[types.Type, types.Type]:
+    dtype, weights = np.dtype(dtype), np.dtype(weights)
+    if dtype.name not in ("float32", "float64") or weights not in (dtype, np.uint16) \
+            or (weights == np.uint16 and dtype != np.float32):
+        raise TypeError(f"no few-row kernel for {dtype} activations with {weights} weights")
+    return numba.from_dtype(dtype), numba.from_dtype(weights)
+
+
+def matmul_cols_signature(dtype, weights) -> tuple[types.Type, ...]:
+    """`_matmul_cols`'s argument types for float `dtype` x and out, `weights` w (the same
+    dtype, or uint16 bfloat16 bits with float32)."""
+    x, w = _types(dtype, weights)
+    matrix, weight_matrix = types.Array(x, 2, "C"), types.Array(w, 2, "C")
+    return matrix, weight_matrix, matrix, types.int64, types.int64
+
+
+def block_rows_signature(dtype, pointwise) -> tuple[types.Type, ...]:
+    """`block_forward_rows`'s argument types, dtypes as for `matmul_cols_signature`."""
+    x, w = _types(dtype, pointwise)
+    vector, matrix, cube = (types.Array(x, n, "C") for n in (1, 2, 3))
+    weights = types.Array(w, 2, "C")
+    return (cube, matrix, vector, vector, vector, types.float64, weights, vector, weights, vector,
+            vector, vector, cube, matrix, cube, types.int64, types.int64)
+
+
+@functools.cache  # per predict it costs a dictionary lookup
+def matmul_cols_address(dtype, weights) -> int:
+    """Address of `_matmul_cols` for these dtypes (kernels/pointer.py), compiled if needed."""
+    return native_address(_matmul_cols, matmul_cols_signature(dtype, weights))
+
+
+@functools.cache
+def block_rows_address(dtype, pointwise) -> int:
+    """Address of `block_forward_rows` for these dtypes, compiled if needed."""
+    return native_address(block_forward_rows, block_rows_signature(dtype, pointwise))

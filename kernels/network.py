@@ -14,8 +14,9 @@ Here the same computation runs as one compiled function over the model's flat pa
 where patchify_s(x)[t] = b + sum_{c, j} w[:, c, j] x[s t + j, c] (Conv1d, kernel = stride = s),
 computed as one product of the patches, rearranged channel-major [rows, C*s], with w viewed as
 [C_out, C*s]; each block is `kernels.block.block_forward_rows` (its two matmuls split by output
-columns over `parts` threads), called through a C function pointer (kernels/pointer.py: it
-compiles apart from this function). Parameters are read in place: `spans[i]` = (start, end) of the
+columns over `parts` threads). The blocks and the few-row matmuls of the stem, downsamples and
+head run through the addresses of their compiled code (`addresses`, kernels/pointer.py), so
+that they compile apart from this function. Parameters are read in place: `spans[i]` = (start, end) of the
 i-th parameter of the official state-dict order in `flat`.
 
 Layout: x [B, T, C_in] channels-last, C-contiguous. Results equal the layer-by-layer path to
@@ -24,12 +25,25 @@ rounding (the products are reassociated), not bit for bit.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
-from kernels.block import matmul_rows
+from kernels.block import block_rows_address, matmul_cols_address
 from kernels.layernorm import layernorm_forward_serial
-from kernels.pointer import call_block_rows
+from kernels.pointer import call_block_rows, call_matmul_cols
+
+
+@functools.cache  # per predict it costs a dictionary lookup
+def addresses(dtype, pointwise) -> np.ndarray:
+    """The kernels `network_forward_rows` calls, for `dtype` activations and `pointwise`
+    weights (dtype, or uint16 bfloat16 bits): int64 [block, matmul of the activations'
+    dtype, matmul with the pointwise weights]; compiled if needed. Read-only."""
+    found = np.array([block_rows_address(dtype, pointwise), matmul_cols_address(dtype, dtype),
+                      matmul_cols_address(dtype, pointwise)], dtype=np.int64)
+    found.flags.writeable = False
+    return found
 
 
 @njit(cache=True, inline="always")  # inlined: no specialisation per literal index
@@ -38,9 +52,9 @@ def _param(flat, spans, i):
 
 
 @njit(cache=True)
-def _patchify_rows(x, w, b, out):
+def _patchify_rows(x, w, b, out, matmul):
     """out[B*T/s, C_out] = patchify_s(x) for x [B, T, C], w [C_out, C*s] (Conv1d weight
-    [C_out, C, s] flattened), b [C_out]."""
+    [C_out, C, s] flattened), b [C_out]; `matmul`: the few-row matmul's address."""
     B, T, C = x.shape
     s = w.shape[1] // C
     steps = T // s
@@ -53,24 +67,27 @@ def _patchify_rows(x, w, b, out):
             xs = x[bi, t0 + j]
             for c in range(C):
                 row[c * s + j] = xs[c]
-    matmul_rows(patches, w, out)
+    call_matmul_cols(matmul, patches, w, out, 0, w.shape[0])
     out += b
     return out
 
 
 @njit(cache=True)
-def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, pointwise, block):
+def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, pointwise, functions):
     """Logits [B, classes] of the ConvNeXt whose parameters `flat`/`spans` hold, for x
     [B, T, C_in] (channels-last); dims, depths int64 [4]; kernel = dwconv taps; parts = threads
     for each block's matmuls. The blocks' pointwise weights (pwconv1, pwconv2: nearly all the
     bytes) are read from `pointwise` at the same spans: `flat` itself, or the bfloat16 bits of
-    `flat` (uint16, `kernels.simd.bfloat16_bits`; widened to float32 as they are loaded)."""
+    `flat` (uint16, `kernels.simd.bfloat16_bits`; widened to float32 as they are loaded).
+    `functions` = `addresses(x.dtype, pointwise.dtype)`."""
     B, T, C_in = x.shape
     dt = x.dtype
+    block, matmul, pointwise_matmul = functions[0], functions[1], functions[2]
     d = dims[0]
     steps = T // 4
     stem = np.empty((B * steps, d), dtype=dt)
-    _patchify_rows(x, _param(flat, spans, 0).reshape((d, C_in * 4)), _param(flat, spans, 1), stem)
+    _patchify_rows(x, _param(flat, spans, 0).reshape((d, C_in * 4)), _param(flat, spans, 1), stem,
+                   matmul)
     act = layernorm_forward_serial(stem, _param(flat, spans, 2), _param(flat, spans, 3),
                                    eps)[0].reshape((B, steps, d))
     keep = np.ones(B, dtype=dt)
@@ -85,7 +102,7 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, point
             act = np.empty((B, steps // 2, d), dtype=dt)
             _patchify_rows(normed.reshape((B, steps, c_prev)),
                            _param(flat, spans, first + 2).reshape((d, c_prev * 2)),
-                           _param(flat, spans, first + 3), act.reshape((B * (steps // 2), d)))
+                           _param(flat, spans, first + 3), act.reshape((B * (steps // 2), d)), matmul)
             steps //= 2
         rows = B * steps
         taps = np.empty((kernel, d), dtype=dt)
@@ -103,7 +120,7 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, point
                 _param(flat, spans, k + 3), eps,
                 _param(pointwise, spans, k + 4).reshape((4 * d, d)), _param(flat, spans, k + 5),
                 _param(pointwise, spans, k + 6).reshape((d, 4 * d)), _param(flat, spans, k + 7),
-                _param(flat, spans, k + 8), keep, z, a, other, parts,
+                _param(flat, spans, k + 8), keep, z, a, other, parts, pointwise_matmul,
             )
             act, other = other, act
             block_param += 9
@@ -119,6 +136,7 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, point
                                       eps)[0]
     classes = (spans[k + 2, 1] - spans[k + 2, 0]) // d
     logits = np.empty((B, classes), dtype=dt)
-    matmul_rows(normed, _param(flat, spans, k + 2).reshape((classes, d)), logits)
+    call_matmul_cols(matmul, normed, _param(flat, spans, k + 2).reshape((classes, d)), logits, 0,
+                     classes)
     logits += _param(flat, spans, k + 3)
     return logits

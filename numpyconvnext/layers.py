@@ -15,7 +15,13 @@ from collections.abc import Hashable
 
 import numpy as np
 
-from kernels.block import BLOCK_ROWS, SPLIT_WEIGHTS, block_forward_rows, matmul_rows
+from kernels.block import (
+    BLOCK_ROWS,
+    SPLIT_WEIGHTS,
+    block_forward_rows,
+    matmul_cols_address,
+    matmul_rows,
+)
 from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward_into
 from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into
 from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
@@ -277,6 +283,7 @@ class Block(Layer):
                     p["pwconv1.weight"], p["pwconv1.bias"], p["pwconv2.weight"],
                     p["pwconv2.bias"], p["gamma"], keep, ws.get("z", (parts, B * T, C), x.dtype),
                     ws.get("a", wide, x.dtype), out, parts,
+                    matmul_cols_address(x.dtype, p["pwconv1.weight"].dtype),
                 )
             finally:
                 if parts < threads:

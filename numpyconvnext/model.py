@@ -21,8 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kernels.block import BLOCK_ROWS
-from kernels.network import network_forward_rows
-from kernels.pointer import block_rows_address
+from kernels.network import addresses, network_forward_rows
 from kernels.simd import bfloat16_bits, bfloat16_values
 from numpyconvnext.layers import (
     LAYERNORM_EPS,
@@ -401,7 +400,7 @@ class ConvNeXt1D:
                     np.array(config["dims"], dtype=np.int64),
                     np.array(config["depths"], dtype=np.int64), config["kernel_size"],
                     config["layernorm_eps"], parts, self._pointwise,
-                    block_rows_address(self.dtype, self._pointwise.dtype),
+                    addresses(self.dtype, self._pointwise.dtype),
                 )
             self.workspace.select(x.shape)
             return self._run(x, cache=False, drop_path_masks=None, inference=True)

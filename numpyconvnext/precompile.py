@@ -7,8 +7,8 @@ the same kernels, last needed first, into Numba's on-disk cache; each kernel the
 reaches and finds there it loads (milliseconds) instead of compiling. The two meet in the
 middle, so on two cores the wait is about halved. Before its first batch-1 predict, `live`
 calls `ready_for_batch1`: the blocks compile here while a helper compiles the rest of the
-one-call network (plan "predict"; the network calls its blocks through a pointer,
-kernels/pointer.py, so neither waits for the other).
+one-call network (plan "predict"; the network calls its blocks, and they their matmul,
+through addresses, kernels/pointer.py, so none waits for another).
 
 A helper is started only when a kernel of its plan is missing from the cache and the process
 may use two cores; it writes nothing but Numba's cache (each file written whole, then
@@ -86,15 +86,19 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
 
 def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     """A batch-1 predict of a float32 model: the one-call network (and, within its compile, the
-    stem, downsample and head kernels) but not its blocks, which `ready_for_batch1` compiles in
-    this process meanwhile (kernels/pointer.py)."""
+    stem, downsample and head kernels) and the few-row matmul it and the blocks call, but not
+    the blocks, which `ready_for_batch1` compiles in this process meanwhile (each is called
+    through its address, kernels/pointer.py)."""
+    from kernels.block import _matmul_cols, matmul_cols_signature
     from kernels.network import network_forward_rows
 
     a1, a3 = types.Array(types.float32, 1, "C"), types.Array(types.float32, 3, "C")
     i1, i2 = types.Array(types.int64, 1, "C"), types.Array(types.int64, 2, "C")
+    functions = types.Array(types.int64, 1, "C", readonly=True)  # kernels.network.addresses
     count, real = types.int64, types.float64
-    # x, flat, spans, dims, depths, kernel, eps, parts, pointwise, block address
-    return [(network_forward_rows, (a3, a1, i2, i1, i1, count, real, count, a1, count))]
+    # x, flat, spans, dims, depths, kernel, eps, parts, pointwise, functions
+    return [(network_forward_rows, (a3, a1, i2, i1, i1, count, real, count, a1, functions)),
+            (_matmul_cols, matmul_cols_signature(np.float32, np.float32))]
 
 
 def _cached(kernel, argument_types: tuple) -> bool:
@@ -164,7 +168,7 @@ def ready_for_batch1(model) -> None:
     """Compile what a batch-1 `model.predict` needs, if it is not in the cache: the blocks here
     and, beside them, the rest of the one-call network in a helper process (plan "predict";
     waited for, so that this process loads it instead of compiling it too)."""
-    from kernels.pointer import block_rows_address
+    from kernels.block import block_rows_address
 
     pointwise = model._pointwise.dtype
     if not model.dtype == pointwise == np.float32:  # the plan is the float32 network's

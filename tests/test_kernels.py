@@ -261,7 +261,7 @@ def test_matmul_rows_matches_reference(dtype, m, k, n, seed):
 @given(shape=shapes, seed=st.integers(0, 2**16))
 @SETTINGS
 def test_block_forward_rows_matches_reference(dtype, shape, seed):
-    from kernels.block import block_forward_rows
+    from kernels.block import block_forward_rows, matmul_cols_address
 
     B, T, C, K = shape
     x, wt, dwb, nw, nb, w1, b1, w2, b2, gamma = arrays(
@@ -270,7 +270,7 @@ def test_block_forward_rows_matches_reference(dtype, shape, seed):
     keep = np.array([1.0, 0.0, 1.25], dtype=dtype)[:B]
     out = block_forward_rows(x, wt, dwb, nw, nb, 1e-6, w1, b1, w2, b2, gamma, keep,
                              np.empty((1, B * T, C), dtype), np.empty((B * T, 4 * C), dtype),
-                             np.empty_like(x))
+                             np.empty_like(x), 1, matmul_cols_address(dtype, dtype))
     z, _, _ = reference.layernorm_forward(reference.dwconv_forward(x, wt, dwb), nw, nb, 1e-6)
     a = reference.gelu_forward(reference.linear_forward(z.reshape(B * T, C), w1, b1))
     branch = reference.linear_forward(a, w2, b2).reshape(B, T, C)
@@ -317,7 +317,7 @@ def test_matmul_split_across_threads_matches_numpy(dtype, m, k, n, transposed, s
 def test_block_forward_rows_split_by_columns_has_same_bits(dtype, shape, seed):
     import numba
 
-    from kernels.block import block_forward_rows
+    from kernels.block import block_forward_rows, matmul_cols_address
 
     B, T, C, K = shape
     args = arrays(seed, (B, T, C), (K, C), (C,), (C,), (C,), (4 * C, C), (4 * C,), (C, 4 * C),
@@ -327,7 +327,8 @@ def test_block_forward_rows_split_by_columns_has_same_bits(dtype, shape, seed):
     def run(parts):
         return block_forward_rows(*args[:5], 1e-6, *args[5:], keep,
                                   np.empty((parts, B * T, C), dtype),
-                                  np.empty((B * T, 4 * C), dtype), np.empty_like(args[0]), parts)
+                                  np.empty((B * T, 4 * C), dtype), np.empty_like(args[0]), parts,
+                                  matmul_cols_address(dtype, dtype))
 
     saved = numba.get_num_threads()
     try:
@@ -349,8 +350,7 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
                                                 seed):
     import numba
 
-    from kernels.network import network_forward_rows
-    from kernels.pointer import block_rows_address
+    from kernels.network import addresses, network_forward_rows
     from numpyconvnext import ConvNeXt1D
 
     # off the init: every parameter matters
@@ -362,7 +362,7 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
     def run(parts):
         return network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
                                     np.array(depths), 7, 1e-6, parts, model.flat_params,
-                                    block_rows_address(dtype, dtype))
+                                    addresses(dtype, dtype))
 
     saved = numba.get_num_threads()
     try:
@@ -402,8 +402,7 @@ def test_sum_leading_equals_numpy_axis_sum(dtype, n, m, seed):
 def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in, seed):
     """With the pointwise weights given as bfloat16 bits the network computes the reference
     model whose pointwise weights are those bfloat16 values (widening is exact)."""
-    from kernels.network import network_forward_rows
-    from kernels.pointer import block_rows_address
+    from kernels.network import addresses, network_forward_rows
     from numpyconvnext import ConvNeXt1D
 
     # frozen("bfloat16") holds the bits (`_pointwise`) and their values (its state dict); its
@@ -412,17 +411,18 @@ def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in
     x = np.random.default_rng(seed + 1).standard_normal((1, 64, c_in)).astype(np.float32)
     got = network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
                                np.array(depths), 7, 1e-6, 1, model._pointwise,
-                               block_rows_address(np.float32, np.uint16))
+                               addresses(np.float32, np.uint16))
     expected = reference.convnext_forward(model.state_dict(), depths, x)
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)
 
 
-def test_block_rows_address_only_for_the_compiled_dtypes():
-    from kernels.pointer import block_rows_address
+def test_addresses_only_for_the_compiled_dtypes():
+    from kernels.block import block_rows_address, matmul_cols_address
 
     for dtype, pointwise in [(np.float64, np.uint16), (np.float32, np.float64), (np.int32, np.int32)]:
-        with pytest.raises(TypeError, match="no block for"):
-            block_rows_address(dtype, pointwise)
+        for address in (block_rows_address, matmul_cols_address):
+            with pytest.raises(TypeError, match="no few-row kernel for"):
+                address(dtype, pointwise)
 
 
 def test_call_block_rows_refuses_a_strided_array():
@@ -434,12 +434,44 @@ def test_call_block_rows_refuses_a_strided_array():
     @njit
     def call(x, vector, matrix):
         call_block_rows(0, x, matrix, vector, vector, vector, 1e-6, matrix, vector, matrix,
-                        vector, vector, vector, x, matrix, x, 1)
+                        vector, vector, vector, x, matrix, x, 1, 0)
 
     vector, matrix = np.zeros(2, np.float32), np.zeros((2, 2), np.float32)
     strided = np.zeros((1, 2, 4), np.float32)[:, :, ::2]
     with pytest.raises(TypingError, match="x must be a C-contiguous float32 array of 3"):
         call(strided, vector, matrix)
+
+
+@pytest.mark.parametrize("dtype, weights", [(np.float32, np.float32), (np.float64, np.float64),
+                                            (np.float32, np.uint16)])
+@given(m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 20), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_matmul_through_its_address_has_the_same_bits(dtype, weights, m, k, n, seed):
+    """call_matmul_cols runs _matmul_cols through its address: the same bits as calling it
+    directly, for each piece of a column split."""
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from kernels.block import _matmul_cols, matmul_cols_address
+    from kernels.pointer import call_matmul_cols
+    from kernels.simd import bfloat16_bits
+
+    x, w = arrays(seed, (m, k), (n, k), dtype=dtype)
+    w = bfloat16_bits(w) if weights == np.uint16 else w
+
+    @njit
+    def through(address, x, w, out, n0, n1):
+        call_matmul_cols(address, x, w, out, n0, n1)
+        return out
+
+    cut = n // 2
+    got = np.full((m, n), np.nan, dtype)
+    through(matmul_cols_address(dtype, weights), x, w, got, 0, cut)
+    through(matmul_cols_address(dtype, weights), x, w, got, cut, n)
+    np.testing.assert_array_equal(got, _matmul_cols(x, w, np.empty((m, n), dtype), 0, n))
+    strided = np.zeros((2, 4), w.dtype)[:, ::2]
+    with pytest.raises(TypingError, match="w must be a C-contiguous"):
+        through(0, x, strided, got, 0, n)
 
 
 @given(values=st.lists(st.floats(-(2.0**127), 2.0**127, width=32), min_size=1, max_size=50))

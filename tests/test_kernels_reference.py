@@ -101,7 +101,7 @@ def test_drop_path_keep_factors():
 @given(B=st.integers(1, 2), T=st.integers(1, 12), C=st.integers(2, 6), seed=st.integers(0, 2**16))
 @SETTINGS
 def test_block_reference_matches_the_block_kernel(dtype, B, T, C, seed):
-    from kernels.block import block_forward_rows
+    from kernels.block import block_forward_rows, matmul_cols_address
 
     rng = np.random.default_rng(seed)
     shapes = {"dwconv.weight": (C, 1, 7), "dwconv.bias": (C,), "norm.weight": (C,),
@@ -115,6 +115,6 @@ def test_block_reference_matches_the_block_kernel(dtype, B, T, C, seed):
                              p["norm.weight"], p["norm.bias"], 1e-6, p["pwconv1.weight"],
                              p["pwconv1.bias"], p["pwconv2.weight"], p["pwconv2.bias"], p["gamma"],
                              keep, np.empty((1, B * T, C), dtype), np.empty((B * T, 4 * C), dtype),
-                             np.empty_like(x))
+                             np.empty_like(x), 1, matmul_cols_address(dtype, dtype))
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == np.float64 else dict(rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(out, reference.block_forward(x, state, "s.", keep), **tol)

@@ -105,7 +105,7 @@ def test_unknown_plan_and_usage():
 
 
 PREDICT = COMPILED + """
-from kernels.pointer import block_rows_address
+from kernels.block import block_rows_address
 from numpyconvnext import ConvNeXt1D
 
 model = ConvNeXt1D.from_config("atto", 20, 3).eval()
