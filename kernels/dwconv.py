@@ -96,6 +96,21 @@ def dwconv_layernorm_forward_into(x, w, b, norm_w, norm_b, eps, y, z, mean, rstd
     return y, z, mean, rstd
 
 
+@njit(cache=True, parallel=prange_only())
+def dwconv_layernorm_inference_into(x, w, b, norm_w, norm_b, eps, z):
+    """z [B, T, C] = LayerNorm(dwconv(x)) for inference: each row convolved into z and normalised
+    there, nothing kept for a backward (one stream written instead of y, z, mean and rstd; the
+    same values as `dwconv_layernorm_forward_into`'s z). Returns z."""
+    B, T, C = x.shape
+    for row in prange(B * T):
+        bi = row // T
+        t = row % T
+        out = z[bi, t]
+        _conv_row(x, w, b, bi, t, out)
+        _normalize_row(out, norm_w, norm_b, eps, out)  # in place: reads x[c] before out[c]
+    return z
+
+
 @njit(cache=True, inline="always")
 def _conv_row(x, w, b, bi, t, out):
     T = x.shape[1]

@@ -154,6 +154,18 @@ def bias_gelu_forward_into(h, b, y):
 
 
 @njit(cache=True, parallel=prange_only())
+def bias_gelu_inplace(h, b):
+    """h[N, C] = GELU(h + b) in place, for inference (nothing kept for a backward): one read
+    and one write per element instead of `bias_gelu_forward_into`'s three streams (the same
+    values). Returns h."""
+    N, C = h.shape
+    for n in prange(N):
+        for c in range(C):
+            h[n, c] = gelu_scalar(h[n, c] + b[c])
+    return h
+
+
+@njit(cache=True, parallel=prange_only())
 def bias_gelu_backward(dy, pre):
     """dy, pre [N, C] -> dpre [N, C] (written into dy, in place), db [C]."""
     N, C = pre.shape

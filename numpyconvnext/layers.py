@@ -22,8 +22,12 @@ from kernels.block import (
     matmul_cols_address,
     matmul_rows,
 )
-from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward_into
-from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into
+from kernels.dwconv import (
+    dwconv_backward,
+    dwconv_layernorm_forward_into,
+    dwconv_layernorm_inference_into,
+)
+from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into, bias_gelu_inplace
 from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
 from kernels.linear import (
     linear_backward,
@@ -288,9 +292,10 @@ class Block(Layer):
             finally:
                 if parts < threads:
                     set_numba_threads(threads)
-        _, z, _, _ = self._norm_input(x, w_taps)
+        z = dwconv_layernorm_inference_into(x, w_taps, p["dwconv.bias"], p["norm.weight"],
+                                          p["norm.bias"], self.eps, ws.get("z", (B, T, C), x.dtype))
         h = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
-        a, _ = bias_gelu_forward_into(h, p["pwconv1.bias"], ws.get("a", wide, x.dtype))
+        a = bias_gelu_inplace(h, p["pwconv1.bias"])
         branch = ws.get("branch", (B, T, C), x.dtype)
         matmul(a, p["pwconv2.weight"].T, out=branch.reshape(B * T, C))
         return bias_residual_forward(x, branch, p["pwconv2.bias"], p["gamma"], keep, out)

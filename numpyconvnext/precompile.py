@@ -53,8 +53,12 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
 def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     from kernels.adamw import adamw_update
     from kernels.block import matmul_rows
-    from kernels.dwconv import dwconv_backward, dwconv_layernorm_forward_into
-    from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into
+    from kernels.dwconv import (
+        dwconv_backward,
+        dwconv_layernorm_forward_into,
+        dwconv_layernorm_inference_into,
+    )
+    from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into, bias_gelu_inplace
     from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
     from kernels.residual import bias_residual_forward, residual_backward, residual_forward
     from numpyconvnext.trading.backtest import _run as backtest_run
@@ -73,6 +77,8 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
         (adamw_update, (a1, a1, a1, a1, real, real, real, real, real, count)),
     ]
     evaluation = [
+        (dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),
+        (bias_gelu_inplace, (a2, a1)),
         (layernorm_forward_serial, (a2, a1, a1, real)),
         (matmul_rows, (a2, a2, a2)),
         (bias_residual_forward, (a3, a3, a1, a1, a1, a3)),

@@ -71,6 +71,9 @@ def test_dwconv_layernorm_fused_matches_composition(dtype, shape, seed):
     # rstd amplifies rounding when a row is nearly constant (C=1 rows are exactly constant)
     np.testing.assert_allclose(z, z_ref, **tol)
     np.testing.assert_allclose(rstd, rstd_ref, rtol=tol["rtol"])
+    # inference: z alone, normalised where it was convolved: the same bits as the training kernel
+    inference = dwconv.dwconv_layernorm_inference_into(x, w, b, nw, nb, 1e-6, np.empty_like(x))
+    np.testing.assert_array_equal(inference, z)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -137,6 +140,8 @@ def test_gelu_matches_reference(dtype, n, c, seed):
     y_ref, pre_ref = reference.bias_gelu_forward(h, b)
     np.testing.assert_allclose(y, y_ref, **tol)
     np.testing.assert_allclose(pre, pre_ref, **tol)
+    # inference, in place: the same bits as the training kernel's y
+    np.testing.assert_array_equal(gelu.bias_gelu_inplace(h.copy(), b), y)
     dpre, db = gelu.bias_gelu_backward(dy.copy(), pre)
     dpre_ref, db_ref = reference.bias_gelu_backward(dy, pre_ref)
     assert_backward_close(dpre, dpre_ref)
