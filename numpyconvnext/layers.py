@@ -27,7 +27,12 @@ from kernels.dwconv import (
     dwconv_layernorm_forward_into,
     dwconv_layernorm_inference_into,
 )
-from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into, bias_gelu_inplace
+from kernels.gelu import (
+    bias_gelu_backward,
+    bias_gelu_forward_into,
+    bias_gelu_inplace,
+    gelu_forward_into,
+)
 from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
 from kernels.linear import (
     linear_backward,
@@ -304,10 +309,7 @@ class Block(Layer):
         x, w_taps, pre, branch, keep = self._take_cache()
         p, g, ws = self.params, self.grads, self.workspace
         B, T, C = x.shape
-        # a = GELU(pre) again, by the forward's kernel with a zero bias (pre + 0 = pre): one
-        # kernel fewer to compile on an empty cache than a separate gelu_forward_into
-        a, _ = bias_gelu_forward_into(pre, np.zeros(pre.shape[1], x.dtype),
-                                      ws.get("a", pre.shape, x.dtype))
+        a = gelu_forward_into(pre, ws.get("a", pre.shape, x.dtype))  # again, not kept
         dbranch, g["gamma"][...] = residual_backward(dout, branch, p["gamma"], keep)
         dbranch = dbranch.reshape(B * T, C)
         matmul(dbranch.T, a, out=g["pwconv2.weight"])

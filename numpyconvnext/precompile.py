@@ -58,7 +58,12 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
         dwconv_layernorm_forward_into,
         dwconv_layernorm_inference_into,
     )
-    from kernels.gelu import bias_gelu_backward, bias_gelu_forward_into, bias_gelu_inplace
+    from kernels.gelu import (
+        bias_gelu_backward,
+        bias_gelu_forward_into,
+        bias_gelu_inplace,
+        gelu_forward_into,
+    )
     from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
     from kernels.residual import bias_residual_forward, residual_backward, residual_forward
     from numpyconvnext.trading.backtest import _run as backtest_run
@@ -71,6 +76,7 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
         (bias_gelu_forward_into, (a2, a1, a2)),
         (residual_forward, (a3, a3, a1, a1)),
         (layernorm_backward, (a2, a2, a1, a1, a1)),
+        (gelu_forward_into, (a2, a2)),
         (residual_backward, (a3, a3, a1, a1)),
         (bias_gelu_backward, (a2, a2)),
         (dwconv_backward, (a3, a3, a2)),
