@@ -51,43 +51,29 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
 
 
 def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
-    from kernels.adamw import adamw_update
-    from kernels.block import matmul_rows
-    from kernels.dwconv import (
-        dwconv_backward,
-        dwconv_layernorm_forward_into,
-        dwconv_layernorm_inference_into,
-    )
-    from kernels.gelu import (
-        bias_gelu_backward,
-        bias_gelu_forward_into,
-        bias_gelu_inplace,
-        gelu_forward_into,
-    )
-    from kernels.layernorm import layernorm_backward, layernorm_forward, layernorm_forward_serial
-    from kernels.residual import bias_residual_forward, residual_backward, residual_forward
+    from kernels import adamw, block, dwconv, gelu, layernorm, residual
     from numpyconvnext.trading.backtest import _run as backtest_run
 
     a1, a2, a3 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3))
     real, count = types.float64, types.int64
     step = [  # the order a training step first calls them
-        (layernorm_forward, (a2, a1, a1, real)),
-        (dwconv_layernorm_forward_into, (a3, a2, a1, a1, a1, real, a3, a3, a2, a2)),
-        (bias_gelu_forward_into, (a2, a1, a2)),
-        (residual_forward, (a3, a3, a1, a1)),
-        (layernorm_backward, (a2, a2, a1, a1, a1)),
-        (gelu_forward_into, (a2, a2)),
-        (residual_backward, (a3, a3, a1, a1)),
-        (bias_gelu_backward, (a2, a2)),
-        (dwconv_backward, (a3, a3, a2)),
-        (adamw_update, (a1, a1, a1, a1, real, real, real, real, real, count)),
+        (layernorm.layernorm_forward, (a2, a1, a1, real)),
+        (dwconv.dwconv_layernorm_forward_into, (a3, a2, a1, a1, a1, real, a3, a3, a2, a2)),
+        (gelu.bias_gelu_forward_into, (a2, a1, a2)),
+        (residual.residual_forward, (a3, a3, a1, a1)),
+        (layernorm.layernorm_backward, (a2, a2, a1, a1, a1)),
+        (gelu.gelu_forward_into, (a2, a2)),
+        (residual.residual_backward, (a3, a3, a1, a1)),
+        (gelu.bias_gelu_backward, (a2, a2)),
+        (dwconv.dwconv_backward, (a3, a3, a2)),
+        (adamw.adamw_update, (a1, a1, a1, a1, real, real, real, real, real, count)),
     ]
     evaluation = [
-        (dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),
-        (bias_gelu_inplace, (a2, a1)),
-        (layernorm_forward_serial, (a2, a1, a1, real)),
-        (matmul_rows, (a2, a2, a2)),
-        (bias_residual_forward, (a3, a3, a1, a1, a1, a3)),
+        (dwconv.dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),
+        (gelu.bias_gelu_inplace, (a2, a1)),
+        (layernorm.layernorm_forward_serial, (a2, a1, a1, real)),
+        (block.matmul_rows, (a2, a2, a2)),
+        (residual.bias_residual_forward, (a3, a3, a1, a1, a1, a3)),
     ]
     # the trades on the validation and test windows after training: state, params, then the
     # bars' open, high, low, close, targets, stop and take-profit distances, funding rates
