@@ -16,8 +16,8 @@ computed as one product of the patches, rearranged channel-major [rows, C*s], wi
 [C_out, C*s]; each block is `kernels.block.block_forward_rows` (its two matmuls split by output
 columns over `parts` threads). The blocks and the few-row matmuls of the stem, downsamples and
 head run through the addresses of their compiled code (`addresses`, kernels/pointer.py), so
-that they compile apart from this function. Parameters are read in place: `spans[i]` = (start, end) of the
-i-th parameter of the official state-dict order in `flat`.
+that they compile apart from this function. Parameters are read in place: `spans[i]` =
+(start, end) of the i-th parameter of the official state-dict order in `flat`.
 
 Layout: x [B, T, C_in] channels-last, C-contiguous. Results equal the layer-by-layer path to
 rounding (the products are reassociated), not bit for bit.

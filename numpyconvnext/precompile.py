@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 from numba import types
@@ -169,10 +169,8 @@ def ready_for_batch1(model) -> None:
     from kernels.block import block_rows_address
 
     pointwise = model._pointwise.dtype
-    if not model.dtype == pointwise == np.float32:  # the plan is the float32 network's
-        block_rows_address(model.dtype, pointwise)
-        return
-    with compiling_beside("predict") as helper:
+    planned = model.dtype == pointwise == np.float32  # the plan is the float32 network's
+    with compiling_beside("predict") if planned else nullcontext() as helper:
         block_rows_address(model.dtype, pointwise)
         if helper is not None:
             helper.wait()
