@@ -32,7 +32,7 @@ from kernels.dwconv import _conv_row
 from kernels.gelu import gelu_scalar
 from kernels.layernorm import _normalize_row
 from kernels.pointer import call_matmul_cols, native_address
-from kernels.simd import lanes, vfma, vload, vload_head, vprefetch, vsum, vzero
+from kernels.simd import lanes, vfma, vload, vload_head, vprefetch, vstore_sums, vsum, vzero
 
 # rows at or below which `linear_forward` (stem, downsample, head) takes `matmul_rows`
 SMALL_ROWS = 32
@@ -53,8 +53,9 @@ def _matmul_cols(x, w, out, n0, n1):
     loads per 16 FMAs), the rows past a multiple of 4 one at a time against 4 columns, the
     n1 - n0 % 4 tail columns one by one. Every out[m, n] is the same sequence of operations
     whichever tile computes it (lane-wise FMAs over the full vectors of K, then the partial
-    vector by a masked load, then the fixed pairwise `vsum`), so the bits do not depend on M,
-    on the split of the columns or on the thread count.
+    vector by a masked load, then the fixed pairwise `vsum`; a full tile's 16 sums are reduced
+    together by `vstore_sums`, in the same order), so the bits do not depend on M, on the split
+    of the columns or on the thread count.
 
     A tile's 4 weight rows are one contiguous run of 4K elements, read once from memory and
     then from L1 by the other row tiles. So that the memory does not idle while those compute,
@@ -139,22 +140,8 @@ def _matmul_cols(x, w, out, n0, n1):
                 a31 = vfma(a31, u, v1)
                 a32 = vfma(a32, u, v2)
                 a33 = vfma(a33, u, v3)
-            out[m, n] = vsum(a00)
-            out[m, n + 1] = vsum(a01)
-            out[m, n + 2] = vsum(a02)
-            out[m, n + 3] = vsum(a03)
-            out[m + 1, n] = vsum(a10)
-            out[m + 1, n + 1] = vsum(a11)
-            out[m + 1, n + 2] = vsum(a12)
-            out[m + 1, n + 3] = vsum(a13)
-            out[m + 2, n] = vsum(a20)
-            out[m + 2, n + 1] = vsum(a21)
-            out[m + 2, n + 2] = vsum(a22)
-            out[m + 2, n + 3] = vsum(a23)
-            out[m + 3, n] = vsum(a30)
-            out[m + 3, n + 1] = vsum(a31)
-            out[m + 3, n + 2] = vsum(a32)
-            out[m + 3, n + 3] = vsum(a33)
+            vstore_sums(out, m, n, (a00, a01, a02, a03, a10, a11, a12, a13,
+                                    a20, a21, a22, a23, a30, a31, a32, a33))
         for m in range(m4, M):
             x0 = m * K
             a00 = a01 = a02 = a03 = vzero(xf)

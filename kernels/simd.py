@@ -17,6 +17,9 @@ LLVM splits them into SSE halves, still correct).
     vfma(acc, a, b)     acc + a * b lane by lane, fused (one rounding)
     vsum(v)             the sum of the lanes: pairwise, halves then quarters ... (a fixed order,
                         so equal vectors give equal bits)
+    vstore_sums(out, m, n, sums)
+                        out[m + r, n + c] = vsum(sums[4r + c]) for a tuple of 16 vectors (a 4 x 4
+                        tile), the same bits as 16 vsums, reduced together (below)
     vprefetch(row, i)   a hint to bring the cache line holding row[i] into the caches (x86
                         `prefetcht0`; never faults, changes no value: it only moves the wait)
     lanes(array)        how many elements of the array a vector holds (a compile-time constant)
@@ -200,6 +203,62 @@ def vsum(typingctx, v):
         return builder.extract_element(x, ir.Constant(ir.IntType(32), 0))
 
     return v.dtype(v), codegen
+
+
+def _halve_together(builder, first, second, width):
+    """One level of `vsum` for two vectors at once. Each holds segments of `width` lanes, one
+    per sum in progress; returns one vector holding the segments of `first` then those of
+    `second`, each halved: lane i of a new segment = lane i + lane i + width/2 of the old one."""
+    lanes_ = first.type.count
+    half = width // 2
+    low = [s + i for s in range(0, 2 * lanes_, width) for i in range(half)]
+    pick = ir.VectorType(ir.IntType(32), lanes_)
+    low_lanes = builder.shuffle_vector(first, second, ir.Constant(pick, low))
+    high_lanes = builder.shuffle_vector(first, second, ir.Constant(pick, [i + half for i in low]))
+    return builder.fadd(low_lanes, high_lanes)
+
+
+@intrinsic
+def vstore_sums(typingctx, out, m, n, sums):
+    """out[m + r, n + c] = vsum(sums[4r + c]) for r, c < 4 (out 2-D C-contiguous).
+
+    Sixteen `vsum`s spend most of their instructions on half-empty vectors; here each level of
+    the tree works on two sums' vectors at once (`_halve_together`), so a level costs 2
+    shuffles and 1 add per pair of vectors, and the sums come out in order, four to a row of
+    out. Every sum is the same additions in the same order as its `vsum`: the same bits."""
+    if not (isinstance(out, types.Array) and out.ndim == 2 and out.layout == "C"
+            and isinstance(sums, types.UniTuple) and len(sums) == 16
+            and isinstance(sums.dtype, Vector) and sums.dtype.dtype == out.dtype
+            and isinstance(m, types.Integer) and isinstance(n, types.Integer)):
+        return None
+    lanes_ = sums.dtype.lanes
+
+    def codegen(context, builder, signature, args):
+        vectors = [builder.extract_value(args[3], i) for i in range(16)]
+        width = lanes_
+        while width > 1:  # each vector: lanes_ / width sums in progress, in order
+            vectors = [_halve_together(builder, vectors[i], vectors[i + 1], width)
+                       for i in range(0, len(vectors), 2)]
+            width //= 2
+        # now vector j holds sums j*lanes_ ... j*lanes_ + lanes_ - 1: rows of four
+        array = context.make_array(out)(context, builder, args[0])
+        row_type = ir.VectorType(context.get_value_type(out.dtype), 4)
+        m_, n_ = (context.cast(builder, v, t, types.intp)
+                  for v, t in zip(args[1:3], signature.args[1:3], strict=True))
+        for r in range(4):
+            first = 4 * r
+            vector = vectors[first // lanes_]
+            lane = first % lanes_
+            row = vector if lanes_ == 4 else builder.shuffle_vector(
+                vector, vector, ir.Constant(ir.VectorType(ir.IntType(32), 4),
+                                            list(range(lane, lane + 4))))
+            index = builder.add(m_, ir.Constant(m_.type, r))
+            pointer = cgutils.get_item_pointer(context, builder, out, array, [index, n_])
+            builder.store(row, builder.bitcast(pointer, row_type.as_pointer()),
+                          align=out.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(out, m, n, sums), codegen
 
 
 @intrinsic

@@ -15,7 +15,7 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from kernels.block import _matmul_cols, matmul_rows
-from kernels.simd import lanes, vector_bytes, vfma, vload, vload_head, vprefetch, vsum, vzero
+from kernels.simd import lanes, vector_bytes, vfma, vload, vload_head, vprefetch, vstore_sums, vsum, vzero
 from tests.test_kernels import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +62,37 @@ def test_vector_operations_refuse_strided_and_integer_arrays():
         _dot(np.ones(8)[::2], np.ones(4))
     with pytest.raises(TypingError):
         _dot(np.ones(8, np.int64), np.ones(8, np.int64))
+
+
+@njit(cache=True)
+def _tile_sums(rows, out, m, n):
+    """The first vector of each of 16 rows summed by `vstore_sums` into out[m:m+4, n:n+4], and
+    by 16 `vsum`s as the expected values."""
+    v0, v1, v2, v3 = vload(rows[0], 0), vload(rows[1], 0), vload(rows[2], 0), vload(rows[3], 0)
+    v4, v5, v6, v7 = vload(rows[4], 0), vload(rows[5], 0), vload(rows[6], 0), vload(rows[7], 0)
+    v8, v9, v10, v11 = vload(rows[8], 0), vload(rows[9], 0), vload(rows[10], 0), vload(rows[11], 0)
+    v12, v13, v14, v15 = (vload(rows[12], 0), vload(rows[13], 0), vload(rows[14], 0),
+                          vload(rows[15], 0))
+    vstore_sums(out, m, n, (v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15))
+    return np.array([[vsum(v0), vsum(v1), vsum(v2), vsum(v3)],
+                     [vsum(v4), vsum(v5), vsum(v6), vsum(v7)],
+                     [vsum(v8), vsum(v9), vsum(v10), vsum(v11)],
+                     [vsum(v12), vsum(v13), vsum(v14), vsum(v15)]], dtype=out.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(seed=st.integers(0, 2**16), m=st.integers(0, 3), n=st.integers(0, 5))
+@SETTINGS
+def test_tile_sums_have_the_bits_of_single_sums_and_touch_only_the_tile(dtype, seed, m, n):
+    rng = np.random.default_rng(seed)
+    # wide exponent range, so a different order of additions would show in the bits
+    rows = (rng.standard_normal((16, 16)) * 10.0 ** rng.integers(-6, 7, (16, 16))).astype(dtype)
+    out = np.full((m + 5, n + 6), -7.0, dtype)
+    expected = _tile_sums(rows, out, m, n)
+    np.testing.assert_array_equal(out[m:m + 4, n:n + 4], expected)
+    outside = np.ones(out.shape, bool)
+    outside[m:m + 4, n:n + 4] = False
+    assert (out[outside] == -7.0).all()
 
 
 @njit(cache=True)
@@ -125,6 +156,9 @@ def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
         "        w = rng.standard_normal((n, k)).astype(dtype)\n"
         "        out = matmul_rows(x, w, np.empty((m, n), dtype))\n"
         "        np.testing.assert_allclose(out, x @ w.T, rtol=tol, atol=tol)\n"
+        "        for row in range(m):  # 4-row tiles (tree sums) = a row alone (vsum)\n"
+        "            alone = matmul_rows(x[row:row + 1].copy(), w, np.empty((1, n), dtype))\n"
+        "            np.testing.assert_array_equal(alone[0], out[row])\n"
         "print('ok')\n"
     )
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),
