@@ -249,25 +249,24 @@ class Block(Layer):
             return self._forward_inference(x, keep)
         p = self.params
         B, T, C = x.shape
+        ws = self.workspace
         w_taps = np.ascontiguousarray(p["dwconv.weight"][:, 0, :].T)
-        # the kernel the backward's recomputation uses, into fresh arrays: one kernel fewer to
-        # compile on an empty cache than the allocating dwconv_layernorm_forward (same bits)
-        _, z, _, _ = dwconv_layernorm_forward_into(
-            x, w_taps, p["dwconv.bias"], p["norm.weight"], p["norm.bias"], self.eps,
-            np.empty_like(x), np.empty_like(x), np.empty((B, T), x.dtype),
-            np.empty((B, T), x.dtype))
+        # only z (the backward recomputes y, mean and rstd): the inference kernel, same bits
+        z = dwconv_layernorm_inference_into(x, w_taps, p["dwconv.bias"], p["norm.weight"],
+                                            p["norm.bias"], self.eps,
+                                            ws.get("z", (B, T, C), x.dtype))
         # few rows: the same matmul kernel as block_forward_rows, so that forward() in eval mode
         # and predict() give the same bits
         if B * T <= BLOCK_ROWS and _rows_kernel_fits(z, p["pwconv1.weight"]):
             pre = matmul_rows(z.reshape(B * T, C), p["pwconv1.weight"],
                               np.empty((B * T, 4 * C), x.dtype))
-            a, pre = bias_gelu_forward_into(pre, p["pwconv1.bias"], np.empty_like(pre))
+            a, pre = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", pre.shape, x.dtype))
             branch = matmul_rows(a, p["pwconv2.weight"], np.empty((B * T, C), x.dtype))
             branch += p["pwconv2.bias"]
             branch = branch.reshape(B, T, C)
         else:
             pre = linear_forward(z.reshape(B * T, C), p["pwconv1.weight"], None)
-            a, pre = bias_gelu_forward_into(pre, p["pwconv1.bias"], np.empty_like(pre))
+            a, pre = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", pre.shape, x.dtype))
             branch = linear_forward(a, p["pwconv2.weight"], p["pwconv2.bias"]).reshape(B, T, C)
         out = residual_forward(x, branch, p["gamma"], keep)
         self._cache = (x, w_taps, pre, branch, keep)
