@@ -58,18 +58,18 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     real, count = types.float64, types.int64
     step = [  # the order a training step first calls them
         (layernorm.layernorm_forward, (a2, a1, a1, real)),
-        (dwconv.dwconv_layernorm_forward_into, (a3, a2, a1, a1, a1, real, a3, a3, a2, a2)),
+        (dwconv.dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),
         (gelu.bias_gelu_forward_into, (a2, a1, a2)),
         (residual.residual_forward, (a3, a3, a1, a1)),
         (layernorm.layernorm_backward, (a2, a2, a1, a1, a1)),
         (gelu.gelu_forward_into, (a2, a2)),
         (residual.residual_backward, (a3, a3, a1, a1)),
         (gelu.bias_gelu_backward, (a2, a2)),
+        (dwconv.dwconv_layernorm_forward_into, (a3, a2, a1, a1, a1, real, a3, a3, a2, a2)),
         (dwconv.dwconv_backward, (a3, a3, a2)),
         (adamw.adamw_update, (a1, a1, a1, a1, real, real, real, real, real, count)),
     ]
     evaluation = [
-        (dwconv.dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),
         (gelu.bias_gelu_inplace, (a2, a1)),
         (layernorm.layernorm_forward_serial, (a2, a1, a1, real)),
         (block.matmul_rows, (a2, a2, a2)),
