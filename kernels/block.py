@@ -40,10 +40,18 @@ SMALL_ROWS = 32
 # forward `matmul_rows`, for the same bits): at 64 rows the one-call block still beats BLAS plus
 # three parallel kernels (measured atto/pico/tiny stage 0: 74/135/229 us vs 89/143/243, 1 thread)
 BLOCK_ROWS = 64
-# pwconv1 weights (4C*C elements) from which `block_forward_rows` splits its matmuls over the
-# threads: measured, 2 threads vs 1 (quiet machine) 0.5x at C=80, 0.85x at 160, 1.07x at 320
-# rows 8, 1.16x at C=256 rows 16, 2-2.4x at C=512/768 (the weights stream from DRAM)
-SPLIT_WEIGHTS = 1 << 18
+# multiply-adds of one pwconv (rows * 4C * C) from which `block_forward_rows` splits its matmuls
+# over the threads: each split costs two fork/joins of the pool (10-40 us on a 2-vCPU VM).
+# Measured at batch 1, 2 threads vs 1: Xeon 0.5x at C=80, 0.85x at 160, 1.07x at C=320 with 8
+# rows (3.3M), 1.16x at C=256 with 16 rows (4.2M), 2-2.4x at C=512/768 (the weights stream from
+# DRAM); AMD EPYC (Zen 5) 0.93x for atto's stage 3 (C=320, 8 rows), 1.13x for pico's stage 2
+# (C=256, 16 rows), even for tiny's stage 1 (C=192, 32 rows; 4.7M); bench/NOTES.md round 9
+SPLIT_WORK = 1 << 22
+
+
+def block_parts(rows: int, channels: int, threads: int) -> int:
+    """Threads for `block_forward_rows`'s matmuls: `threads` from SPLIT_WORK on, else 1."""
+    return threads if rows * 4 * channels * channels >= SPLIT_WORK else 1
 
 
 @njit(cache=True)

@@ -13,8 +13,12 @@ Here the same computation runs as one compiled function over the model's flat pa
 
 where patchify_s(x)[t] = b + sum_{c, j} w[:, c, j] x[s t + j, c] (Conv1d, kernel = stride = s),
 computed as one product of the patches, rearranged channel-major [rows, C*s], with w viewed as
-[C_out, C*s]; each block is `kernels.block.block_forward_rows` (its two matmuls split by output
-columns over `parts` threads). The blocks and the few-row matmuls of the stem, downsamples and
+[C_out, C*s]; each block is `kernels.block.block_forward_rows`, its two matmuls split by output
+columns over `parts[i]` threads in stage i. A parallel loop costs a fork/join of the thread pool
+(10-40 us on 2-vCPU VMs, more than a small block's matmul), also when it has one piece, so the
+network sets the thread count to `parts[i]` before the blocks of stage i (through Numba's C
+setter: `set_num_threads` itself would bake an address into the code and defeat the disk cache)
+and back to `threads` before it returns. The blocks and the few-row matmuls of the stem, downsamples and
 head run through the addresses of their compiled code (`addresses`, kernels/pointer.py), so
 that they compile apart from this function. Parameters are read in place: `spans[i]` =
 (start, end) of the i-th parameter of the official state-dict order in `flat`.
@@ -30,20 +34,29 @@ import functools
 import numpy as np
 from numba import njit
 
-from kernels.block import block_rows_address, matmul_cols_address
+from kernels.block import block_parts, block_rows_address, matmul_cols_address
 from kernels.layernorm import layernorm_forward_serial
-from kernels.pointer import call_block_rows, call_matmul_cols
+from kernels.pointer import call_block_rows, call_matmul_cols, call_set_threads, thread_setter_address
 
 
 @functools.cache  # per predict it costs a dictionary lookup
 def addresses(dtype, pointwise) -> np.ndarray:
-    """The kernels `network_forward_rows` calls, for `dtype` activations and `pointwise`
+    """The functions `network_forward_rows` calls, for `dtype` activations and `pointwise`
     weights (dtype, or uint16 bfloat16 bits): int64 [block, matmul of the activations'
-    dtype, matmul with the pointwise weights]; compiled if needed. Read-only."""
+    dtype, matmul with the pointwise weights, Numba's thread-count setter (0: none)];
+    compiled if needed. Read-only."""
     found = np.array([block_rows_address(dtype, pointwise), matmul_cols_address(dtype, dtype),
-                      matmul_cols_address(dtype, pointwise)], dtype=np.int64)
+                      matmul_cols_address(dtype, pointwise), thread_setter_address()],
+                     dtype=np.int64)
     found.flags.writeable = False
     return found
+
+
+def stage_parts(rows: int, dims, threads: int) -> np.ndarray:
+    """`network_forward_rows`'s `parts` for an input of `rows` = B*T/4 stem rows: per stage,
+    `kernels.block.block_parts` of its rows (halved by each downsample) and width."""
+    return np.array([block_parts(rows >> i, d, threads) for i, d in enumerate(dims)],
+                    dtype=np.int64)
 
 
 @njit(cache=True, inline="always")  # inlined: no specialisation per literal index
@@ -73,16 +86,20 @@ def _patchify_rows(x, w, b, out, matmul):
 
 
 @njit(cache=True)
-def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, pointwise, functions):
+def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, threads, pointwise,
+                         functions):
     """Logits [B, classes] of the ConvNeXt whose parameters `flat`/`spans` hold, for x
-    [B, T, C_in] (channels-last); dims, depths int64 [4]; kernel = dwconv taps; parts = threads
-    for each block's matmuls. The blocks' pointwise weights (pwconv1, pwconv2: nearly all the
-    bytes) are read from `pointwise` at the same spans: `flat` itself, or the bfloat16 bits of
-    `flat` (uint16, `kernels.simd.bfloat16_bits`; widened to float32 as they are loaded).
+    [B, T, C_in] (channels-last); dims, depths, parts int64 [4]; kernel = dwconv taps; parts[i]
+    = threads for the matmuls of each block of stage i (1 <= parts[i] <= NUMBA_NUM_THREADS),
+    `threads` = the calling thread's Numba thread count, set again before returning. The
+    blocks' pointwise weights (pwconv1, pwconv2: nearly all the bytes) are read from
+    `pointwise` at the same spans: `flat` itself, or the bfloat16 bits of `flat` (uint16,
+    `kernels.simd.bfloat16_bits`; widened to float32 as they are loaded).
     `functions` = `addresses(x.dtype, pointwise.dtype)`."""
     B, T, C_in = x.shape
     dt = x.dtype
     block, matmul, pointwise_matmul = functions[0], functions[1], functions[2]
+    set_threads = functions[3]
     d = dims[0]
     steps = T // 4
     stem = np.empty((B * steps, d), dtype=dt)
@@ -106,7 +123,8 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, point
             steps //= 2
         rows = B * steps
         taps = np.empty((kernel, d), dtype=dt)
-        z = np.empty((parts, rows, d), dtype=dt)
+        call_set_threads(set_threads, parts[i])
+        z = np.empty((parts[i], rows, d), dtype=dt)
         a = np.empty((rows, 4 * d), dtype=dt)
         other = np.empty_like(act)
         for _ in range(depths[i]):
@@ -120,10 +138,11 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, point
                 _param(flat, spans, k + 3), eps,
                 _param(pointwise, spans, k + 4).reshape((4 * d, d)), _param(flat, spans, k + 5),
                 _param(pointwise, spans, k + 6).reshape((d, 4 * d)), _param(flat, spans, k + 7),
-                _param(flat, spans, k + 8), keep, z, a, other, parts, pointwise_matmul,
+                _param(flat, spans, k + 8), keep, z, a, other, parts[i], pointwise_matmul,
             )
             act, other = other, act
             block_param += 9
+    call_set_threads(set_threads, threads)
     pooled = np.empty((B, d), dtype=dt)
     for bi in range(B):
         for c in range(d):

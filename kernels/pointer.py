@@ -18,7 +18,15 @@ address would not survive Numba's disk cache).
                     keep, z, a, out, parts, matmul)
                           calls kernels.block.block_forward_rows (kernels.block.block_rows_address)
 
-Both run their kernel unchanged (same bits) and return what it returns (`out`). The address
+    thread_setter_address()
+                          the address of Numba's C function that sets the calling thread's
+                          thread count (what `numba.set_num_threads` sets), 0 if this Numba
+                          has none
+    call_set_threads(address, n)
+                          calls it from compiled code (the parallel loops launched after it
+                          use n threads); no-op for address 0
+
+The kernel calls run their kernel unchanged (same bits) and return what it returns (`out`). The address
 must be that of the kernel compiled for the same dtypes and ranks (the functions in
 kernels.block choose it by dtype; the intrinsics check that every array is C-contiguous: an
 array's layout does not change how it is passed, its dtype and rank do).
@@ -26,7 +34,10 @@ array's layout does not change how it is passed, its dtype and rank do).
 
 from __future__ import annotations
 
+import ctypes
+
 import numba
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
@@ -41,6 +52,18 @@ def native_address(kernel, argument_types: tuple[types.Type, ...]) -> int:
     kernel.compile(argument_types)
     compiled = kernel.overloads[argument_types]
     return compiled.library.get_pointer_to_function(compiled.fndesc.llvm_func_name)
+
+
+def thread_setter_address() -> int:
+    """Address of the C function `void set(int n)` behind `numba.set_num_threads` (thread-local,
+    like it; no range check), or 0 if this Numba has none. Starts the thread pool."""
+    numba.get_num_threads()
+    from numba.np.ufunc import parallel
+
+    setter = getattr(parallel, "_set_num_threads", None)
+    if not isinstance(setter, ctypes._CFuncPtr):
+        return 0
+    return ctypes.cast(setter, ctypes.c_void_p).value or 0
 
 
 def _check(name: str, array, dtype, ndim: int) -> None:
@@ -102,3 +125,18 @@ def call_block_rows(typingctx, address, x, w_taps, dw_bias, norm_w, norm_b, eps,
     i64 = types.int64
     return out(i64, x, w_taps, dw_bias, norm_w, norm_b, types.float64, w1, b1, w2, b2, gamma,
                keep, z, a, out, i64, i64), _emit_call
+
+
+@intrinsic
+def call_set_threads(typingctx, address, n):
+    _check_scalars("call_set_threads", dict(address=address, n=n), {})
+
+    def codegen(context, builder, signature, args):
+        address, n = args
+        with builder.if_then(builder.icmp_unsigned("!=", address, address.type(0))):
+            setter_type = ir.FunctionType(ir.VoidType(), [ir.IntType(32)])
+            setter = builder.inttoptr(address, setter_type.as_pointer())
+            builder.call(setter, [builder.trunc(n, ir.IntType(32))])
+        return context.get_dummy_value()
+
+    return types.none(types.int64, types.int64), codegen

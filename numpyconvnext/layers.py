@@ -17,8 +17,8 @@ import numpy as np
 
 from kernels.block import (
     BLOCK_ROWS,
-    SPLIT_WEIGHTS,
     block_forward_rows,
+    block_parts,
     matmul_cols_address,
     matmul_rows,
 )
@@ -282,7 +282,7 @@ class Block(Layer):
             out = ws.get("out1", x.shape, x.dtype)
         if B * T <= BLOCK_ROWS:  # few rows: one call, big matmuls split by columns over threads
             threads = numba_threads()
-            parts = threads if p["pwconv1.weight"].size >= SPLIT_WEIGHTS else 1
+            parts = block_parts(B * T, C, threads)
             if parts < threads:  # small block: no fork/join at all (it costs more than it saves)
                 set_numba_threads(parts)
             try:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kernels.block import BLOCK_ROWS
-from kernels.network import addresses, network_forward_rows
+from kernels.network import addresses, network_forward_rows, stage_parts
 from kernels.simd import bfloat16_bits, bfloat16_values
 from numpyconvnext.layers import (
     LAYERNORM_EPS,
@@ -393,14 +393,17 @@ class ConvNeXt1D:
         with compute(blas=not few_rows):  # the one-call path uses no BLAS
             if few_rows:
                 config = self.config
-                # each block splits its matmuls over the threads our call runs the kernels on
-                parts = numba_threads()
+                # the blocks of big stages split their matmuls over the threads our call runs
+                # the kernels on; small ones run on this thread alone
+                threads = numba_threads()
                 return network_forward_rows(
                     np.ascontiguousarray(x.transpose(0, 2, 1)), self.flat_params, self._spans,
                     np.array(config["dims"], dtype=np.int64),
                     np.array(config["depths"], dtype=np.int64), config["kernel_size"],
-                    config["layernorm_eps"], parts, self._pointwise,
-                    addresses(self.dtype, self._pointwise.dtype),
+                    config["layernorm_eps"],
+                    stage_parts(x.shape[0] * x.shape[2] // STEM_STRIDE, config["dims"], threads),
+                    threads,
+                    self._pointwise, addresses(self.dtype, self._pointwise.dtype),
                 )
             self.workspace.select(x.shape)
             return self._run(x, cache=False, drop_path_masks=None, inference=True)

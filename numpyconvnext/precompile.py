@@ -94,8 +94,8 @@ def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     i1, i2 = types.Array(types.int64, 1, "C"), types.Array(types.int64, 2, "C")
     functions = types.Array(types.int64, 1, "C", readonly=True)  # kernels.network.addresses
     count, real = types.int64, types.float64
-    # x, flat, spans, dims, depths, kernel, eps, parts, pointwise, functions
-    return [(network_forward_rows, (a3, a1, i2, i1, i1, count, real, count, a1, functions)),
+    # x, flat, spans, dims, depths, kernel, eps, parts, threads, pointwise, functions
+    return [(network_forward_rows, (a3, a1, i2, i1, i1, count, real, i1, count, a1, functions)),
             (_matmul_cols, matmul_cols_signature(np.float32, np.float32))]
 
 

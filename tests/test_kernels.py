@@ -379,18 +379,21 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
     x = np.random.default_rng(seed + 1).standard_normal((B, T, c_in)).astype(dtype)
     expected = reference.convnext_forward(model.state_dict(), depths, x)
 
-    def run(parts):
+    def run(parts, threads):
         return network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
-                                    np.array(depths), 7, 1e-6, parts, model.flat_params,
-                                    addresses(dtype, dtype))
+                                    np.array(depths), 7, 1e-6, np.array(parts, dtype=np.int64),
+                                    threads, model.flat_params, addresses(dtype, dtype))
 
     saved = numba.get_num_threads()
+    threads = min(2, numba.config.NUMBA_NUM_THREADS)
     try:
-        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        split = run(2)
+        numba.set_num_threads(threads)
+        split = run([threads, 1, threads, threads], threads)
+        assert numba.get_num_threads() == threads  # set back after the serial stage
+        whole = run([1, 1, 1, 1], 1)
+        assert numba.get_num_threads() == 1  # the network's setter works
     finally:
         numba.set_num_threads(saved)
-    whole = run(1)
     assert whole.shape == (B, classes) and whole.dtype == dtype
     np.testing.assert_array_equal(split, whole)  # the thread count does not change a bit
     # LayerNorm of a nearly constant row amplifies float32 rounding (dims of 1 are constant)
@@ -415,6 +418,18 @@ def test_sum_leading_equals_numpy_axis_sum(dtype, n, m, seed):
     np.testing.assert_allclose(total, partial.sum(axis=0), **TOL[dtype])
 
 
+def test_stage_parts_split_only_the_stages_with_enough_work():
+    from kernels.block import SPLIT_WORK, block_parts
+    from kernels.network import stage_parts
+
+    # one window of 256 bars: 64, 32, 16, 8 rows per stage
+    assert stage_parts(64, (40, 80, 160, 320), 2).tolist() == [1, 1, 1, 1]  # atto
+    assert stage_parts(64, (64, 128, 256, 512), 2).tolist() == [1, 1, 2, 2]  # pico
+    assert stage_parts(64, (64, 128, 256, 512), 1).tolist() == [1, 1, 1, 1]
+    assert stage_parts(128, (40, 80, 160, 320), 2).tolist() == [1, 1, 1, 2]  # two windows
+    assert block_parts(SPLIT_WORK // 4, 1, 3) == 3 and block_parts(SPLIT_WORK // 4 - 1, 1, 3) == 1
+
+
 @given(dims=st.lists(st.integers(1, 12), min_size=4, max_size=4),
        depths=st.lists(st.integers(0, 2), min_size=4, max_size=4), c_in=st.integers(1, 5),
        seed=st.integers(0, 2**16))
@@ -422,6 +437,8 @@ def test_sum_leading_equals_numpy_axis_sum(dtype, n, m, seed):
 def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in, seed):
     """With the pointwise weights given as bfloat16 bits the network computes the reference
     model whose pointwise weights are those bfloat16 values (widening is exact)."""
+    import numba
+
     from kernels.network import addresses, network_forward_rows
     from numpyconvnext import ConvNeXt1D
 
@@ -430,7 +447,8 @@ def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in
     model = randomised(ConvNeXt1D(dims, depths, c_in, 3), seed).frozen("bfloat16")
     x = np.random.default_rng(seed + 1).standard_normal((1, 64, c_in)).astype(np.float32)
     got = network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
-                               np.array(depths), 7, 1e-6, 1, model._pointwise,
+                               np.array(depths), 7, 1e-6, np.ones(4, dtype=np.int64),
+                               numba.get_num_threads(), model._pointwise,
                                addresses(np.float32, np.uint16))
     expected = reference.convnext_forward(model.state_dict(), depths, x)
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)
