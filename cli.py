@@ -1265,16 +1265,18 @@ OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 def set_process_defaults(environ) -> None:
     """The CLI owns its process, so it may choose what a library must not: idle OpenMP threads
-    spin ~10 us, not milliseconds, before they sleep (GNU: 300 spins; Intel/LLVM: sleep at once),
-    set before anything loads an OpenMP runtime. A wait setting of the user's is left alone.
-    Measured: training 3-4x faster than with GNU's default spin next to our matmul threads;
-    numpyconvnext/threads.py has the whole policy.
+    spin ~50-120 us, not milliseconds, before they sleep (GNU: 3,000 spins; Intel/LLVM: sleep at
+    once), set before anything loads an OpenMP runtime. A wait setting of the user's is left
+    alone. Measured: training 3-4x faster than with GNU's default spin next to our matmul
+    threads; batch 1 1.25-1.5x faster than with 300 spins, which let the threads fall asleep
+    between a predict's parallel loops (AMD EPYC, bench/NOTES.md round 9); training the same
+    with 300 or 3,000. numpyconvnext/threads.py has the whole policy.
 
     Numba compiles at LLVM -O2 instead of its -O3 (`NUMBA_OPT`, unless the user set it): the
     one-call batch-1 network compiles ~30 % faster on an empty cache, and neither batch-1
     predict nor a training step got slower (AVX-512 and AVX2 code; bench/NOTES.md, round 5)."""
     if not any(environ.get(name) for name in OPENMP_WAIT_VARIABLES):
-        environ["GOMP_SPINCOUNT"] = "300"
+        environ["GOMP_SPINCOUNT"] = "3000"
         environ["KMP_BLOCKTIME"] = "0"
     if not environ.get("NUMBA_OPT"):
         environ["NUMBA_OPT"] = "2"

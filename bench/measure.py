@@ -87,9 +87,11 @@ def software_info() -> dict:
     mine = [lib for lib in blas if os.path.realpath(lib["filepath"]).startswith(here)] or blas
     lib = mine[0] if mine else {}
     numba.get_num_threads()  # launches the pool, so the layer is known
-    return {"numpy": numpy.__version__,
-            "blas": {key: lib.get(key) for key in ("internal_api", "version", "architecture",
-                                                    "threading_layer", "num_threads")},
+    blas_info = {key: lib.get(key) for key in ("internal_api", "version", "architecture",
+                                                "threading_layer", "num_threads")}
+    # a kernel forced by the environment (OpenBLAS otherwise picks one for the CPU)
+    blas_info["coretype_env"] = os.environ.get("OPENBLAS_CORETYPE") or None
+    return {"numpy": numpy.__version__, "blas": blas_info,
             "numba": numba.__version__, "numba_threading_layer": numba.threading_layer()}
 
 
@@ -99,8 +101,10 @@ def machine_line(info: dict) -> str:
     line = f"{info['cpu']} ({isa}), {info['cpu_count']} cores, Python {info['python']}"
     blas = info.get("blas")
     if blas:
+        forced = (f", set by OPENBLAS_CORETYPE={blas['coretype_env']}"
+                  if blas.get("coretype_env") else "")
         line += (f"; NumPy {info['numpy']} BLAS {blas.get('internal_api')} {blas.get('version')} "
-                 f"({blas.get('architecture')} kernel); Numba {info['numba']} "
+                 f"({blas.get('architecture')} kernel{forced}); Numba {info['numba']} "
                  f"({info['numba_threading_layer']} layer)")
     return line
 

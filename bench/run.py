@@ -246,7 +246,7 @@ PASSIVE_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 def run_child(args: list[str], threads: int, extra_env: dict | None = None) -> dict | None:
     env = dict(USER_ENV)
     # every pool sized like torch's; tests and CI never set these. Our children run as
-    # `cli.py` does: with its OpenMP wait (GOMP_SPINCOUNT=300) unless one is given; BLAS is
+    # `cli.py` does: with its OpenMP wait (GOMP_SPINCOUNT=3000) unless one is given; BLAS is
     # left as it is (the library runs it single-threaded during its own calls and splits big
     # products over `threads` threads itself; numpyconvnext/threads.py).
     ours = args[0].startswith("ours") or args[0] == "kernels"
@@ -370,7 +370,7 @@ def markdown(results: dict) -> str:
                  f"warm): {fmt(results['cold_start'].get('load_predict_s'))} s; "
                  f"`cli.py --help`: {fmt(results['cold_start'].get('cli_help_s'))} s. "
                  f"\"passive\": our batch-1 figure with OMP_WAIT_POLICY=PASSIVE (idle OpenMP "
-                 f"threads sleep at once) instead of the CLI's short spin (GOMP_SPINCOUNT=300). "
+                 f"threads sleep at once) instead of the CLI's spin (GOMP_SPINCOUNT=3000). "
                  f"\"bf16\": `model.frozen(\"bfloat16\")`, the blocks' pointwise weights in "
                  f"bfloat16 (accuracy: README \"Speed\").")
     ceiling = results.get("matmul_gflops")

@@ -49,9 +49,11 @@ BLOCK_ROWS = 64
 SPLIT_WORK = 1 << 22
 
 
-def block_parts(rows: int, channels: int, threads: int) -> int:
-    """Threads for `block_forward_rows`'s matmuls: `threads` from SPLIT_WORK on, else 1."""
-    return threads if rows * 4 * channels * channels >= SPLIT_WORK else 1
+def block_parts(rows: int, channels: int, threads: int, min_work: int = SPLIT_WORK) -> int:
+    """Threads for `block_forward_rows`'s matmuls: `threads` from `min_work` multiply-adds per
+    pwconv on (numpyconvnext.threads.split_work: 0 when the pool's threads stay awake between
+    parallel loops), else 1."""
+    return threads if rows * 4 * channels * channels >= min_work else 1
 
 
 @njit(cache=True)

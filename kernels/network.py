@@ -52,10 +52,10 @@ def addresses(dtype, pointwise) -> np.ndarray:
     return found
 
 
-def stage_parts(rows: int, dims, threads: int) -> np.ndarray:
+def stage_parts(rows: int, dims, threads: int, min_work: int) -> np.ndarray:
     """`network_forward_rows`'s `parts` for an input of `rows` = B*T/4 stem rows: per stage,
     `kernels.block.block_parts` of its rows (halved by each downsample) and width."""
-    return np.array([block_parts(rows >> i, d, threads) for i, d in enumerate(dims)],
+    return np.array([block_parts(rows >> i, d, threads, min_work) for i, d in enumerate(dims)],
                     dtype=np.int64)
 
 

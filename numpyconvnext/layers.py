@@ -42,7 +42,7 @@ from kernels.linear import (
     patchify_forward,
 )
 from kernels.residual import bias_residual_forward, residual_backward, residual_forward
-from numpyconvnext.threads import numba_threads, set_numba_threads
+from numpyconvnext.threads import numba_threads, set_numba_threads, split_work
 
 LAYERNORM_EPS = 1e-6
 
@@ -282,7 +282,7 @@ class Block(Layer):
             out = ws.get("out1", x.shape, x.dtype)
         if B * T <= BLOCK_ROWS:  # few rows: one call, big matmuls split by columns over threads
             threads = numba_threads()
-            parts = block_parts(B * T, C, threads)
+            parts = block_parts(B * T, C, threads, split_work())
             if parts < threads:  # small block: no fork/join at all (it costs more than it saves)
                 set_numba_threads(parts)
             try:

@@ -32,7 +32,7 @@ from numpyconvnext.layers import (
     Workspace,
     drop_path_keep,
 )
-from numpyconvnext.threads import compute, computes, numba_threads
+from numpyconvnext.threads import compute, computes, numba_threads, split_work
 
 CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "atto": {"dims": (40, 80, 160, 320), "depths": (2, 2, 6, 2)},
@@ -401,7 +401,8 @@ class ConvNeXt1D:
                     np.array(config["dims"], dtype=np.int64),
                     np.array(config["depths"], dtype=np.int64), config["kernel_size"],
                     config["layernorm_eps"],
-                    stage_parts(x.shape[0] * x.shape[2] // STEM_STRIDE, config["dims"], threads),
+                    stage_parts(x.shape[0] * x.shape[2] // STEM_STRIDE, config["dims"], threads,
+                                split_work()),
                     threads,
                     self._pointwise, addresses(self.dtype, self._pointwise.dtype),
                 )

@@ -28,9 +28,15 @@ undone when they return:
   `KMP_BLOCKTIME` <= 1), our calls leave the OpenMP threads asleep: the kernels run on the
   calling thread and only the matmuls use helper threads (training ~0.85x of all threads with a
   short wait; next to torch 1.0-1.1x of alone instead of 0.2-0.4x). Give the process a short wait
-  (before anything loads OpenMP, e.g. `GOMP_SPINCOUNT=300`) or use Numba's `tbb` layer to use
+  (before anything loads OpenMP, e.g. `GOMP_SPINCOUNT=3000`) or use Numba's `tbb` layer to use
   every thread in the kernels too; `set_num_threads(n)` is obeyed as given.
-- The CLI owns its process: it sets `GOMP_SPINCOUNT=300` and `KMP_BLOCKTIME=0` (unless you set
+- **Batch 1**: a predict of one window runs ~24 short parallel loops. A wait that bridges the
+  gaps between them (GNU: 2,000-10,000 spins, ~50-300 us) lets every block split its matmuls
+  over the threads; with a shorter one each loop first wakes a sleeping thread (10-40 us on a
+  VM), so only the blocks with enough work split (`split_work`). On an idle 2-vCPU AMD EPYC:
+  atto / pico / tiny 1.4 / 1.5 / 1.25x faster with 3,000 spins than with 300; with one core busy
+  with another process, 0.5-0.7x for pico and tiny (a spinning thread then competes with it).
+- The CLI owns its process: it sets `GOMP_SPINCOUNT=3000` and `KMP_BLOCKTIME=0` (unless you set
   an OpenMP wait yourself) before anything is imported, so it always runs with all threads.
 """
 
@@ -45,20 +51,25 @@ from typing import TypeVar
 
 import numba
 
+from kernels.block import SPLIT_WORK
 from kernels.linear import split_matmuls
 
 F = TypeVar("F", bound=Callable)
 
-# GNU OpenMP spins this many times at most for a wait we call short (300 is ~10 us)
+# GNU OpenMP spins this many times at most for a wait that does not take the cores from our
+# matmul threads (a spin is one `pause`: 25-40 ns, so 300 is ~10 us)
 SHORT_SPIN_COUNT = 10_000
-# Intel/LLVM OpenMP: blocktime in ms at most for a short wait
+# ... and at least this many for one that bridges the gaps between the parallel loops of a
+# batch-1 predict (~50-120 us), so that the threads are awake when the next loop starts
+BRIDGING_SPIN_COUNT = 2_000
+# Intel/LLVM OpenMP: blocktime in ms at most for a short wait (any above 0 bridges the gaps)
 SHORT_BLOCKTIME_MS = 1
 
 _requested: int | None = None  # set_num_threads
 _local = threading.local()  # .depth: our calls on this thread's stack
 _start_lock = threading.Lock()
 _started = False
-_openmp_spins_long = False
+_openmp_wait = "short"  # how the pool's idle threads wait: _openmp_wait_kind
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_saved: list = []
@@ -106,7 +117,7 @@ def start() -> None:
     Called before the first kernel of every computing call (a no-op after the first time):
     a compiled function that calls a parallel one must not run before the pool exists.
     """
-    global _started, _openmp_spins_long, _numba_get, _numba_set
+    global _started, _openmp_wait, _numba_get, _numba_set
     if _started:
         return
     with _start_lock:
@@ -119,7 +130,7 @@ def start() -> None:
             launch()
         else:  # another Numba: its public accessor launches the pool first
             numba.get_num_threads()
-        _openmp_spins_long = _long_openmp_wait(numba.threading_layer(), os.environ)
+        _openmp_wait = _openmp_wait_kind(numba.threading_layer(), os.environ)
         fast_get = getattr(parallel, "_get_num_threads", None)
         fast_set = getattr(parallel, "_set_num_threads", None)
         if fast_get is not None and fast_set is not None and fast_get() == numba.get_num_threads():
@@ -127,12 +138,15 @@ def start() -> None:
         _started = True
 
 
-def _long_openmp_wait(layer: str, environ) -> bool:
-    """True if Numba's pool is an OpenMP runtime whose idle threads spin for long (its default)."""
+def _openmp_wait_kind(layer: str, environ) -> str:
+    """How the idle threads of Numba's pool wait before they sleep: "long" (milliseconds or
+    more: OpenMP's default; they would take the cores from our matmul threads), "bridging"
+    (about 50-120 us: they are still awake when the next parallel loop of a predict starts) or
+    "short" (they sleep within ~10 us, or the pool does not spin)."""
     if layer != "omp":
-        return False  # tbb threads yield within microseconds, workqueue threads block
+        return "short"  # tbb threads yield within microseconds, workqueue threads block
     if environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive":
-        return False
+        return "short"
     try:
         from numba.np.ufunc import omppool
 
@@ -141,9 +155,13 @@ def _long_openmp_wait(layer: str, environ) -> bool:
         vendor = "GNU"
     if vendor == "GNU":
         count = _number(environ.get("GOMP_SPINCOUNT", ""), {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12})
-        return count is None or count > SHORT_SPIN_COUNT
+        if count is None or count > SHORT_SPIN_COUNT:
+            return "long"
+        return "bridging" if count >= BRIDGING_SPIN_COUNT else "short"
     blocktime = _number(environ.get("KMP_BLOCKTIME", ""), {"ms": 1.0, "us": 1e-3, "s": 1e3})
-    return blocktime is None or blocktime > SHORT_BLOCKTIME_MS
+    if blocktime is None or blocktime > SHORT_BLOCKTIME_MS:
+        return "long"
+    return "bridging" if blocktime > 0 else "short"
 
 
 def _number(text: str, units: dict[str, float]) -> float | None:
@@ -168,7 +186,16 @@ def thread_counts() -> tuple[int, int]:
     if _requested is not None:
         return _requested, _requested
     threads = _numba_get()
-    return (1 if _openmp_spins_long else threads), threads
+    return (1 if _openmp_wait == "long" else threads), threads
+
+
+def split_work() -> int:
+    """Multiply-adds of a pwconv from which a few-row block (batch-1 inference) splits its
+    matmuls over the threads (`kernels.block.block_parts`): every block when the pool's idle
+    threads bridge the gaps between a predict's parallel loops, else `SPLIT_WORK` (each loop
+    then wakes a sleeping thread: 10-40 us; bench/NOTES.md, round 9)."""
+    start()
+    return 0 if _openmp_wait == "bridging" else SPLIT_WORK
 
 
 @contextmanager

@@ -127,25 +127,29 @@ def test_set_num_threads_applies_to_our_calls_only_and_is_checked():
 
 
 @pytest.mark.parametrize(
-    "layer, environ, vendor, long_wait",
-    [("omp", {}, "GNU", True),
-     ("omp", {"OMP_WAIT_POLICY": "passive"}, "GNU", False),
-     ("omp", {"OMP_WAIT_POLICY": "ACTIVE"}, "GNU", True),
-     ("omp", {"GOMP_SPINCOUNT": "300"}, "GNU", False),
-     ("omp", {"GOMP_SPINCOUNT": "10k"}, "GNU", False),
-     ("omp", {"GOMP_SPINCOUNT": "1M"}, "GNU", True),
-     ("omp", {"GOMP_SPINCOUNT": "infinite"}, "GNU", True),
-     ("omp", {"KMP_BLOCKTIME": "0"}, "GNU", True),  # GNU OpenMP ignores KMP_*
-     ("omp", {"KMP_BLOCKTIME": "0"}, "Intel", False),
-     ("omp", {"KMP_BLOCKTIME": "200ms"}, "Intel", True),
-     ("tbb", {}, "GNU", False),
-     ("workqueue", {}, "GNU", False)],
+    "layer, environ, vendor, wait",
+    [("omp", {}, "GNU", "long"),
+     ("omp", {"OMP_WAIT_POLICY": "passive"}, "GNU", "short"),
+     ("omp", {"OMP_WAIT_POLICY": "ACTIVE"}, "GNU", "long"),
+     ("omp", {"GOMP_SPINCOUNT": "300"}, "GNU", "short"),
+     ("omp", {"GOMP_SPINCOUNT": "1999"}, "GNU", "short"),
+     ("omp", {"GOMP_SPINCOUNT": "3000"}, "GNU", "bridging"),
+     ("omp", {"GOMP_SPINCOUNT": "10k"}, "GNU", "bridging"),
+     ("omp", {"GOMP_SPINCOUNT": "1M"}, "GNU", "long"),
+     ("omp", {"GOMP_SPINCOUNT": "infinite"}, "GNU", "long"),
+     ("omp", {"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "3000"}, "GNU", "short"),
+     ("omp", {"KMP_BLOCKTIME": "0"}, "GNU", "long"),  # GNU OpenMP ignores KMP_*
+     ("omp", {"KMP_BLOCKTIME": "0"}, "Intel", "short"),
+     ("omp", {"KMP_BLOCKTIME": "1"}, "Intel", "bridging"),
+     ("omp", {"KMP_BLOCKTIME": "200ms"}, "Intel", "long"),
+     ("tbb", {}, "GNU", "short"),
+     ("workqueue", {}, "GNU", "short")],
 )
-def test_openmp_wait_detection(monkeypatch, layer, environ, vendor, long_wait):
+def test_openmp_wait_detection(monkeypatch, layer, environ, vendor, wait):
     from numba.np.ufunc import omppool
 
     monkeypatch.setattr(omppool, "openmp_vendor", vendor, raising=False)
-    assert threads._long_openmp_wait(layer, environ) is long_wait
+    assert threads._openmp_wait_kind(layer, environ) == wait
 
 
 def test_kernels_leave_a_long_spinning_openmp_pool_asleep(monkeypatch):
@@ -154,13 +158,25 @@ def test_kernels_leave_a_long_spinning_openmp_pool_asleep(monkeypatch):
     import numba
 
     threads.start()
-    monkeypatch.setattr(threads, "_openmp_spins_long", True)
+    monkeypatch.setattr(threads, "_openmp_wait", "long")
     assert threads.thread_counts() == (1, numba.get_num_threads())
-    monkeypatch.setattr(threads, "_openmp_spins_long", False)
-    assert threads.thread_counts() == (numba.get_num_threads(),) * 2
-    monkeypatch.setattr(threads, "_openmp_spins_long", True)
+    for wait in ("short", "bridging"):
+        monkeypatch.setattr(threads, "_openmp_wait", wait)
+        assert threads.thread_counts() == (numba.get_num_threads(),) * 2
+    monkeypatch.setattr(threads, "_openmp_wait", "long")
     monkeypatch.setattr(threads, "_requested", 1)
     assert threads.thread_counts() == (1, 1)
+
+
+def test_batch1_blocks_all_split_only_when_the_pool_stays_awake_between_loops(monkeypatch):
+    from kernels.block import SPLIT_WORK
+
+    threads.start()
+    monkeypatch.setattr(threads, "_openmp_wait", "bridging")
+    assert threads.split_work() == 0
+    for wait in ("short", "long"):
+        monkeypatch.setattr(threads, "_openmp_wait", wait)
+        assert threads.split_work() == SPLIT_WORK
 
 
 def test_cli_sets_a_short_openmp_wait_and_llvm_o2_for_its_own_process_only():
@@ -168,7 +184,7 @@ def test_cli_sets_a_short_openmp_wait_and_llvm_o2_for_its_own_process_only():
 
     environ: dict[str, str] = {}
     set_process_defaults(environ)
-    assert environ == {"GOMP_SPINCOUNT": "300", "KMP_BLOCKTIME": "0", "NUMBA_OPT": "2"}
+    assert environ == {"GOMP_SPINCOUNT": "3000", "KMP_BLOCKTIME": "0", "NUMBA_OPT": "2"}
     mine = {"OMP_WAIT_POLICY": "ACTIVE", "NUMBA_OPT": "3"}
     set_process_defaults(mine)
     assert mine == {"OMP_WAIT_POLICY": "ACTIVE", "NUMBA_OPT": "3"}
@@ -180,7 +196,7 @@ def test_cli_sets_a_short_openmp_wait_and_llvm_o2_for_its_own_process_only():
                          cwd=ROOT, capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if k not in
                               ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}).stdout
-    assert out.strip().endswith("300")
+    assert out.strip().endswith("3000")
 
 
 FIRST_CALL = """

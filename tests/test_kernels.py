@@ -423,10 +423,11 @@ def test_stage_parts_split_only_the_stages_with_enough_work():
     from kernels.network import stage_parts
 
     # one window of 256 bars: 64, 32, 16, 8 rows per stage
-    assert stage_parts(64, (40, 80, 160, 320), 2).tolist() == [1, 1, 1, 1]  # atto
-    assert stage_parts(64, (64, 128, 256, 512), 2).tolist() == [1, 1, 2, 2]  # pico
-    assert stage_parts(64, (64, 128, 256, 512), 1).tolist() == [1, 1, 1, 1]
-    assert stage_parts(128, (40, 80, 160, 320), 2).tolist() == [1, 1, 1, 2]  # two windows
+    assert stage_parts(64, (40, 80, 160, 320), 2, SPLIT_WORK).tolist() == [1, 1, 1, 1]  # atto
+    assert stage_parts(64, (64, 128, 256, 512), 2, SPLIT_WORK).tolist() == [1, 1, 2, 2]  # pico
+    assert stage_parts(64, (64, 128, 256, 512), 1, SPLIT_WORK).tolist() == [1, 1, 1, 1]
+    assert stage_parts(128, (40, 80, 160, 320), 2, SPLIT_WORK).tolist() == [1, 1, 1, 2]
+    assert stage_parts(64, (40, 80, 160, 320), 2, 0).tolist() == [2, 2, 2, 2]  # threads awake
     assert block_parts(SPLIT_WORK // 4, 1, 3) == 3 and block_parts(SPLIT_WORK // 4 - 1, 1, 3) == 1
 
 
