@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,7 +33,7 @@ from numpyconvnext.layers import (
     Workspace,
     drop_path_keep,
 )
-from numpyconvnext.threads import compute, computes, numba_threads, split_work
+from numpyconvnext.threads import SplitChooser, compute, computes, numba_threads, split_work
 
 CONFIGS: dict[str, dict[str, tuple[int, ...]]] = {
     "atto": {"dims": (40, 80, 160, 320), "depths": (2, 2, 6, 2)},
@@ -234,6 +235,7 @@ class ConvNeXt1D:
         # one scratch space for all layers: buffers are keyed by shape, so blocks of a stage
         # share theirs and a step allocates nothing new after the first
         self.workspace = Workspace()
+        self._split_chooser = SplitChooser()  # batch-1 predict: split over threads or not
         eps = self.config["layernorm_eps"]
         for layer in [self.stem, *self.downsamples, *self.blocks, self.head]:
             layer.workspace = self.workspace
@@ -394,18 +396,24 @@ class ConvNeXt1D:
             if few_rows:
                 config = self.config
                 # the blocks of big stages split their matmuls over the threads our call runs
-                # the kernels on; small ones run on this thread alone
+                # the kernels on, small ones run on this thread alone; or all of them do, if
+                # that has been faster lately (a busy machine)
                 threads = numba_threads()
-                return network_forward_rows(
+                parts = stage_parts(x.shape[0] * x.shape[2] // STEM_STRIDE, config["dims"],
+                                    threads, split_work())
+                choice = parts.max() > 1
+                split = not choice or self._split_chooser.split()
+                start = time.perf_counter()
+                logits = network_forward_rows(
                     np.ascontiguousarray(x.transpose(0, 2, 1)), self.flat_params, self._spans,
                     np.array(config["dims"], dtype=np.int64),
                     np.array(config["depths"], dtype=np.int64), config["kernel_size"],
-                    config["layernorm_eps"],
-                    stage_parts(x.shape[0] * x.shape[2] // STEM_STRIDE, config["dims"], threads,
-                                split_work()),
-                    threads,
+                    config["layernorm_eps"], parts if split else np.ones_like(parts), threads,
                     self._pointwise, addresses(self.dtype, self._pointwise.dtype),
                 )
+                if choice:
+                    self._split_chooser.record(split, time.perf_counter() - start)
+                return logits
             self.workspace.select(x.shape)
             return self._run(x, cache=False, drop_path_masks=None, inference=True)
 

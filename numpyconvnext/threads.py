@@ -35,7 +35,8 @@ undone when they return:
   over the threads; with a shorter one each loop first wakes a sleeping thread (10-40 us on a
   VM), so only the blocks with enough work split (`split_work`). On an idle 2-vCPU AMD EPYC:
   atto / pico / tiny 1.4 / 1.5 / 1.25x faster with 3,000 spins than with 300; with one core busy
-  with another process, 0.5-0.7x for pico and tiny (a spinning thread then competes with it).
+  with another process splitting is 0.45-0.75x (a spinning thread competes with it), so each
+  model times both ways and takes the faster (`SplitChooser`).
 - The CLI owns its process: it sets `GOMP_SPINCOUNT=3000` and `KMP_BLOCKTIME=0` (unless you set
   an OpenMP wait yourself) before anything is imported, so it always runs with all threads.
 """
@@ -229,6 +230,38 @@ def compute(blas: bool = True) -> Iterator[None]:
             _release_blas()
         if kernel_threads != saved:
             _numba_set(saved)
+
+
+class SplitChooser:
+    """Whether a batch-1 predict splits its blocks over the threads (as `split_work` says) or
+    runs them all on the calling thread, chosen by their measured times: splitting wins on an
+    idle machine (1.3-1.5x with a bridging wait) and loses when another process holds a core
+    (0.45-0.75x: a thread spins on the core the other process needs; bench/NOTES.md round 9).
+    Each way keeps its last 3 times; the one with the lower median is taken, and every
+    `EXPLORE`-th call takes the other so that a change of load is noticed. One per model
+    (unsynchronised: calls from several Python threads at most perturb the times kept)."""
+
+    EXPLORE = 32
+    KEEP = 3
+
+    def __init__(self) -> None:
+        self._times: tuple[list[float], list[float]] = ([], [])  # split, serial
+        self._calls = 0
+
+    def split(self) -> bool:
+        """Whether the next call should split (the first calls time each way in turn)."""
+        self._calls += 1
+        split, serial = self._times
+        if len(split) < self.KEEP or len(serial) < self.KEEP:
+            return len(split) <= len(serial)
+        faster = sorted(split)[self.KEEP // 2] <= sorted(serial)[self.KEEP // 2]
+        return faster != (self._calls % self.EXPLORE == 0)
+
+    def record(self, split: bool, seconds: float) -> None:
+        """A call's time, the way `split` said."""
+        times = self._times[0 if split else 1]
+        times.append(seconds)
+        del times[:-self.KEEP]
 
 
 def computes(blas: bool = True) -> Callable[[F], F]:

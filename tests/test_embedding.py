@@ -179,6 +179,51 @@ def test_batch1_blocks_all_split_only_when_the_pool_stays_awake_between_loops(mo
         assert threads.split_work() == SPLIT_WORK
 
 
+def test_split_chooser_takes_the_faster_way_and_tries_the_other_now_and_then():
+    chooser = threads.SplitChooser()
+    seconds = {True: 1e-3, False: 2e-3}  # splitting faster (an idle machine)
+    taken = []
+    for _ in range(64):
+        split = chooser.split()
+        taken.append(split)
+        chooser.record(split, seconds[split])
+    assert taken[:6] == [True, False] * 3  # each way timed three times first
+    explore = threads.SplitChooser.EXPLORE
+    # then splitting, but for every EXPLORE-th call
+    serial_calls = [k + 1 for k, split in enumerate(taken) if not split]
+    assert serial_calls[3:] == [k for k in range(7, 65) if k % explore == 0]
+    seconds = {True: 4e-3, False: 2e-3}  # then another process takes a core
+    taken = []
+    for _ in range(64):
+        split = chooser.split()
+        taken.append(split)
+        chooser.record(split, seconds[split])
+    assert taken[:3] == [True, True, False]  # two slow splits move the median
+    # then split only to try
+    split_calls = [65 + k for k, split in enumerate(taken) if split]
+    assert split_calls[2:] == [k for k in range(67, 129) if k % explore == 0]
+
+
+def test_batch1_predict_gives_the_same_bits_split_or_not(monkeypatch):
+    import numba
+
+    model = ConvNeXt1D([8, 16, 16, 24], [1, 1, 2, 1], 3, 3).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 256)).astype(np.float32)
+    threads.start()
+    saved = numba.get_num_threads()
+    monkeypatch.setattr(threads, "_openmp_wait", "bridging")  # every block may split
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        got = [model.predict(x) for _ in range(6)]  # the chooser times each way three times
+        assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+    finally:
+        numba.set_num_threads(saved)
+    if numba.config.NUMBA_NUM_THREADS > 1:
+        assert [len(times) for times in model._split_chooser._times] == [3, 3]
+    for logits in got[1:]:
+        np.testing.assert_array_equal(logits, got[0])
+
+
 def test_cli_sets_a_short_openmp_wait_and_llvm_o2_for_its_own_process_only():
     from cli import set_process_defaults
 
