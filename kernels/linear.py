@@ -64,24 +64,31 @@ def _helper_pool(threads: int) -> ThreadPoolExecutor:
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """`np.matmul(a, b, out=out)` for 2-D operands; inside `split_matmuls(n)` a product big
-    enough is split by rows of the result across n Python threads (NumPy releases the GIL
-    inside BLAS), each calling the single-threaded BLAS.
+    enough is split across n Python threads (NumPy releases the GIL inside BLAS), each calling
+    the single-threaded BLAS on a block of the result's rows, or of its columns when it has
+    more columns than rows (then each thread packs half of b, not all of it: tiny's training
+    step 1.02x, atto's and pico's the same; bench/NOTES.md round 9).
 
     Why: OpenBLAS's own threads synchronise inside every call and spin-wait; on a loaded
     machine a descheduled partner stalls them all (measured 3-10x slower than one thread).
-    Independent row blocks with one join per call degrade gracefully instead.
+    Independent blocks with one join per call degrade gracefully instead.
     """
     threads = getattr(_split, "threads", 1)
-    rows = a.shape[0]
-    if threads < 2 or rows < 2 * threads or 2 * rows * a.shape[1] * b.shape[1] < SPLIT_FLOPS:
+    rows, cols = a.shape[0], b.shape[1]
+    size = max(rows, cols)
+    if threads < 2 or size < 2 * threads or 2 * rows * a.shape[1] * cols < SPLIT_FLOPS:
         return np.matmul(a, b, out=out)
     if out is None:
-        out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
+        out = np.empty((rows, cols), dtype=np.result_type(a, b))
+    bounds = [size * i // threads for i in range(threads + 1)]
+    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+    if cols > rows:  # column blocks: out[:, lo:hi] keeps unit strides along its rows (BLAS)
+        blocks = [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in spans]
+    else:
+        blocks = [(a[lo:hi], b, out[lo:hi]) for lo, hi in spans]
     pool = _helper_pool(threads)
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    futures = [pool.submit(np.matmul, a[lo:hi], b, out=out[lo:hi])
-               for lo, hi in zip(bounds[1:-1], bounds[2:], strict=True)]
-    np.matmul(a[: bounds[1]], b, out=out[: bounds[1]])
+    futures = [pool.submit(np.matmul, x, y, out=z) for x, y, z in blocks[1:]]
+    np.matmul(*blocks[0][:2], out=blocks[0][2])
     for future in futures:
         future.result()
     return out
