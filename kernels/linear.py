@@ -88,7 +88,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         blocks = [(a[lo:hi], b, out[lo:hi]) for lo, hi in spans]
     pool = _helper_pool(threads)
     futures = [pool.submit(np.matmul, x, y, out=z) for x, y, z in blocks[1:]]
-    np.matmul(*blocks[0][:2], out=blocks[0][2])
+    x, y, z = blocks[0]
+    np.matmul(x, y, out=z)  # this thread's block
     for future in futures:
         future.result()
     return out

@@ -17,11 +17,12 @@ computed as one product of the patches, rearranged channel-major [rows, C*s], wi
 columns over `parts[i]` threads in stage i. A parallel loop costs a fork/join of the thread pool
 (10-40 us on 2-vCPU VMs, more than a small block's matmul), also when it has one piece, so the
 network sets the thread count to `parts[i]` before the blocks of stage i (through Numba's C
-setter: `set_num_threads` itself would bake an address into the code and defeat the disk cache)
-and back to `threads` before it returns. The blocks and the few-row matmuls of the stem, downsamples and
-head run through the addresses of their compiled code (`addresses`, kernels/pointer.py), so
-that they compile apart from this function. Parameters are read in place: `spans[i]` =
-(start, end) of the i-th parameter of the official state-dict order in `flat`.
+setter: `set_num_threads` itself would bake an address into the code and defeat the disk
+cache) and back to `threads` before it returns. The blocks and the few-row matmuls of the
+stem, downsamples and head run through the addresses of their compiled code (`addresses`,
+kernels/pointer.py), so that they compile apart from this function. Parameters are read in
+place: `spans[i]` = (start, end) of the i-th parameter of the official state-dict order in
+`flat`.
 
 Layout: x [B, T, C_in] channels-last, C-contiguous. Results equal the layer-by-layer path to
 rounding (the products are reassociated), not bit for bit.

@@ -26,9 +26,9 @@ address would not survive Numba's disk cache).
                           calls it from compiled code (the parallel loops launched after it
                           use n threads); no-op for address 0
 
-The kernel calls run their kernel unchanged (same bits) and return what it returns (`out`). The address
-must be that of the kernel compiled for the same dtypes and ranks (the functions in
-kernels.block choose it by dtype; the intrinsics check that every array is C-contiguous: an
+The kernel calls run their kernel unchanged (same bits) and return what it returns (`out`).
+The address must be that of the kernel compiled for the same dtypes and ranks (the functions
+in kernels.block choose it by dtype; the intrinsics check that every array is C-contiguous: an
 array's layout does not change how it is passed, its dtype and rank do).
 """
 
