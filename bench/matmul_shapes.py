@@ -1,13 +1,14 @@
-"""NumPy's BLAS against PyTorch's on the matmuls of a training step, one thread each.
+"""NumPy's BLAS, our kernels.gemm and PyTorch on the matmuls of a training step, one thread each.
 
     python bench/matmul_shapes.py [--variant pico] [--batch 32]
 
 For each stage of the variant (rows R = batch * T/4 / 2^stage, C = dims[stage], H = 4C) the six
 products of a block's training step: forward z W1^T and a W2^T, backward dW2 = dy^T a,
 da = dy W2, dW1 = dpre^T z, dz = dpre W1, in the operand layouts our layers use. Prints
-GFLOP/s of `np.matmul` and of `torch` on the same arrays and their ratio: how much of the
-gap to PyTorch in training and at batch 256 is the BLAS itself. Needs torch (the `bench`
-extra); without it, exits with a message.
+GFLOP/s of `np.matmul`, of our `kernels.gemm.gemm` and of `torch` on the same arrays: how much
+of the gap to PyTorch in training and at batch 256 is the matmul itself, and which of BLAS
+and ours is the faster here (`kernels.linear.uses_own_gemm()` says which the model uses).
+Needs torch (the `bench` extra); without it, exits with a message.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import machine_info, median_seconds  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kernels.gemm import gemm  # noqa: E402
+from kernels.linear import uses_own_gemm  # noqa: E402
 
 DIMS = {"atto": (40, 80, 160, 320), "pico": (64, 128, 256, 512), "tiny": (96, 192, 384, 768)}
 
@@ -44,7 +49,8 @@ def main() -> None:
         raise SystemExit("matmul_shapes: needs torch (pip install -e .[bench])") from None
     torch.set_num_threads(1)
     machine = machine_info()
-    print(f"{machine['cpu']} ({'/'.join(machine['isa'])}), NumPy {np.__version__}, "
+    print(f"{machine['cpu']} ({'/'.join(machine['isa'])}), NumPy {np.__version__} "
+          f"(OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}), "
           f"torch {torch.__version__}, 1 thread each")
     rng = np.random.default_rng(0)
     rows0 = args.batch * 64  # T = 256 after the stride-4 stem
@@ -64,15 +70,20 @@ def main() -> None:
             operands = [(pool[key.removesuffix(".T")].T if key.endswith(".T")
                          else pool[key.removesuffix(".T")]) for pool in (arrays, tensors)
                         for key in (left, right)]
-            products[name] = (partial(np.matmul, *operands[:2]),
+            products[name] = (partial(np.matmul, *operands[:2]), partial(gemm, *operands[:2]),
                               partial(torch.matmul, *operands[2:]))
-        for name, (ours, theirs) in products.items():
-            numpy_rate = gflops(ours, 2 * R * C * H)
-            torch_rate = gflops(theirs, 2 * R * C * H)
-            ratios.append(torch_rate / numpy_rate)
+        for name, (blas, own, theirs) in products.items():
+            numpy_rate, own_rate, torch_rate = (gflops(product, 2 * R * C * H)
+                                                for product in (blas, own, theirs))
+            ratios.append((torch_rate / numpy_rate, own_rate / numpy_rate))
             print(f"stage {stage} R={R:5d} C={C:4d} H={H:5d} {name:11s} NumPy {numpy_rate:6.1f}"
-                  f"  torch {torch_rate:6.1f} GFLOP/s  torch/NumPy {torch_rate / numpy_rate:.2f}x")
-    print(f"torch/NumPy: median {median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
+                  f"  ours {own_rate:6.1f}  torch {torch_rate:6.1f} GFLOP/s  torch/NumPy "
+                  f"{torch_rate / numpy_rate:.2f}x  ours/NumPy {own_rate / numpy_rate:.2f}x")
+    for label, values in (("torch/NumPy", [r[0] for r in ratios]),
+                          ("ours/NumPy", [r[1] for r in ratios])):
+        print(f"{label}: median {median(values):.2f}x, range {min(values):.2f}-{max(values):.2f}x")
+    print(f"The model's products use {'ours' if uses_own_gemm() else 'BLAS'} here "
+          "(kernels.linear.uses_own_gemm)")
     print(f"Reproduce: python bench/matmul_shapes.py --variant {args.variant} --batch {args.batch}")
 
 

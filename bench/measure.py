@@ -91,8 +91,11 @@ def software_info() -> dict:
                                                 "threading_layer", "num_threads")}
     # a kernel forced by the environment (OpenBLAS otherwise picks one for the CPU)
     blas_info["coretype_env"] = os.environ.get("OPENBLAS_CORETYPE") or None
+    from kernels.linear import uses_own_gemm
+
     return {"numpy": numpy.__version__, "blas": blas_info,
-            "numba": numba.__version__, "numba_threading_layer": numba.threading_layer()}
+            "numba": numba.__version__, "numba_threading_layer": numba.threading_layer(),
+            "model_matmul": "kernels.gemm" if uses_own_gemm() else "BLAS"}
 
 
 def machine_line(info: dict) -> str:
@@ -106,6 +109,8 @@ def machine_line(info: dict) -> str:
         line += (f"; NumPy {info['numpy']} BLAS {blas.get('internal_api')} {blas.get('version')} "
                  f"({blas.get('architecture')} kernel{forced}); Numba {info['numba']} "
                  f"({info['numba_threading_layer']} layer)")
+        if info.get("model_matmul"):
+            line += f"; the model's big matmuls: {info['model_matmul']}"
     return line
 
 

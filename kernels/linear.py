@@ -12,8 +12,9 @@ rearranged to w2[C_out, s*C_in] (tap-major) the conv is one matmul:
 
     y[b, t, :] = x.reshape(B*T/s, s*C_in) @ w2.T + b
 
-Matmuls go to BLAS through NumPy; these functions take an optional `out=` so the model can
-reuse buffers between steps (inside `split_matmuls`, big products are split over threads).
+Matmuls go to BLAS through NumPy, or inside `split_matmuls` to our `kernels.gemm` where it is
+the faster (AVX-512); these functions take an optional `out=` so the model can reuse buffers
+between steps (inside `split_matmuls`, big products are also split over threads).
 Two exceptions for small inputs: `linear_forward` on at most `SMALL_ROWS` rows (batch-1
 inference) calls the serial register-blocked `matmul_rows` (kernels/block.py; BLAS is slow on
 so few rows), and `patchify_forward` rearranges whichever of x and w is smaller (same
@@ -22,6 +23,8 @@ product, fewer bytes copied).
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,27 +33,77 @@ from contextlib import contextmanager
 import numpy as np
 
 from kernels.block import SMALL_ROWS, matmul_rows
+from kernels.gemm import TILE_ROWS, gemm_block, strided
+from kernels.simd import vector_bytes
 
 # products below this many FLOPs are not split across threads (a hand-off costs ~20-50 us)
 SPLIT_FLOPS = 8_000_000
+# products below this many FLOPs stay with BLAS (our gemm's packing and call cost more there)
+GEMM_FLOPS = 1_000_000
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _split = threading.local()  # .threads: how many threads `matmul` may use in this thread
+_gemm_choice = "auto"
 
 
 @contextmanager
 def split_matmuls(threads: int) -> Iterator[None]:
-    """Within the block, `matmul` in this thread splits big products over `threads` threads.
+    """Within the block, `matmul` in this thread splits big products over `threads` threads
+    and may use `kernels.gemm` instead of BLAS (see `uses_own_gemm`).
 
     Only for a caller that knows BLAS runs single-threaded meanwhile (numpyconvnext.threads
-    limits it around its own calls); outside such a block products are not split.
+    limits it around its own calls); outside such a block every product goes to BLAS as it is.
     """
-    saved = getattr(_split, "threads", 1)
+    saved = getattr(_split, "threads", 0)
     _split.threads = int(threads)
     try:
         yield
     finally:
         _split.threads = saved
+
+
+def set_gemm(choice: str) -> None:
+    """Which matmul `matmul` uses for big products inside `split_matmuls`: "auto" (ours when
+    compiled for AVX-512, else BLAS), "own" (always `kernels.gemm`) or "blas"."""
+    global _gemm_choice
+    if choice not in ("auto", "own", "blas"):
+        raise ValueError(f"set_gemm: 'auto', 'own' or 'blas', got {choice!r}")
+    _gemm_choice = choice
+
+
+def uses_own_gemm() -> bool:
+    """Whether big products go to `kernels.gemm` rather than BLAS. "auto" takes ours where the
+    kernels are compiled for AVX-512 (16 float32 lanes) and NumPy's BLAS is an OpenBLAS running
+    older kernels (`OPENBLAS_CORETYPE=Haswell`, or a build without AVX-512 ones): there ours ran
+    1.3-2x its speed. Against OpenBLAS's AVX-512 kernels it ran 0.6-1.1x, and on AVX2 0.6-1.05x,
+    so BLAS keeps the work there, as with any other BLAS (bench/NOTES.md round 10)."""
+    if _gemm_choice != "auto":
+        return _gemm_choice == "own"
+    return vector_bytes() == 64 and _blas_below_avx512()
+
+
+_AVX512_OPENBLAS = ("skylakex", "cooperlake", "sapphirerapids")  # its AVX-512 kernel families
+
+
+@functools.cache
+def _blas_below_avx512() -> bool:
+    """True if every BLAS NumPy calls is an OpenBLAS whose kernels are not AVX-512 ones."""
+    infos = [library.info() for library in numpy_blas()]
+    return bool(infos) and all(
+        info["internal_api"] == "openblas"
+        and str(info.get("architecture", "")).lower() not in _AVX512_OPENBLAS for info in infos)
+
+
+@functools.cache
+def numpy_blas() -> list:
+    """threadpoolctl controllers of the BLAS NumPy calls (found once; scanning costs ~3 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    here = os.path.dirname(os.path.realpath(np.__file__))
+    mine = [library for library in libraries
+            if os.path.realpath(library.filepath).startswith((here + os.sep, here + ".libs"))]
+    return mine or libraries
 
 
 def _helper_pool(threads: int) -> ThreadPoolExecutor:
@@ -62,34 +115,56 @@ def _helper_pool(threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """`np.matmul(a, b, out=out)` for 2-D operands; inside `split_matmuls(n)` a product big
-    enough is split across n Python threads (NumPy releases the GIL inside BLAS), each calling
-    the single-threaded BLAS on a block of the result's rows, or of its columns when it has
-    more columns than rows (then each thread packs half of b, not all of it: tiny's training
-    step 1.02x, atto's and pico's the same; bench/NOTES.md round 9).
+def _spans(size: int, parts: int, step: int) -> list[tuple[int, int]]:
+    """`parts` consecutive (start, stop) spans covering range(size), cut at multiples of step."""
+    units = -(-size // step)
+    bounds = [min(size, units * i // parts * step) for i in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
 
-    Why: OpenBLAS's own threads synchronise inside every call and spin-wait; on a loaded
-    machine a descheduled partner stalls them all (measured 3-10x slower than one thread).
-    Independent blocks with one join per call degrade gracefully instead.
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """`np.matmul(a, b, out=out)` for 2-D operands. Inside `split_matmuls(n)` a product big
+    enough goes to our `kernels.gemm` where `uses_own_gemm()` says so, and is split across n
+    Python threads (NumPy's BLAS and our gemm release the GIL), each computing a block of the
+    result's rows, or of its columns when it has more columns than rows (then each thread packs
+    half of b, not all of it: tiny's training step 1.02x with BLAS; bench/NOTES.md round 9).
+
+    Why threads of our own: OpenBLAS's threads synchronise inside every call and spin-wait; on
+    a loaded machine a descheduled partner stalls them all (measured 3-10x slower than one
+    thread). Independent blocks with one join per call degrade gracefully instead.
     """
-    threads = getattr(_split, "threads", 1)
-    rows, cols = a.shape[0], b.shape[1]
-    size = max(rows, cols)
-    if threads < 2 or size < 2 * threads or 2 * rows * a.shape[1] * cols < SPLIT_FLOPS:
+    threads = getattr(_split, "threads", 0)
+    rows, depth, cols = a.shape[0], a.shape[1], b.shape[1]
+    flops = 2 * rows * depth * cols
+    own = (threads >= 1 and flops >= GEMM_FLOPS and uses_own_gemm() and a.dtype == b.dtype
+           and a.dtype in (np.float32, np.float64)
+           and (out is None or (out.flags.c_contiguous and out.dtype == a.dtype)))
+    if not own and (threads < 2 or max(rows, cols) < 2 * threads or flops < SPLIT_FLOPS):
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((rows, cols), dtype=np.result_type(a, b))
-    bounds = [size * i // threads for i in range(threads + 1)]
-    spans = list(zip(bounds[:-1], bounds[1:], strict=True))
-    if cols > rows:  # column blocks: out[:, lo:hi] keeps unit strides along its rows (BLAS)
-        blocks = [(a, b[:, lo:hi], out[:, lo:hi]) for lo, hi in spans]
+    parts = threads if flops >= SPLIT_FLOPS else 1
+    by_columns = cols > rows
+    if own:
+        a_flat, sa, sk = strided(a)
+        b_flat, sb, sn = strided(b)
+        flat = out.reshape(-1)
+        step = 2 * vector_bytes() // flat.itemsize if by_columns else TILE_ROWS
+
+        def product(lo: int, hi: int) -> None:
+            span = ((0, rows), (lo, hi)) if by_columns else ((lo, hi), (0, cols))
+            gemm_block(a_flat, sa, sk, b_flat, sb, sn, depth, flat, cols, *span[0], *span[1])
     else:
-        blocks = [(a[lo:hi], b, out[lo:hi]) for lo, hi in spans]
-    pool = _helper_pool(threads)
-    futures = [pool.submit(np.matmul, x, y, out=z) for x, y, z in blocks[1:]]
-    x, y, z = blocks[0]
-    np.matmul(x, y, out=z)  # this thread's block
+        step = 1
+
+        def product(lo: int, hi: int) -> None:  # column blocks keep unit strides along rows
+            if by_columns:
+                np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+            else:
+                np.matmul(a[lo:hi], b, out=out[lo:hi])
+    spans = _spans(cols if by_columns else rows, parts, step)
+    futures = [_helper_pool(threads).submit(product, *span) for span in spans[1:]]
+    product(*spans[0])  # this thread's block
     for future in futures:
         future.result()
     return out

@@ -11,6 +11,7 @@ LLVM splits them into SSE halves, still correct).
     vzero(row)          the zero vector of row's dtype
     vload(row, i)       row[i : i + lanes(row)] as a vector (row: 1-D contiguous, no bound check;
                         a uint16 row holds bfloat16 bits and loads as float32, exactly)
+    vsplat(row, i)      row[i] in every lane (a broadcast; float32 or float64 rows)
     vload_head(row, i, count)
                         row[i : i + count] in the first count lanes, zeros after (a masked
                         load: reads nothing past row[i + count - 1])
@@ -143,6 +144,25 @@ def vload(typingctx, row, i):
         pointer = _element_pointer(context, builder, signature, args, stored)
         value = builder.load(pointer, align=row.dtype.bitwidth // 8)
         return _widen_bf16(builder, value, vector.lanes) if row.dtype == types.uint16 else value
+
+    return vector(row, i), codegen
+
+
+@intrinsic
+def vsplat(typingctx, row, i):
+    vector = _vector_of(row)
+    if row.dtype == types.uint16 or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, signature, args,
+                                   context.get_value_type(row.dtype))
+        value = builder.load(pointer, align=row.dtype.bitwidth // 8)
+        vector_type = context.get_value_type(vector)
+        first = builder.insert_element(ir.Constant(vector_type, None), value,
+                                       ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(first, first, ir.Constant(
+            ir.VectorType(ir.IntType(32), vector.lanes), None))
 
     return vector(row, i), codegen
 

@@ -39,7 +39,8 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
     """(kernel, argument types) of the command `name`, in the order the helper compiles them:
     the reverse of the order the command first calls them.
 
-    "train": a training step of the float32 model (forward, backward, AdamW), then what the
+    "train": a training step of the float32 model (forward, backward, AdamW; our gemm where
+    `kernels.linear.uses_own_gemm()`, as in the command's process), then what the
     evaluation of the validation and test windows adds (batched inference, its head on few rows)
     and the backtest of their trades.
     "predict": the batch-1 network of a float32 model without its blocks (`ready_for_batch1`).
@@ -51,12 +52,14 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
 
 
 def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
-    from kernels import adamw, block, dwconv, gelu, layernorm, residual
+    from kernels import adamw, block, dwconv, gelu, gemm, layernorm, linear, residual
     from numpyconvnext.trading.backtest import _run as backtest_run
 
     a1, a2, a3 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3))
     real, count = types.float64, types.int64
     step = [  # the order a training step first calls them
+        *([(gemm.gemm_block, (a1, count, count, a1, count, count, count, a1, count,
+                              count, count, count, count))] if linear.uses_own_gemm() else []),
         (layernorm.layernorm_forward, (a2, a1, a1, real)),
         (dwconv.dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),
         (gelu.bias_gelu_forward_into, (a2, a1, a2)),

@@ -53,7 +53,7 @@ from typing import TypeVar
 import numba
 
 from kernels.block import SPLIT_WORK
-from kernels.linear import split_matmuls
+from kernels.linear import numpy_blas, split_matmuls
 
 F = TypeVar("F", bound=Callable)
 
@@ -74,7 +74,6 @@ _openmp_wait = "short"  # how the pool's idle threads wait: _openmp_wait_kind
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_saved: list = []
-_blas_libraries: list | None = None
 # Numba's thread-local count, read and set through its C functions once the pool runs: the
 # public numba.get/set_num_threads take a process lock on every call (~15-20 us under load)
 _numba_get: Callable[[], int] = numba.get_num_threads
@@ -219,7 +218,7 @@ def compute(blas: bool = True) -> Iterator[None]:
     limited = _limit_blas() if blas else None
     _local.depth = 1
     try:
-        if limited and matmul_threads > 1:
+        if limited:
             with split_matmuls(matmul_threads):
                 yield
         else:
@@ -278,21 +277,6 @@ def computes(blas: bool = True) -> Callable[[F], F]:
     return decorate
 
 
-def _numpy_blas() -> list:
-    """threadpoolctl controllers of the BLAS NumPy calls (found once; scanning costs ~3 ms)."""
-    global _blas_libraries
-    if _blas_libraries is None:
-        import numpy
-        from threadpoolctl import ThreadpoolController
-
-        libraries = ThreadpoolController().select(user_api="blas").lib_controllers
-        here = os.path.dirname(os.path.realpath(numpy.__file__))
-        mine = [lib for lib in libraries
-                if os.path.realpath(lib.filepath).startswith((here + os.sep, here + ".libs"))]
-        _blas_libraries = mine or libraries
-    return _blas_libraries
-
-
 def _set_blas_threads(library, count: int) -> None:
     # threadpoolctl lets only the first Python thread that limited OpenBLAS change it later
     # (others are ignored, so Python threads do not fight); our calls may come from any thread
@@ -305,7 +289,7 @@ def _limit_blas() -> bool | None:
     NumPy's BLAS is known to run one thread now."""
     global _blas_users, _blas_saved
     with _blas_lock:
-        libraries = _numpy_blas()
+        libraries = numpy_blas()
         if not libraries:
             return None
         if _blas_users == 0:

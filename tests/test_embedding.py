@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import numpyconvnext
+from kernels.linear import numpy_blas
 from numpyconvnext import ConvNeXt1D, threads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +79,7 @@ def test_blas_single_threaded_inside_our_calls_and_restored_after_concurrent_one
     # what other Python threads ask for, which must not stop our calls from worker threads
     for lib in blas.lib_controllers:
         lib.set_num_threads(lib.get_num_threads())
-    original = [lib.get_num_threads() for lib in threads._numpy_blas()]
+    original = [lib.get_num_threads() for lib in numpy_blas()]
     inside: list[list[int]] = []
     entered = threading.Barrier(3)
     release = threading.Event()
@@ -87,19 +88,19 @@ def test_blas_single_threaded_inside_our_calls_and_restored_after_concurrent_one
         with threads.compute():
             entered.wait(timeout=30)
             release.wait(timeout=30)
-            inside.append([lib.get_num_threads() for lib in threads._numpy_blas()])
+            inside.append([lib.get_num_threads() for lib in numpy_blas()])
 
     workers = [threading.Thread(target=call) for _ in range(2)]
     for worker in workers:
         worker.start()
     entered.wait(timeout=30)
-    during = [lib.get_num_threads() for lib in threads._numpy_blas()]
+    during = [lib.get_num_threads() for lib in numpy_blas()]
     release.set()
     for worker in workers:
         worker.join(timeout=30)
     assert during == [1] * len(original)
     assert inside == [[1] * len(original)] * 2
-    assert [lib.get_num_threads() for lib in threads._numpy_blas()] == original
+    assert [lib.get_num_threads() for lib in numpy_blas()] == original
 
 
 def test_set_num_threads_applies_to_our_calls_only_and_is_checked():

@@ -1,4 +1,5 @@
-"""kernels/simd.py (explicit SIMD vectors) and the matmul built on it (kernels/block.py)."""
+"""kernels/simd.py (explicit SIMD vectors) and the matmuls built on it (kernels/block.py; the
+32-byte path of kernels/gemm.py, which tests/test_gemm.py checks at the compiled width)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ from numba import njit
 from numba.core.errors import TypingError
 
 from kernels.block import _matmul_cols, matmul_rows
-from kernels.simd import lanes, vector_bytes, vfma, vload, vload_head, vprefetch, vstore_sums, vsum, vzero
+from kernels.simd import (
+    lanes,
+    vector_bytes,
+    vfma,
+    vload,
+    vload_head,
+    vprefetch,
+    vsplat,
+    vstore_sums,
+    vsum,
+    vzero,
+)
 from tests.test_kernels import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,6 +108,22 @@ def test_tile_sums_have_the_bits_of_single_sums_and_touch_only_the_tile(dtype, s
 
 
 @njit(cache=True)
+def _splat_lanes(x, i):
+    v = vsplat(x, i)
+    return vsum(v), vsum(vfma(vzero(x), v, v))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_splat_puts_one_element_in_every_lane(dtype):
+    x = np.array([1.5, -2.0, 3.25], dtype)
+    count = vector_bytes() // x.itemsize
+    for i in range(3):
+        assert _splat_lanes(x, i) == (count * x[i], count * x[i] * x[i])
+    with pytest.raises(TypingError):
+        _splat_lanes(np.zeros(4, np.uint16), 0)
+
+
+@njit(cache=True)
 def _prefetched_sum(x, ahead):
     total = 0.0
     for i in range(x.shape[0]):
@@ -159,6 +187,12 @@ def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
         "        for row in range(m):  # 4-row tiles (tree sums) = a row alone (vsum)\n"
         "            alone = matmul_rows(x[row:row + 1].copy(), w, np.empty((1, n), dtype))\n"
         "            np.testing.assert_array_equal(alone[0], out[row])\n"
+        "from kernels.gemm import gemm\n"
+        "for dtype, tol in ((np.float32, 1e-3), (np.float64, 1e-11)):\n"
+        "    for m, k, n in ((1, 1, 1), (9, 300, 17), (100, 40, 40)):\n"
+        "        a = rng.standard_normal((m, k)).astype(dtype)\n"
+        "        b = np.asfortranarray(rng.standard_normal((k, n)).astype(dtype))\n"
+        "        np.testing.assert_allclose(gemm(a, b), a @ b, rtol=tol, atol=tol)\n"
         "print('ok')\n"
     )
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),

@@ -1,0 +1,240 @@
+"""A general matrix product in explicit SIMD: an 8-row register tile over packed column panels.
+
+    out[i, j] = sum_k a[i, k] * b[k, j]          a [M, K], b [K, N] -> out [M, N]
+
+The reference is `np.matmul`. BLAS does this too; this version exists because the BLAS a user
+has is not always built for their CPU's widest vectors (an OpenBLAS told `OPENBLAS_CORETYPE=
+Haswell` runs 8-lane AVX2 code on an AVX-512 core), and this one is compiled by Numba for the
+CPU it runs on (16 float32 lanes with AVX-512 F, kernels/simd.py). `kernels.linear.matmul`
+chooses between the two (`gemm_policy`).
+
+How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products need):
+
+- b is cut into passes of `DEPTH` (256) rows k and, within a pass, into panels of `2 * lanes`
+  columns (32 float32 with AVX-512). Each panel is copied ("packed") so that its row k is
+  `2 * lanes` consecutive floats: two vector loads.
+- a is read where it lies, C or Fortran order (`a[i, k] = a_flat[i * sa + k * sk]`): the tile
+  broadcasts one a[i, k] at a time, so it needs no packing. Only rows past the last full tile
+  are copied into a zero-padded tile.
+- The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
+  the panel's row once and does 16 fused multiply-adds (`_tile`).
+- Passes add into out: the first starts from zero, each later one from the sums so far.
+
+Every out[i, j] is the same fused multiply-adds in the same order (k ascending, passes of
+`DEPTH`) whatever the range of rows and columns computed and wherever the tile falls, so a
+product split over threads by rows or by columns gives the same bits as one call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from kernels.simd import lanes, vfma, vload, vsplat, vstore, vzero
+
+TILE_ROWS = 8
+DEPTH = 256  # rows of b per pass: a panel of 256 x 32 float32 is 32 KB, it stays in L1
+BLOCK_ROWS = 96  # rows of a per block: 96 x 256 float32 (96 KB) stay in L2
+
+
+@njit(nogil=True, cache=True)
+def _tile(a, a0, sa, sk, panel, p0, sp, depth, out, o0, ldo, first):
+    """out[o0 + r*ldo + j] (+)= sum_{k < depth} a[a0 + r*sa + k*sk] * panel[p0 + k*sp + j]
+    for r < 8 and j < 2L (L = lanes); `first` starts from zero instead of out. All 1-D
+    contiguous; out's rows are ldo apart."""
+    L = lanes(panel)
+    if first:
+        c00 = vzero(panel)
+        c01, c10, c11, c20, c21, c30, c31 = c00, c00, c00, c00, c00, c00, c00
+        c40, c41, c50, c51, c60, c61, c70, c71 = c00, c00, c00, c00, c00, c00, c00, c00
+    else:
+        c00, c01 = vload(out, o0), vload(out, o0 + L)
+        c10, c11 = vload(out, o0 + ldo), vload(out, o0 + ldo + L)
+        c20, c21 = vload(out, o0 + 2 * ldo), vload(out, o0 + 2 * ldo + L)
+        c30, c31 = vload(out, o0 + 3 * ldo), vload(out, o0 + 3 * ldo + L)
+        c40, c41 = vload(out, o0 + 4 * ldo), vload(out, o0 + 4 * ldo + L)
+        c50, c51 = vload(out, o0 + 5 * ldo), vload(out, o0 + 5 * ldo + L)
+        c60, c61 = vload(out, o0 + 6 * ldo), vload(out, o0 + 6 * ldo + L)
+        c70, c71 = vload(out, o0 + 7 * ldo), vload(out, o0 + 7 * ldo + L)
+    for k in range(depth):
+        i = a0 + k * sk
+        p = p0 + k * sp
+        b0 = vload(panel, p)
+        b1 = vload(panel, p + L)
+        x = vsplat(a, i)
+        c00, c01 = vfma(c00, x, b0), vfma(c01, x, b1)
+        x = vsplat(a, i + sa)
+        c10, c11 = vfma(c10, x, b0), vfma(c11, x, b1)
+        x = vsplat(a, i + 2 * sa)
+        c20, c21 = vfma(c20, x, b0), vfma(c21, x, b1)
+        x = vsplat(a, i + 3 * sa)
+        c30, c31 = vfma(c30, x, b0), vfma(c31, x, b1)
+        x = vsplat(a, i + 4 * sa)
+        c40, c41 = vfma(c40, x, b0), vfma(c41, x, b1)
+        x = vsplat(a, i + 5 * sa)
+        c50, c51 = vfma(c50, x, b0), vfma(c51, x, b1)
+        x = vsplat(a, i + 6 * sa)
+        c60, c61 = vfma(c60, x, b0), vfma(c61, x, b1)
+        x = vsplat(a, i + 7 * sa)
+        c70, c71 = vfma(c70, x, b0), vfma(c71, x, b1)
+    vstore(out, o0, c00)
+    vstore(out, o0 + L, c01)
+    vstore(out, o0 + ldo, c10)
+    vstore(out, o0 + ldo + L, c11)
+    vstore(out, o0 + 2 * ldo, c20)
+    vstore(out, o0 + 2 * ldo + L, c21)
+    vstore(out, o0 + 3 * ldo, c30)
+    vstore(out, o0 + 3 * ldo + L, c31)
+    vstore(out, o0 + 4 * ldo, c40)
+    vstore(out, o0 + 4 * ldo + L, c41)
+    vstore(out, o0 + 5 * ldo, c50)
+    vstore(out, o0 + 5 * ldo + L, c51)
+    vstore(out, o0 + 6 * ldo, c60)
+    vstore(out, o0 + 6 * ldo + L, c61)
+    vstore(out, o0 + 7 * ldo, c70)
+    vstore(out, o0 + 7 * ldo + L, c71)
+
+
+@njit(nogil=True, cache=True)
+def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1):
+    """out[i, j] = sum_{k < depth} a[i, k] b[k, j] for rows0 <= i < rows1, cols0 <= j < cols1.
+
+    Operands are flat 1-D contiguous arrays with element strides: a[i, k] = a[i*sa + k*sk],
+    b[k, j] = b[k*sb + j*sn], out[i, j] = out[i*ldo + j]. The other elements of out are not
+    touched, so threads may fill disjoint blocks of one out."""
+    if depth == 0:  # an empty sum
+        for i in range(rows0, rows1):
+            out[i * ldo + cols0:i * ldo + cols1] = 0.0
+        return
+    L = lanes(out)
+    width = 2 * L
+    panels = (cols1 - cols0 + width - 1) // width
+    packed = np.empty(DEPTH * width * panels, dtype=out.dtype)
+    pack_a = sa < sk and panels > 2  # a in Fortran order, reused by 3+ panels: copy it by tiles
+    block = np.empty(DEPTH * BLOCK_ROWS, dtype=out.dtype)  # a's rows: tiles of [k][8]
+    tile = np.empty(TILE_ROWS * width, dtype=out.dtype)  # a tile cut by the last columns
+    direct_b = sn == 1  # b's rows are contiguous: the tile reads them where they lie
+    for k0 in range(0, depth, DEPTH):
+        pass_depth = min(DEPTH, depth - k0)
+        first = k0 == 0
+        _pack_b(b, sb, sn, k0, pass_depth, cols0, cols1, width, packed, direct_b)
+        for i0 in range(rows0, rows1, BLOCK_ROWS):
+            i1 = min(i0 + BLOCK_ROWS, rows1)
+            packed_a = pack_a or (i1 - i0) % TILE_ROWS != 0
+            if packed_a:
+                _pack_a(a, sa, sk, i0, i1, k0, pass_depth, block)
+            for q in range(panels):
+                j0 = cols0 + q * width
+                used = min(width, cols1 - j0)
+                if direct_b and used == width:
+                    panel, p0, sp = b, k0 * sb + j0, sb
+                else:
+                    panel, p0, sp = packed, q * pass_depth * width, width
+                for i in range(i0, i1, TILE_ROWS):
+                    if packed_a:
+                        source, source_row, source_k = block, 1, TILE_ROWS
+                        start = (i - i0) * pass_depth
+                    else:
+                        source, source_row, source_k = a, sa, sk
+                        start = i * sa + k0 * sk
+                    count = min(TILE_ROWS, i1 - i)
+                    if count == TILE_ROWS and used == width:
+                        _tile(source, start, source_row, source_k, panel, p0, sp, pass_depth,
+                              out, i * ldo + j0, ldo, first)
+                        continue
+                    for r in range(count):
+                        for j in range(used):
+                            tile[r * width + j] = out[(i + r) * ldo + j0 + j]
+                    _tile(source, start, source_row, source_k, panel, p0, sp, pass_depth,
+                          tile, 0, width, first)
+                    for r in range(count):
+                        for j in range(used):
+                            out[(i + r) * ldo + j0 + j] = tile[r * width + j]
+
+
+@njit(nogil=True, cache=True)
+def _pack_b(b, sb, sn, k0, depth, cols0, cols1, width, packed, last_only):
+    """packed[q*depth*width + k*width + j] = b[k0 + k, cols0 + q*width + j], zeros past cols1
+    (with `last_only`, the last panel only, if it is cut short)."""
+    panels = (cols1 - cols0 + width - 1) // width
+    tail = (cols1 - cols0) % width
+    if last_only:
+        if not tail:
+            return
+        cols0 = cols0 + (panels - 1) * width
+        packed = packed[(panels - 1) * depth * width:]
+        panels = 1
+    if tail:
+        last = (panels - 1) * depth * width
+        packed[last:last + depth * width] = 0.0
+    if sn <= sb:  # b's rows are contiguous: copy along each whole row
+        for k in range(depth):
+            row = (k0 + k) * sb + cols0 * sn
+            for q in range(panels):
+                target = q * depth * width + k * width
+                for j in range(min(width, cols1 - cols0 - q * width)):
+                    packed[target + j] = b[row + (q * width + j) * sn]
+    else:
+        for j in range(cols1 - cols0):
+            q = j // width
+            target = q * depth * width + j - q * width
+            column = k0 * sb + (cols0 + j) * sn
+            for k in range(depth):
+                packed[target + k * width] = b[column + k * sb]
+
+
+@njit(nogil=True, cache=True)
+def _pack_a(a, sa, sk, i0, i1, k0, depth, block):
+    """block[t*depth*8 + k*8 + r] = a[i0 + 8t + r, k0 + k] for the rows i0 <= i < i1, zeros
+    past i1 (the tile reads 8 rows of one k as 8 consecutive floats)."""
+    tiles = (i1 - i0 + TILE_ROWS - 1) // TILE_ROWS
+    if (i1 - i0) % TILE_ROWS:
+        last = (tiles - 1) * depth * TILE_ROWS
+        block[last:last + depth * TILE_ROWS] = 0.0
+    if sa <= sk:  # Fortran order: a's columns are contiguous
+        for k in range(depth):
+            column = i0 * sa + (k0 + k) * sk
+            for t in range(tiles):
+                target = t * depth * TILE_ROWS + k * TILE_ROWS
+                for r in range(min(TILE_ROWS, i1 - i0 - t * TILE_ROWS)):
+                    block[target + r] = a[column + (t * TILE_ROWS + r) * sa]
+    else:
+        for i in range(i1 - i0):
+            t = i // TILE_ROWS
+            target = t * depth * TILE_ROWS + i - t * TILE_ROWS
+            row = (i0 + i) * sa + k0 * sk
+            for k in range(depth):
+                block[target + k * TILE_ROWS] = a[row + k * sk]
+
+
+def strided(x: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """A C- or Fortran-ordered 2-D array as (flat view, row stride, column stride) in elements."""
+    if x.flags.c_contiguous:
+        return x.reshape(-1), x.shape[1], 1
+    if x.flags.f_contiguous:
+        return x.T.reshape(-1), 1, x.shape[0]
+    x = np.ascontiguousarray(x)
+    return x.reshape(-1), x.shape[1], 1
+
+
+def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+         rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> np.ndarray:
+    """out = a @ b for 2-D float32 or float64 operands of one dtype (a, b in C or Fortran order;
+    other layouts are copied). out, if given, must be C-contiguous. `rows` / `cols` = (start,
+    stop) restrict the work to that block of out (the rest of out is left as it is)."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"gemm: shapes {a.shape} and {b.shape} do not multiply")
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"gemm: float32 or float64 operands of one dtype, got {a.dtype}, {b.dtype}")
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+    elif out.shape != (a.shape[0], b.shape[1]) or out.dtype != a.dtype \
+            or not out.flags.c_contiguous:
+        raise ValueError("gemm: out must be C-contiguous, of a's dtype and shape (M, N)")
+    rows0, rows1 = rows or (0, a.shape[0])
+    cols0, cols1 = cols or (0, b.shape[1])
+    a_flat, sa, sk = strided(a)
+    b_flat, sb, sn = strided(b)
+    gemm_block(a_flat, sa, sk, b_flat, sb, sn, a.shape[1], out.reshape(-1), out.shape[1],
+               rows0, rows1, cols0, cols1)
+    return out

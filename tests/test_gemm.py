@@ -1,0 +1,156 @@
+"""kernels/gemm.py (our matrix product) and how kernels.linear.matmul chooses it over BLAS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kernels import linear
+from kernels.gemm import DEPTH, gemm
+from tests.test_kernels import SETTINGS
+
+
+def _operand(rng, shape, dtype, order):
+    """A random array of `shape` laid out in C or Fortran order."""
+    value = rng.standard_normal(shape).astype(dtype)
+    return value if order == "C" else np.asfortranarray(value)
+
+
+def _tolerance(a, b):
+    """A bound on |computed - exact| for a product of a and b (each element: depth roundings)."""
+    eps = np.finfo(a.dtype).eps
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    return 2 * (a.shape[1] + 2) * eps * scale + np.finfo(a.dtype).tiny
+
+
+# rows past the 8-row tile and its 96-row block, columns past 2 vectors (32 float32 with
+# AVX-512, 16 with AVX2), depth past one pass of DEPTH rows of b
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(m=st.integers(1, 110), k=st.sampled_from([0, 1, 3, 17, DEPTH, DEPTH + 5, 2 * DEPTH + 1]),
+       n=st.integers(1, 75), orders=st.sampled_from(["CC", "CF", "FC", "FF"]),
+       seed=st.integers(0, 2**16))
+@SETTINGS
+def test_gemm_matches_the_exact_product(dtype, m, k, n, orders, seed):
+    rng = np.random.default_rng(seed)
+    a = _operand(rng, (m, k), dtype, orders[0])
+    b = _operand(rng, (k, n), dtype, orders[1])
+    out = gemm(a, b)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert out.dtype == dtype and out.shape == (m, n)
+    assert np.all(np.abs(out - exact) <= _tolerance(a, b))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(m=st.integers(1, 110), k=st.sampled_from([1, 40, DEPTH + 7]), n=st.integers(1, 75),
+       orders=st.sampled_from(["CC", "CF", "FC", "FF"]), cut=st.floats(0, 1),
+       seed=st.integers(0, 2**16))
+@SETTINGS
+def test_gemm_bits_do_not_depend_on_the_block_computed(dtype, m, k, n, orders, cut, seed):
+    """The module's promise: any split by rows or by columns gives the bits of one call, and a
+    call writes only its block of out."""
+    rng = np.random.default_rng(seed)
+    a = _operand(rng, (m, k), dtype, orders[0])
+    b = _operand(rng, (k, n), dtype, orders[1])
+    whole = gemm(a, b)
+    at_row, at_col = int(cut * m), int(cut * n)
+    by_rows = np.full((m, n), np.nan, dtype)
+    gemm(a, b, by_rows, rows=(0, at_row))
+    assert np.isnan(by_rows[at_row:]).all()
+    gemm(a, b, by_rows, rows=(at_row, m))
+    by_cols = np.full((m, n), np.nan, dtype)
+    gemm(a, b, by_cols, cols=(at_col, n))
+    assert np.isnan(by_cols[:, :at_col]).all()
+    gemm(a, b, by_cols, cols=(0, at_col))
+    np.testing.assert_array_equal(by_rows, whole)
+    np.testing.assert_array_equal(by_cols, whole)
+
+
+def test_gemm_refuses_what_it_cannot_multiply():
+    a = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="do not multiply"):
+        gemm(a, np.ones((4, 3), np.float32))
+    with pytest.raises(TypeError, match="one dtype"):
+        gemm(a, np.ones((3, 2), np.float64))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        gemm(a.astype(np.int64), np.ones((3, 2), np.int64))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        gemm(a, np.ones((3, 2), np.float32), out=np.ones((2, 4), np.float32).T)
+    strided = np.ones((4, 6), np.float32)[:, ::2]  # neither C nor Fortran order: copied
+    np.testing.assert_array_equal(gemm(strided, np.ones((3, 2), np.float32)), np.full((4, 2), 3))
+
+
+@pytest.fixture
+def gemm_choice():
+    """Restore the module's choice after a test that sets it."""
+    yield linear.set_gemm
+    linear.set_gemm("auto")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(300, 70, 90), (40, 70, 500), (500, 600, 9)])
+def test_matmul_splits_our_gemm_without_changing_a_bit(gemm_choice, threads, shape):
+    """kernels.linear.matmul with our gemm: the product of one call, however it is split
+    over threads (by rows, or by columns for wide results), into a given out or a new one."""
+    m, k, n = shape
+    rng = np.random.default_rng(m)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    gemm_choice("own")
+    assert linear.uses_own_gemm()
+    with linear.split_matmuls(threads):
+        forward = linear.matmul(a, w.T)
+        backward = linear.matmul(a.T, a, out=np.empty((k, k), np.float32))
+    np.testing.assert_array_equal(forward, gemm(a, w.T))
+    np.testing.assert_array_equal(backward, gemm(a.T, a))
+    gemm_choice("blas")
+    assert not linear.uses_own_gemm()
+    with linear.split_matmuls(threads):
+        np.testing.assert_allclose(linear.matmul(a, w.T), a @ w.T, rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_outside_a_split_block_is_numpys(gemm_choice, monkeypatch):
+    """Outside `split_matmuls` (BLAS may run its own threads there) every product is BLAS's,
+    and so are products too small for our gemm and operands of mixed dtypes."""
+    gemm_choice("own")
+    used = []
+    monkeypatch.setattr(linear, "gemm_block", lambda *args: used.append(args))
+    a = np.ones((200, 100), np.float32)
+    np.testing.assert_array_equal(linear.matmul(a, a.T), np.full((200, 200), 100))
+    with linear.split_matmuls(2):
+        linear.matmul(a[:8, :8], a[:8, :8])  # 1,024 FLOPs
+        linear.matmul(a, a.T.astype(np.float64))
+        assert not used
+        linear.matmul(a, a.T)
+    assert used
+
+
+@pytest.mark.parametrize("blas, expected", [
+    ([("openblas", "Haswell")], True),
+    ([("openblas", "Zen")], True),
+    ([("openblas", "SkylakeX")], False),
+    ([("openblas", "Haswell"), ("openblas", "SapphireRapids")], False),
+    ([("mkl", None)], False),
+    ([], False),
+])
+def test_auto_takes_our_gemm_only_over_an_openblas_without_avx512_kernels(
+        gemm_choice, monkeypatch, blas, expected):
+    class Library:
+        def __init__(self, api, architecture):
+            self._info = {"internal_api": api, "architecture": architecture}
+
+        def info(self):
+            return self._info
+
+    monkeypatch.setattr(linear, "numpy_blas", lambda: [Library(*entry) for entry in blas])
+    linear._blas_below_avx512.cache_clear()
+    try:
+        assert linear._blas_below_avx512() is expected
+        for vector_bytes in (32, 64):
+            monkeypatch.setattr(linear, "vector_bytes", lambda vector_bytes=vector_bytes: vector_bytes)
+            assert linear.uses_own_gemm() is (expected and vector_bytes == 64)
+    finally:
+        linear._blas_below_avx512.cache_clear()
+    with pytest.raises(ValueError, match="'auto', 'own' or 'blas'"):
+        gemm_choice("mine")
