@@ -6,18 +6,22 @@ The reference is `np.matmul`. BLAS does this too; this version exists because th
 has is not always built for their CPU's widest vectors (an OpenBLAS told `OPENBLAS_CORETYPE=
 Haswell` runs 8-lane AVX2 code on an AVX-512 core), and this one is compiled by Numba for the
 CPU it runs on (16 float32 lanes with AVX-512 F, kernels/simd.py). `kernels.linear.matmul`
-chooses between the two (`gemm_policy`).
+chooses between the two (`kernels.linear.uses_own_gemm`).
 
 How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products need):
 
 - b is cut into passes of `DEPTH` (256) rows k and, within a pass, into panels of `2 * lanes`
-  columns (32 float32 with AVX-512). Each panel is copied ("packed") so that its row k is
-  `2 * lanes` consecutive floats: two vector loads.
-- a is read where it lies, C or Fortran order (`a[i, k] = a_flat[i * sa + k * sk]`): the tile
-  broadcasts one a[i, k] at a time, so it needs no packing. Only rows past the last full tile
-  are copied into a zero-padded tile.
+  columns (32 float32 with AVX-512): the tile reads a panel's row k as two vector loads. A b
+  whose rows are contiguous (C order) already is such panels and is read where it lies; a b in
+  Fortran order (`W.T`) and a last panel cut short are copied ("packed") into that layout
+  first (`_pack_b`, zeros past the last column).
+- a is read where it lies too, one a[i, k] at a time broadcast to a vector. A Fortran-order a
+  (`dy.T` of a weight gradient) used by three panels or more, and the last rows short of a
+  whole tile, are first copied `BLOCK_ROWS` rows at a time so that a tile's 8 rows of one k
+  are 8 consecutive floats (`_pack_a`).
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
-  the panel's row once and does 16 fused multiply-adds (`_tile`).
+  the panel's row once and does 16 fused multiply-adds (`_tile`). A tile cut by the last
+  columns is computed whole into a scratch tile and only its part copied out.
 - Passes add into out: the first starts from zero, each later one from the sums so far.
 
 Every out[i, j] is the same fused multiply-adds in the same order (k ascending, passes of
