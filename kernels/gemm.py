@@ -212,13 +212,18 @@ def _pack_a(a, sa, sk, i0, i1, k0, depth, block):
 
 
 def strided(x: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """A C- or Fortran-ordered 2-D array as (flat view, row stride, column stride) in elements."""
+    """A C- or Fortran-ordered 2-D array as (flat view, row stride, column stride) in elements;
+    other layouts are copied. The view is read-only, so that `gemm_block` is compiled once for
+    writable and read-only operands alike (a frozen model's weights are read-only)."""
     if x.flags.c_contiguous:
-        return x.reshape(-1), x.shape[1], 1
-    if x.flags.f_contiguous:
-        return x.T.reshape(-1), 1, x.shape[0]
-    x = np.ascontiguousarray(x)
-    return x.reshape(-1), x.shape[1], 1
+        flat, rows, cols = x.reshape(-1), x.shape[1], 1
+    elif x.flags.f_contiguous:
+        flat, rows, cols = x.T.reshape(-1), 1, x.shape[0]
+    else:
+        flat, rows, cols = np.ascontiguousarray(x).reshape(-1), x.shape[1], 1
+    flat = flat.view()
+    flat.flags.writeable = False
+    return flat, rows, cols
 
 
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,

@@ -57,8 +57,9 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
 
     a1, a2, a3 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3))
     real, count = types.float64, types.int64
+    operand = types.Array(types.float32, 1, "C", readonly=True)  # kernels.gemm.strided
     step = [  # the order a training step first calls them
-        *([(gemm.gemm_block, (a1, count, count, a1, count, count, count, a1, count,
+        *([(gemm.gemm_block, (operand, count, count, operand, count, count, count, a1, count,
                               count, count, count, count))] if linear.uses_own_gemm() else []),
         (layernorm.layernorm_forward, (a2, a1, a1, real)),
         (dwconv.dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),

@@ -154,3 +154,16 @@ def test_auto_takes_our_gemm_only_over_an_openblas_without_avx512_kernels(
         linear._blas_below_avx512.cache_clear()
     with pytest.raises(ValueError, match="'auto', 'own' or 'blas'"):
         gemm_choice("mine")
+
+
+def test_read_only_operands_take_the_same_compiled_code():
+    """A frozen model's weights are read-only; they must not cost a second compile."""
+    from kernels.gemm import gemm_block
+
+    a = np.ones((20, 30), np.float32)
+    b = np.ones((30, 40), np.float32)
+    gemm(a, b)
+    compiled = set(gemm_block.overloads)
+    a.flags.writeable = b.flags.writeable = False
+    np.testing.assert_array_equal(gemm(a, b.T.copy().T), np.full((20, 40), 30))
+    assert set(gemm_block.overloads) == compiled
