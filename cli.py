@@ -986,9 +986,14 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
                    "Simulated fills only: no orders.")
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=60.0,
               show_default=True, help="Seconds one request keeps retrying before the loop backs off.")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
+              show_default=True,
+              help="bfloat16: the blocks' pointwise weights rounded to bfloat16, float32 "
+                   "arithmetic; 1.2-2x faster per signal, decisions nearly always the same "
+                   "(README \"Speed\").")
 def live(symbol, interval, model_path, once, out_dir, no_state, base_url, category, confidence,
          sizing, stop_loss, take_profit, max_risk, max_exposure, fee_rate, slippage,
-         no_calibration, equity, paper, retry_time_s) -> None:
+         no_calibration, equity, paper, retry_time_s, precision) -> None:
     """Print a signal for every newly closed candle: one JSON line on stdout, a readable line on
     stderr. The signal and size follow the strategy backtest and evaluate trade. It never places
     orders: it reads public market data only and needs no API key.
@@ -1022,6 +1027,8 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
         model_path = str(found[-1])
     try:
         model = load(model_path)
+        if precision == "bfloat16":
+            model = model.frozen("bfloat16")
         preprocessing_of(model)
         model_interval = model.metadata.get("interval")
         interval = normalize_interval(interval or model_interval or "1h")
@@ -1043,7 +1050,8 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
     if model_interval and normalize_interval(model_interval) != interval:
         click.echo(f"warning: the model was trained on {model_interval} candles, not {interval}",
                    err=True)
-    click.echo(f"live: {symbol.upper()} {interval} {strategy.category} with {model_path}; public "
+    click.echo(f"live: {symbol.upper()} {interval} {strategy.category} with {model_path}"
+               + (" (bfloat16 weights)" if precision == "bfloat16" else "") + "; public "
                "data only, no orders" + ("" if once else "; Ctrl-C stops"), err=True)
     note = preprocessing_of(model, symbol).normalizer_note(symbol)
     if note:

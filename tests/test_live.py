@@ -218,6 +218,37 @@ def test_live_once_prints_exactly_one_json_line(checkpoint, model):
     assert "UTC BTCUSDT 1h close" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_live_once_in_bfloat16_decides_with_the_rounded_weights(checkpoint, model, monkeypatch):
+    import numpyconvnext.trading.live as live_module
+
+    precisions = []
+    original = live_module.run_live
+
+    def spy(model, *args, **kwargs):
+        precisions.append(model.precision)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(live_module, "run_live", spy)
+    candles = recent_candles()
+    with FakeBybit(candles) as fake:
+        result = run_cli("--model", checkpoint, "--once", "--base-url", fake.url,
+                         "--no-state", "--precision", "bfloat16")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout.splitlines()[-1])
+    check_record(record)
+    closed = candles.iloc[:-1]
+    history = closed.iloc[-history_bars(model):].reset_index(drop=True)
+    rounded = decide(model.frozen("bfloat16"), history, [len(history) - 1], strategy=Strategy(),
+                     equity=10_000.0)
+    assert record["signal"] == ["LONG", "SHORT", "HOLD"][int(rounded.signal[0])]
+    p = record["probabilities"]
+    np.testing.assert_allclose([p["long"], p["short"], p["hold"]], rounded.probabilities[0],
+                               rtol=0, atol=5e-7)  # the JSON line's 6 decimals
+    assert precisions == ["bfloat16"] and "(bfloat16 weights)" in result.stderr
+    bad = run_cli("--model", checkpoint, "--once", "--precision", "int8")
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
 def test_ctrl_c_exits_cleanly(checkpoint, monkeypatch):
     def interrupted(seconds: float) -> None:
         raise KeyboardInterrupt
