@@ -20,8 +20,9 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   whole tile, are first copied `BLOCK_ROWS` rows at a time so that a tile's 8 rows of one k
   are 8 consecutive floats (`_pack_a`).
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
-  the panel's row once and does 16 fused multiply-adds (`_tile`). A tile cut by the last
-  columns is computed whole into a scratch tile and only its part copied out.
+  the panel's row once and does 16 fused multiply-adds (`_tile`). The last columns, when
+  fewer than 2L, take one or two vectors of 8 rows with masked loads and stores
+  (`_half_tile`); the last rows, when fewer than 8, a scratch tile copied in and out.
 - Passes add into out: the first starts from zero, each later one from the sums so far.
 
 Every out[i, j] is the same fused multiply-adds in the same order (k ascending, passes of
@@ -34,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.simd import lanes, vfma, vload, vsplat, vstore, vzero
+from kernels.simd import lanes, vfma, vload, vload_head, vsplat, vstore, vstore_head, vzero
 
 TILE_ROWS = 8
 DEPTH = 256  # rows of b per pass: a panel of 256 x 32 float32 is 32 KB, it stays in L1
@@ -100,6 +101,44 @@ def _tile(a, a0, sa, sk, panel, p0, sp, depth, out, o0, ldo, first):
 
 
 @njit(nogil=True, cache=True)
+def _half_tile(a, a0, sa, sk, panel, p0, sp, depth, out, o0, ldo, first, columns):
+    """`_tile` for one vector of columns, of which the first `columns` (<= L) are read and
+    written (masked loads and stores): the last columns of a product. The same fused
+    multiply-adds per element as `_tile`, so the same bits."""
+    if first:
+        c0 = vzero(panel)
+        c1, c2, c3, c4, c5, c6, c7 = c0, c0, c0, c0, c0, c0, c0
+    else:
+        c0 = vload_head(out, o0, columns)
+        c1 = vload_head(out, o0 + ldo, columns)
+        c2 = vload_head(out, o0 + 2 * ldo, columns)
+        c3 = vload_head(out, o0 + 3 * ldo, columns)
+        c4 = vload_head(out, o0 + 4 * ldo, columns)
+        c5 = vload_head(out, o0 + 5 * ldo, columns)
+        c6 = vload_head(out, o0 + 6 * ldo, columns)
+        c7 = vload_head(out, o0 + 7 * ldo, columns)
+    for k in range(depth):
+        i = a0 + k * sk
+        b0 = vload(panel, p0 + k * sp)
+        c0 = vfma(c0, vsplat(a, i), b0)
+        c1 = vfma(c1, vsplat(a, i + sa), b0)
+        c2 = vfma(c2, vsplat(a, i + 2 * sa), b0)
+        c3 = vfma(c3, vsplat(a, i + 3 * sa), b0)
+        c4 = vfma(c4, vsplat(a, i + 4 * sa), b0)
+        c5 = vfma(c5, vsplat(a, i + 5 * sa), b0)
+        c6 = vfma(c6, vsplat(a, i + 6 * sa), b0)
+        c7 = vfma(c7, vsplat(a, i + 7 * sa), b0)
+    vstore_head(out, o0, columns, c0)
+    vstore_head(out, o0 + ldo, columns, c1)
+    vstore_head(out, o0 + 2 * ldo, columns, c2)
+    vstore_head(out, o0 + 3 * ldo, columns, c3)
+    vstore_head(out, o0 + 4 * ldo, columns, c4)
+    vstore_head(out, o0 + 5 * ldo, columns, c5)
+    vstore_head(out, o0 + 6 * ldo, columns, c6)
+    vstore_head(out, o0 + 7 * ldo, columns, c7)
+
+
+@njit(nogil=True, cache=True)
 def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1):
     """out[i, j] = sum_{k < depth} a[i, k] b[k, j] for rows0 <= i < rows1, cols0 <= j < cols1.
 
@@ -146,7 +185,15 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                         _tile(source, start, source_row, source_k, panel, p0, sp, pass_depth,
                               out, i * ldo + j0, ldo, first)
                         continue
-                    for r in range(count):
+                    if count == TILE_ROWS:  # the last columns: one or two masked vectors
+                        o0 = i * ldo + j0
+                        _half_tile(source, start, source_row, source_k, panel, p0, sp,
+                                   pass_depth, out, o0, ldo, first, min(L, used))
+                        if used > L:
+                            _half_tile(source, start, source_row, source_k, panel, p0 + L, sp,
+                                       pass_depth, out, o0 + L, ldo, first, used - L)
+                        continue
+                    for r in range(count):  # the last rows: a scratch tile
                         for j in range(used):
                             tile[r * width + j] = out[(i + r) * ldo + j0 + j]
                     _tile(source, start, source_row, source_k, panel, p0, sp, pass_depth,
