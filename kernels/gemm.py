@@ -13,8 +13,9 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
 - b is cut into passes of `DEPTH` (256) rows k and, within a pass, into panels of `2 * lanes`
   columns (32 float32 with AVX-512): the tile reads a panel's row k as two vector loads. A b
   whose rows are contiguous (C order) already is such panels and is read where it lies; a b in
-  Fortran order (`W.T`) and a last panel cut short are copied ("packed") into that layout
-  first (`_pack_b`, zeros past the last column).
+  Fortran order (`W.T`), one whose rows are a multiple of 4 KB apart (they would evict each
+  other from L1) and a last panel cut short are copied ("packed") into that layout first
+  (`_pack_b`, zeros past the last column).
 - a is read where it lies too, one a[i, k] at a time broadcast to a vector. A Fortran-order a
   (`dy.T` of a weight gradient) used by three panels or more, and the last rows short of a
   whole tile, are first copied `BLOCK_ROWS` rows at a time so that a tile's 8 rows of one k
@@ -156,7 +157,9 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
     pack_a = sa < sk and panels > 2  # a in Fortran order, reused by 3+ panels: copy it by tiles
     block = np.empty(DEPTH * BLOCK_ROWS, dtype=out.dtype)  # a's rows: tiles of [k][8]
     tile = np.empty(TILE_ROWS * width, dtype=out.dtype)  # a tile cut by the last columns
-    direct_b = sn == 1  # b's rows are contiguous: the tile reads them where they lie
+    # b's rows contiguous: the tile reads them where they lie, unless they are a multiple of
+    # 4 KB apart (a panel's rows would then share a few L1 sets and evict each other)
+    direct_b = sn == 1 and (sb * out.itemsize) % 4096 != 0
     for k0 in range(0, depth, DEPTH):
         pass_depth = min(DEPTH, depth - k0)
         first = k0 == 0
