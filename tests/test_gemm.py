@@ -67,6 +67,17 @@ def test_gemm_bits_do_not_depend_on_the_block_computed(dtype, m, k, n, orders, c
     np.testing.assert_array_equal(by_cols, whole)
 
 
+@pytest.mark.parametrize("dtype, n", [(np.float32, 1024), (np.float64, 512), (np.float32, 1040)])
+def test_gemm_rows_4kb_apart_are_packed_and_still_right(dtype, n):
+    """A C-order b whose rows are 4 KB apart is copied into panels instead of read in place."""
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((21, 300)).astype(dtype)
+    b = rng.standard_normal((300, n)).astype(dtype)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.all(np.abs(gemm(a, b) - exact) <= _tolerance(a, b))
+    np.testing.assert_array_equal(gemm(a, b), gemm(a, np.asfortranarray(b)))
+
+
 def test_gemm_refuses_what_it_cannot_multiply():
     a = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="do not multiply"):
