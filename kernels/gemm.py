@@ -19,7 +19,7 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
 - a is read where it lies too, one a[i, k] at a time broadcast to a vector. A Fortran-order a
   (`dy.T` of a weight gradient) used by three panels or more, and the last rows short of a
   whole tile, are first copied `BLOCK_ROWS` rows at a time so that a tile's 8 rows of one k
-  are 8 consecutive floats (`_pack_a`).
+  are 8 consecutive floats (`_pack_b` on a^T).
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
   the panel's row once and does 16 fused multiply-adds (`_tile`). The last columns, when
   fewer than 2L, take one or two vectors of 8 rows with masked loads and stores
@@ -168,7 +168,8 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
             i1 = min(i0 + BLOCK_ROWS, rows1)
             packed_a = pack_a or (i1 - i0) % TILE_ROWS != 0
             if packed_a:
-                _pack_a(a, sa, sk, i0, i1, k0, pass_depth, block)
+                # a's rows as panels of 8 columns of a^T: block[t*depth*8 + k*8 + r]
+                _pack_b(a, sk, sa, k0, pass_depth, i0, i1, TILE_ROWS, block, False)
             for q in range(panels):
                 j0 = cols0 + q * width
                 used = min(width, cols1 - j0)
@@ -209,7 +210,8 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
 @njit(nogil=True, cache=True)
 def _pack_b(b, sb, sn, k0, depth, cols0, cols1, width, packed, last_only):
     """packed[q*depth*width + k*width + j] = b[k0 + k, cols0 + q*width + j], zeros past cols1
-    (with `last_only`, the last panel only, if it is cut short)."""
+    (with `last_only`, the last panel only, if it is cut short). With b = a^T (sb, sn = a's
+    column and row strides) and width 8 it copies a's rows for the tile."""
     panels = (cols1 - cols0 + width - 1) // width
     tail = (cols1 - cols0) % width
     if last_only:
@@ -235,30 +237,6 @@ def _pack_b(b, sb, sn, k0, depth, cols0, cols1, width, packed, last_only):
             column = k0 * sb + (cols0 + j) * sn
             for k in range(depth):
                 packed[target + k * width] = b[column + k * sb]
-
-
-@njit(nogil=True, cache=True)
-def _pack_a(a, sa, sk, i0, i1, k0, depth, block):
-    """block[t*depth*8 + k*8 + r] = a[i0 + 8t + r, k0 + k] for the rows i0 <= i < i1, zeros
-    past i1 (the tile reads 8 rows of one k as 8 consecutive floats)."""
-    tiles = (i1 - i0 + TILE_ROWS - 1) // TILE_ROWS
-    if (i1 - i0) % TILE_ROWS:
-        last = (tiles - 1) * depth * TILE_ROWS
-        block[last:last + depth * TILE_ROWS] = 0.0
-    if sa <= sk:  # Fortran order: a's columns are contiguous
-        for k in range(depth):
-            column = i0 * sa + (k0 + k) * sk
-            for t in range(tiles):
-                target = t * depth * TILE_ROWS + k * TILE_ROWS
-                for r in range(min(TILE_ROWS, i1 - i0 - t * TILE_ROWS)):
-                    block[target + r] = a[column + (t * TILE_ROWS + r) * sa]
-    else:
-        for i in range(i1 - i0):
-            t = i // TILE_ROWS
-            target = t * depth * TILE_ROWS + i - t * TILE_ROWS
-            row = (i0 + i) * sa + k0 * sk
-            for k in range(depth):
-                block[target + k * TILE_ROWS] = a[row + k * sk]
 
 
 def strided(x: np.ndarray) -> tuple[np.ndarray, int, int]:
