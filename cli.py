@@ -514,6 +514,20 @@ def _strategy(category, confidence, sizing, stop_loss, take_profit, max_risk, ma
         raise UserError(str(error)) from None
 
 
+def _precision_option(effect: str):
+    return click.option(
+        "--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
+        show_default=True,
+        help=f"bfloat16: the blocks' pointwise weights rounded to bfloat16, float32 "
+             f"arithmetic (model.frozen): {effect}; the decisions nearly always match "
+             "float32's (README \"Speed\").")
+
+
+def _model_at(precision: str, model):
+    """The loaded model, or its bfloat16 copy for inference (`--precision`)."""
+    return model.frozen("bfloat16") if precision == "bfloat16" else model
+
+
 def _check_funding_rate(category: str, funding_rate: float | None) -> None:
     if category == "spot" and funding_rate is not None:
         raise UserError("spot has no funding: --funding-rate goes with --category linear")
@@ -687,9 +701,10 @@ def _training_report(result) -> str:
               help="Bybit URL for --symbol (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
               show_default=True, help="Seconds to keep retrying Bybit before giving up.")
+@_precision_option("trades what `live --precision bfloat16` would decide")
 def backtest(model_path, data_path, symbol, interval, days, category, confidence, sizing, stop_loss,
              take_profit, max_risk, max_exposure, fee_rate, slippage, no_calibration, funding_rate,
-             allow_in_sample, equity, out_dir, base_url, retry_time_s) -> None:
+             allow_in_sample, equity, out_dir, base_url, retry_time_s, precision) -> None:
     """Backtest the strategy beside buy-and-hold, after fees, slippage and funding.
 
     The strategy is the one live and evaluate trade: calibrated probabilities, the confidence
@@ -714,7 +729,7 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
         raise UserError("--allow-in-sample goes with --symbol (--data and the test period are "
                         "traded whole, with any in-sample part flagged)")
     try:
-        model = load(model_path)
+        model = _model_at(precision, load(model_path))
         prep = preprocessing_of(model)
     except (CheckpointError, ValueError) as error:
         raise UserError(str(error).splitlines()[0]) from None
@@ -747,7 +762,7 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
     out = Path(out_dir) if out_dir else Path(model_path).resolve().parent / f"backtest_{stamp}"
     try:
         _write_backtest(out, result, decisions, metadata if same_market else {}, warning, strategy,
-                        data, model_path)
+                        data, model_path, model.precision)
     except OSError as error:
         raise UserError(f"cannot write to {out}: {error.strerror or error}") from None
     from numpyconvnext.plots import equity_and_drawdown
@@ -810,7 +825,8 @@ def _monthly_text(table) -> str:
     return "\n".join(rows)
 
 
-def _write_backtest(out, result, decisions, metadata, warning, strategy, data, model_path) -> None:
+def _write_backtest(out, result, decisions, metadata, warning, strategy, data, model_path,
+                    model_precision: str) -> None:
     """trades.csv, equity.csv, signals.csv and monthly_returns.csv, each with an in_sample column,
     and summary.json (metrics, strategy, funding and the IN-SAMPLE ranges)."""
     import json
@@ -832,7 +848,8 @@ def _write_backtest(out, result, decisions, metadata, warning, strategy, data, m
     signals.to_csv(out / "signals.csv", index=False)
     monthly_returns(result.equity).to_csv(out / "monthly_returns.csv")
     summary = {
-        "model": str(model_path), "data": data.what, "in_sample": bool(warning),
+        "model": str(model_path), "precision": model_precision, "data": data.what,
+        "in_sample": bool(warning),
         "in_sample_ranges": [{"part": o.part, "first": o.first.isoformat(), "last": o.last.isoformat(),
                               "decisions": o.decisions}
                              for o in in_sample_overlaps(metadata, decisions.timestamp)],
@@ -986,11 +1003,7 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
                    "Simulated fills only: no orders.")
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=60.0,
               show_default=True, help="Seconds one request keeps retrying before the loop backs off.")
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32",
-              show_default=True,
-              help="bfloat16: the blocks' pointwise weights rounded to bfloat16, float32 "
-                   "arithmetic; 1.2-2x faster per signal, decisions nearly always the same "
-                   "(README \"Speed\").")
+@_precision_option("1.2-2x faster per signal")
 def live(symbol, interval, model_path, once, out_dir, no_state, base_url, category, confidence,
          sizing, stop_loss, take_profit, max_risk, max_exposure, fee_rate, slippage,
          no_calibration, equity, paper, retry_time_s, precision) -> None:
@@ -1026,9 +1039,7 @@ def live(symbol, interval, model_path, once, out_dir, no_state, base_url, catego
                             "train one first: python cli.py train")
         model_path = str(found[-1])
     try:
-        model = load(model_path)
-        if precision == "bfloat16":
-            model = model.frozen("bfloat16")
+        model = _model_at(precision, load(model_path))
         preprocessing_of(model)
         model_interval = model.metadata.get("interval")
         interval = normalize_interval(interval or model_interval or "1h")

@@ -256,10 +256,28 @@ def test_backtest_cli_on_the_checkpoint_test_period(checkpoint, model, tmp_path)
                                - equity["funding"].sum(), rtol=1e-9)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["in_sample"] is False and summary["in_sample_ranges"] == []
+    assert summary["precision"] == "float32"
     signals = pd.read_csv(out / "signals.csv")
     assert len(signals) == split["last_index"] - split["first_index"] + 1
     pytest.importorskip("matplotlib")
     assert (out / "equity.png").stat().st_size > 10_000
+
+
+def test_backtest_cli_in_bfloat16_trades_the_rounded_model(checkpoint, model, tmp_path):
+    path, _ = checkpoint
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        result = run_cli("backtest", "--model", path, "--confidence", "0.5", "--out", out,
+                         "--precision", precision)
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "summary.json").read_text())["precision"] == precision
+        runs[precision] = pd.read_csv(out / "signals.csv")
+    columns = [name for name in runs["float32"].columns if name.startswith("p_")]
+    assert columns
+    rounded, full = runs["bfloat16"][columns].to_numpy(), runs["float32"][columns].to_numpy()
+    assert not np.array_equal(rounded, full)  # the rounded weights were used
+    np.testing.assert_allclose(rounded, full, atol=1e-3)
 
 
 def test_backtest_cli_default_out_dir_is_next_to_the_model(checkpoint):
