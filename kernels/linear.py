@@ -136,9 +136,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     threads = getattr(_split, "threads", 0)
     rows, depth, cols = a.shape[0], a.shape[1], b.shape[1]
     flops = 2 * rows * depth * cols
-    own = (threads >= 1 and flops >= GEMM_FLOPS and uses_own_gemm() and a.dtype == b.dtype
-           and a.dtype in (np.float32, np.float64)
-           and (out is None or (out.flags.c_contiguous and out.dtype == a.dtype)))
+    own = (threads >= 1 and flops >= GEMM_FLOPS and uses_own_gemm() and a.ndim == b.ndim == 2
+           and depth == b.shape[0] and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
+           and (out is None or (out.shape == (rows, cols) and out.flags.c_contiguous
+                                and out.dtype == a.dtype)))
     if not own and (threads < 2 or max(rows, cols) < 2 * threads or flops < SPLIT_FLOPS):
         return np.matmul(a, b, out=out)
     if out is None:

@@ -132,6 +132,10 @@ def test_matmul_outside_a_split_block_is_numpys(gemm_choice, monkeypatch):
     with linear.split_matmuls(2):
         linear.matmul(a[:8, :8], a[:8, :8])  # 1,024 FLOPs
         linear.matmul(a, a.T.astype(np.float64))
+        with pytest.raises(ValueError):  # NumPy's error, not a write past out's end
+            linear.matmul(a, a.T, out=np.empty((200, 100), np.float32))
+        with pytest.raises(ValueError):
+            linear.matmul(a, a)
         assert not used
         linear.matmul(a, a.T)
     assert used
