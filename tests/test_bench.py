@@ -151,3 +151,15 @@ def test_matmul_shapes_compares_the_blas_or_says_it_needs_torch():
     lines = proc.stdout.splitlines()
     assert sum("torch/NumPy" in line and "GFLOP/s" in line for line in lines) == 24
     assert lines[-1] == "Reproduce: python bench/matmul_shapes.py --variant atto --batch 1"
+
+
+def test_gemm_ab_times_blas_and_our_gemm_in_turn():
+    proc = subprocess.run(
+        [sys.executable, "bench/gemm_ab.py", "--variants", "atto", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for task in ("train", "b256"):
+        assert any(line.startswith(f"atto {task}") and "BLAS/ours" in line for line in lines)
+    assert lines[-1] == "Reproduce: python bench/gemm_ab.py --variants atto --rounds 1"
