@@ -156,7 +156,7 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
     packed = np.empty(DEPTH * width * panels, dtype=out.dtype)
     pack_a = sa < sk and panels > 2  # a in Fortran order, reused by 3+ panels: copy it by tiles
     block = np.empty(DEPTH * BLOCK_ROWS, dtype=out.dtype)  # a's rows: tiles of [k][8]
-    tile = np.empty(TILE_ROWS * width, dtype=out.dtype)  # a tile cut by the last columns
+    tile = np.empty(TILE_ROWS * width, dtype=out.dtype)  # the last rows (fewer than 8)
     # b's rows contiguous: the tile reads them where they lie, unless they are a multiple of
     # 4 KB apart (a panel's rows would then share a few L1 sets and evict each other)
     direct_b = sn == 1 and (sb * out.itemsize) % 4096 != 0
