@@ -80,19 +80,16 @@ def software_info() -> dict:
     (version, threading layer; starts Numba's pool), for a benchmark child's environment."""
     import numba
     import numpy
-    from threadpoolctl import threadpool_info
 
-    here = os.path.dirname(os.path.realpath(numpy.__file__))
-    blas = [lib for lib in threadpool_info() if lib.get("user_api") == "blas"]
-    mine = [lib for lib in blas if os.path.realpath(lib["filepath"]).startswith(here)] or blas
-    lib = mine[0] if mine else {}
+    from kernels.linear import numpy_blas, uses_own_gemm
+
+    libraries = numpy_blas()
+    lib = libraries[0].info() if libraries else {}
     numba.get_num_threads()  # launches the pool, so the layer is known
     blas_info = {key: lib.get(key) for key in ("internal_api", "version", "architecture",
                                                 "threading_layer", "num_threads")}
     # a kernel forced by the environment (OpenBLAS otherwise picks one for the CPU)
     blas_info["coretype_env"] = os.environ.get("OPENBLAS_CORETYPE") or None
-    from kernels.linear import uses_own_gemm
-
     return {"numpy": numpy.__version__, "blas": blas_info,
             "numba": numba.__version__, "numba_threading_layer": numba.threading_layer(),
             "model_matmul": "kernels.gemm" if uses_own_gemm() else "BLAS"}

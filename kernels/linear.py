@@ -63,8 +63,8 @@ def split_matmuls(threads: int) -> Iterator[None]:
 
 
 def set_gemm(choice: str) -> None:
-    """Which matmul `matmul` uses for big products inside `split_matmuls`: "auto" (ours when
-    compiled for AVX-512, else BLAS), "own" (always `kernels.gemm`) or "blas"."""
+    """Which matmul `matmul` uses for big products inside `split_matmuls`: "auto" (the rule of
+    `uses_own_gemm`), "own" (always `kernels.gemm`) or "blas"."""
     global _gemm_choice
     if choice not in ("auto", "own", "blas"):
         raise ValueError(f"set_gemm: 'auto', 'own' or 'blas', got {choice!r}")
