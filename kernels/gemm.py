@@ -11,15 +11,14 @@ chooses between the two (`kernels.linear.uses_own_gemm`).
 How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products need):
 
 - b is cut into passes of `DEPTH` (256) rows k and, within a pass, into panels of `2 * lanes`
-  columns (32 float32 with AVX-512): the tile reads a panel's row k as two vector loads. A b
-  whose rows are contiguous (C order) already is such panels and is read where it lies; a b in
-  Fortran order (`W.T`), one whose rows are a multiple of 4 KB apart (they would evict each
-  other from L1) and a last panel cut short are copied ("packed") into that layout first
-  (`_pack_b`, zeros past the last column).
-- a is read where it lies too, one a[i, k] at a time broadcast to a vector. A Fortran-order a
-  (`dy.T` of a weight gradient) used by three panels or more, and the last rows short of a
-  whole tile, are first copied `BLOCK_ROWS` rows at a time so that a tile's 8 rows of one k
-  are 8 consecutive floats (`_pack_b` on a^T).
+  columns (32 float32 with AVX-512), each copied ("packed") into one contiguous run, row k
+  after row k, so that the tile reads a panel's row as two vector loads and the panel stays in
+  L1 (`_pack_b`: vector copies for a C-order b, L x L blocks transposed in registers for
+  `W.T`; zeros past the last column). Read in place instead, a b's rows a power of two apart
+  would share a few L1 sets and evict each other; the copy costs ~0.2 ns per element.
+- a is read where it lies, C or Fortran order, one a[i, k] at a time broadcast to a vector,
+  `BLOCK_ROWS` rows at a time (a block stays in L2 while every panel passes over it). The
+  last rows short of a whole tile are copied into a tile of 8 rows with zeros after them.
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
   the panel's row once and does 16 fused multiply-adds (`_tile`). The last columns, when
   fewer than 2L, take one or two vectors of 8 rows with masked loads and stores
@@ -36,7 +35,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kernels.simd import lanes, vfma, vload, vload_head, vsplat, vstore, vstore_head, vzero
+from kernels.simd import (
+    lanes,
+    vfma,
+    vgather,
+    vload,
+    vload_head,
+    vsplat,
+    vstore,
+    vstore_head,
+    vstore_transposed,
+    vzero,
+)
 
 TILE_ROWS = 8
 DEPTH = 256  # rows of b per pass: a panel of 256 x 32 float32 is 32 KB, it stays in L1
@@ -144,8 +154,11 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
     """out[i, j] = sum_{k < depth} a[i, k] b[k, j] for rows0 <= i < rows1, cols0 <= j < cols1.
 
     Operands are flat 1-D contiguous arrays with element strides: a[i, k] = a[i*sa + k*sk],
-    b[k, j] = b[k*sb + j*sn], out[i, j] = out[i*ldo + j]. The other elements of out are not
-    touched, so threads may fill disjoint blocks of one out."""
+    b[k, j] = b[k*sb + j*sn], out[i, j] = out[i*ldo + j]; a and b are in C or Fortran order
+    (sk or sa is 1, sn or sb is 1). The other elements of out are not touched, so threads may
+    fill disjoint blocks of one out."""
+    if rows1 <= rows0 or cols1 <= cols0:
+        return
     if depth == 0:  # an empty sum
         for i in range(rows0, rows1):
             out[i * ldo + cols0:i * ldo + cols1] = 0.0
@@ -154,89 +167,89 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
     width = 2 * L
     panels = (cols1 - cols0 + width - 1) // width
     packed = np.empty(DEPTH * width * panels, dtype=out.dtype)
-    pack_a = sa < sk and panels > 2  # a in Fortran order, reused by 3+ panels: copy it by tiles
-    block = np.empty(DEPTH * BLOCK_ROWS, dtype=out.dtype)  # a's rows: tiles of [k][8]
-    tile = np.empty(TILE_ROWS * width, dtype=out.dtype)  # the last rows (fewer than 8)
-    # b's rows contiguous: the tile reads them where they lie, unless they are a multiple of
-    # 4 KB apart (a panel's rows would then share a few L1 sets and evict each other)
-    direct_b = sn == 1 and (sb * out.itemsize) % 4096 != 0
+    # Rows of a per block. Not a compile-time constant on purpose: with BLOCK_ROWS folded into
+    # the loops LLVM compiled them into code 15-20 % slower (bench/NOTES.md round 11).
+    block_rows = min(BLOCK_ROWS, (rows1 - rows0 + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS)
+    last = np.zeros(DEPTH * TILE_ROWS, dtype=out.dtype)  # the last rows (fewer than 8): [k][8]
+    tile = np.empty(TILE_ROWS * width, dtype=out.dtype)  # and their results
     for k0 in range(0, depth, DEPTH):
         pass_depth = min(DEPTH, depth - k0)
         first = k0 == 0
-        _pack_b(b, sb, sn, k0, pass_depth, cols0, cols1, width, packed, direct_b)
-        for i0 in range(rows0, rows1, BLOCK_ROWS):
-            i1 = min(i0 + BLOCK_ROWS, rows1)
-            packed_a = pack_a or (i1 - i0) % TILE_ROWS != 0
-            if packed_a:
-                # a's rows as panels of 8 columns of a^T: block[t*depth*8 + k*8 + r]
-                _pack_b(a, sk, sa, k0, pass_depth, i0, i1, TILE_ROWS, block, False)
+        _pack_b(b, sb, sn, k0, pass_depth, cols0, cols1, packed)
+        for i0 in range(rows0, rows1, block_rows):
+            i1 = min(i0 + block_rows, rows1)
+            count = (i1 - i0) % TILE_ROWS
+            if count:  # the last rows, as a tile of 8 (zeros after them)
+                for k in range(pass_depth):
+                    for r in range(count):
+                        last[k * TILE_ROWS + r] = a[(i1 - count + r) * sa + (k0 + k) * sk]
             for q in range(panels):
                 j0 = cols0 + q * width
                 used = min(width, cols1 - j0)
-                if direct_b and used == width:
-                    panel, p0, sp = b, k0 * sb + j0, sb
-                else:
-                    panel, p0, sp = packed, q * pass_depth * width, width
+                p0 = q * pass_depth * width
                 for i in range(i0, i1, TILE_ROWS):
-                    if packed_a:
-                        source, source_row, source_k = block, 1, TILE_ROWS
-                        start = (i - i0) * pass_depth
-                    else:
-                        source, source_row, source_k = a, sa, sk
-                        start = i * sa + k0 * sk
-                    count = min(TILE_ROWS, i1 - i)
-                    if count == TILE_ROWS and used == width:
-                        _tile(source, start, source_row, source_k, panel, p0, sp, pass_depth,
-                              out, i * ldo + j0, ldo, first)
-                        continue
-                    if count == TILE_ROWS:  # the last columns: one or two masked vectors
+                    start = i * sa + k0 * sk
+                    if i + TILE_ROWS <= i1 and used == width:
+                        _tile(a, start, sa, sk, packed, p0, width, pass_depth, out, i * ldo + j0,
+                              ldo, first)
+                    elif i + TILE_ROWS <= i1:  # the last columns: one or two masked vectors
                         o0 = i * ldo + j0
-                        _half_tile(source, start, source_row, source_k, panel, p0, sp,
-                                   pass_depth, out, o0, ldo, first, min(L, used))
+                        _half_tile(a, start, sa, sk, packed, p0, width, pass_depth, out, o0, ldo,
+                                   first, min(L, used))
                         if used > L:
-                            _half_tile(source, start, source_row, source_k, panel, p0 + L, sp,
-                                       pass_depth, out, o0 + L, ldo, first, used - L)
-                        continue
-                    for r in range(count):  # the last rows: a scratch tile
-                        for j in range(used):
-                            tile[r * width + j] = out[(i + r) * ldo + j0 + j]
-                    _tile(source, start, source_row, source_k, panel, p0, sp, pass_depth,
-                          tile, 0, width, first)
-                    for r in range(count):
-                        for j in range(used):
-                            out[(i + r) * ldo + j0 + j] = tile[r * width + j]
+                            _half_tile(a, start, sa, sk, packed, p0 + L, width, pass_depth, out,
+                                       o0 + L, ldo, first, used - L)
+                    else:  # the last rows: a scratch tile
+                        for r in range(count):
+                            for j in range(used):
+                                tile[r * width + j] = out[(i + r) * ldo + j0 + j]
+                        _tile(last, 0, 1, TILE_ROWS, packed, p0, width, pass_depth, tile, 0, width,
+                              first)
+                        for r in range(count):
+                            for j in range(used):
+                                out[(i + r) * ldo + j0 + j] = tile[r * width + j]
 
 
 @njit(nogil=True, cache=True)
-def _pack_b(b, sb, sn, k0, depth, cols0, cols1, width, packed, last_only):
-    """packed[q*depth*width + k*width + j] = b[k0 + k, cols0 + q*width + j], zeros past cols1
-    (with `last_only`, the last panel only, if it is cut short). With b = a^T (sb, sn = a's
-    column and row strides) and width 8 it copies a's rows for the tile."""
+def _pack_b(b, sb, sn, k0, depth, cols0, cols1, packed):
+    """packed[q*depth*2L + k*2L + j] = b[k0 + k, cols0 + q*2L + j], zeros past cols1: b's rows
+    in panels of 2L columns. When b's rows are contiguous (sn = 1): two vector copies per row k.
+    When its columns are (sb = 1, b = W^T): L x L blocks of W transposed in registers
+    (`vstore_transposed`), a gather per k for the last depth % L rows, scalar copies for a last
+    panel cut short."""
+    L = lanes(packed)
+    width = 2 * L
     panels = (cols1 - cols0 + width - 1) // width
-    tail = (cols1 - cols0) % width
-    if last_only:
-        if not tail:
-            return
-        cols0 = cols0 + (panels - 1) * width
-        packed = packed[(panels - 1) * depth * width:]
-        panels = 1
-    if tail:
-        last = (panels - 1) * depth * width
-        packed[last:last + depth * width] = 0.0
-    if sn <= sb:  # b's rows are contiguous: copy along each whole row
-        for k in range(depth):
-            row = (k0 + k) * sb + cols0 * sn
-            for q in range(panels):
-                target = q * depth * width + k * width
-                for j in range(min(width, cols1 - cols0 - q * width)):
-                    packed[target + j] = b[row + (q * width + j) * sn]
-    else:
-        for j in range(cols1 - cols0):
-            q = j // width
-            target = q * depth * width + j - q * width
-            column = k0 * sb + (cols0 + j) * sn
+    for q in range(panels):
+        j0 = cols0 + q * width
+        used = min(width, cols1 - j0)
+        target = q * depth * width
+        if sn == 1:
             for k in range(depth):
-                packed[target + k * width] = b[column + k * sb]
+                row = (k0 + k) * sb + j0
+                t = target + k * width
+                if used == width:
+                    vstore(packed, t, vload(b, row))
+                    vstore(packed, t + L, vload(b, row + L))
+                else:  # the zeros of the masked loads fill the panel's last columns
+                    vstore(packed, t, vload_head(b, row, min(L, used)))
+                    vstore(packed, t + L, vload_head(b, row + L, max(used - L, 0)))
+        elif used == width:  # 2L columns of W^T: square blocks of W's rows, transposed
+            whole = depth - depth % L
+            for k in range(0, whole, L):
+                column = (k0 + k) * sb + j0 * sn
+                vstore_transposed(packed, target + k * width, width, b, column, sn)
+                vstore_transposed(packed, target + k * width + L, width, b, column + L * sn, sn)
+            for k in range(whole, depth):
+                column = (k0 + k) * sb + j0 * sn
+                vstore(packed, target + k * width, vgather(b, column, sn))
+                vstore(packed, target + k * width + L, vgather(b, column + L * sn, sn))
+        else:
+            packed[target:target + depth * width] = 0.0
+            for j in range(used):
+                column = k0 * sb + (j0 + j) * sn
+                for k in range(depth):
+                    packed[target + k * width + j] = b[column + k * sb]
 
 
 def strided(x: np.ndarray) -> tuple[np.ndarray, int, int]:

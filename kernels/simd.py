@@ -12,6 +12,9 @@ LLVM splits them into SSE halves, still correct).
     vload(row, i)       row[i : i + lanes(row)] as a vector (row: 1-D contiguous, no bound check;
                         a uint16 row holds bfloat16 bits and loads as float32, exactly)
     vsplat(row, i)      row[i] in every lane (a broadcast; float32 or float64 rows)
+    vgather(row, i, stride)
+                        row[i + l * stride] in lane l (a gather: one column of a row-major
+                        matrix; float32 or float64 rows, no bound check)
     vload_head(row, i, count)
                         row[i : i + count] in the first count lanes, zeros after (a masked
                         load: reads nothing past row[i + count - 1])
@@ -19,6 +22,10 @@ LLVM splits them into SSE halves, still correct).
     vstore_head(row, i, count, v)
                         row[i : i + count] = the first count lanes of v (a masked store: writes
                         nothing past row[i + count - 1])
+    vstore_transposed(out, o, ostride, x, i, xstride)
+                        out[o + r * ostride + c] = x[i + c * xstride + r] for r, c < lanes: a
+                        square block of x's rows written as out's columns (loads, then log2(lanes)
+                        rounds of two-vector shuffles, then stores; float32 or float64)
     vfma(acc, a, b)     acc + a * b lane by lane, fused (one rounding)
     vsum(v)             the sum of the lanes: pairwise, halves then quarters ... (a fixed order,
                         so equal vectors give equal bits)
@@ -168,6 +175,40 @@ def vsplat(typingctx, row, i):
 
 
 @intrinsic
+def vgather(typingctx, row, i, stride):
+    vector = _vector_of(row)
+    if row.dtype == types.uint16 or not (isinstance(i, types.Integer)
+                                         and isinstance(stride, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        scalar = context.get_value_type(row.dtype)
+        pointer = _element_pointer(context, builder, signature, args[:2], scalar)
+        offsets_type = ir.VectorType(ir.IntType(64), vector.lanes)
+        step = context.cast(builder, args[2], signature.args[2], types.int64)
+        step = builder.mul(step, ir.Constant(ir.IntType(64), row.dtype.bitwidth // 8))
+        base = builder.ptrtoint(pointer, ir.IntType(64))
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None)
+        bases, steps = (builder.shuffle_vector(
+            builder.insert_element(ir.Constant(offsets_type, None), value,
+                                   ir.Constant(ir.IntType(32), 0)),
+            ir.Constant(offsets_type, None), splat) for value in (base, step))
+        addresses = builder.add(bases, builder.mul(
+            steps, ir.Constant(offsets_type, list(range(vector.lanes)))))
+        pointers = builder.inttoptr(addresses, ir.VectorType(scalar.as_pointer(), vector.lanes))
+        stored = context.get_value_type(vector)
+        mask = ir.Constant(ir.VectorType(ir.IntType(1), vector.lanes), [1] * vector.lanes)
+        gather = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(stored, [pointers.type, ir.IntType(32), mask.type, stored]),
+            f"llvm.masked.gather.v{vector.lanes}f{row.dtype.bitwidth}.v{vector.lanes}p0")
+        return builder.call(gather, [pointers, ir.Constant(ir.IntType(32), row.dtype.bitwidth // 8),
+                                     mask, ir.Constant(stored, None)])
+
+    return vector(row, i, stride), codegen
+
+
+@intrinsic
 def vload_head(typingctx, row, i, count):
     vector = _vector_of(row)
     if not (isinstance(i, types.Integer) and isinstance(count, types.Integer)):
@@ -238,6 +279,48 @@ def vstore_head(typingctx, row, i, count, v):
         return context.get_dummy_value()
 
     return types.none(row, i, count, v), codegen
+
+
+@intrinsic
+def vstore_transposed(typingctx, out, o, ostride, x, i, xstride):
+    if not (_store_target(out, _vector_of(x)) and out.dtype == x.dtype
+            and all(isinstance(value, types.Integer) for value in (o, ostride, i, xstride))):
+        return None
+    vector = _vector_of(x)
+    count = vector.lanes
+
+    def codegen(context, builder, signature, args):
+        vector_type = context.get_value_type(vector)
+        align = x.dtype.bitwidth // 8
+        o_, ostride_, i_, xstride_ = (context.cast(builder, value, kind, types.intp)
+                                      for value, kind in zip((args[1], args[2], args[4], args[5]),
+                                                             (signature.args[1], signature.args[2],
+                                                              signature.args[4], signature.args[5]),
+                                                             strict=True))
+        source = context.make_array(signature.args[3])(context, builder, args[3])
+        target = context.make_array(signature.args[0])(context, builder, args[0])
+
+        def address(array, start, stride, r):
+            index = builder.add(start, builder.mul(stride, ir.Constant(stride.type, r)))
+            return builder.bitcast(builder.gep(array.data, [index]), vector_type.as_pointer())
+
+        rows = [builder.load(address(source, i_, xstride_, c), align=align) for c in range(count)]
+        half = count // 2
+        while half:  # swap the off-diagonal blocks of size `half` in every 2*half block
+            pick = ir.VectorType(ir.IntType(32), count)
+            low = [p if p & half == 0 else count + p - half for p in range(count)]
+            high = [p + half if p & half == 0 else count + p for p in range(count)]
+            for r in range(count):
+                if r & half == 0:
+                    first, second = rows[r], rows[r + half]
+                    rows[r] = builder.shuffle_vector(first, second, ir.Constant(pick, low))
+                    rows[r + half] = builder.shuffle_vector(first, second, ir.Constant(pick, high))
+            half //= 2
+        for r in range(count):
+            builder.store(rows[r], address(target, o_, ostride_, r), align=align)
+        return context.get_dummy_value()
+
+    return types.none(out, o, ostride, x, i, xstride), codegen
 
 
 @intrinsic

@@ -68,8 +68,9 @@ def test_gemm_bits_do_not_depend_on_the_block_computed(dtype, m, k, n, orders, c
 
 
 @pytest.mark.parametrize("dtype, n", [(np.float32, 1024), (np.float64, 512), (np.float32, 1040)])
-def test_gemm_rows_4kb_apart_are_packed_and_still_right(dtype, n):
-    """A C-order b whose rows are 4 KB apart is copied into panels instead of read in place."""
+def test_gemm_rows_4kb_apart_are_still_right(dtype, n):
+    """A C-order b whose rows are 4 KB apart (where reading it in place would thrash L1) gives
+    the product, and the bits of its Fortran-order copy (packed by transposed blocks)."""
     rng = np.random.default_rng(n)
     a = rng.standard_normal((21, 300)).astype(dtype)
     b = rng.standard_normal((300, n)).astype(dtype)

@@ -20,11 +20,14 @@ from kernels.simd import (
     lanes,
     vector_bytes,
     vfma,
+    vgather,
     vload,
     vload_head,
     vprefetch,
     vsplat,
+    vstore,
     vstore_sums,
+    vstore_transposed,
     vsum,
     vzero,
 )
@@ -105,6 +108,46 @@ def test_tile_sums_have_the_bits_of_single_sums_and_touch_only_the_tile(dtype, s
     outside = np.ones(out.shape, bool)
     outside[m:m + 4, n:n + 4] = False
     assert (out[outside] == -7.0).all()
+
+
+@njit(cache=True)
+def _gather(x, i, stride, out):
+    vstore(out, 0, vgather(x, i, stride))
+
+
+@njit(cache=True)
+def _transpose(out, o, ostride, x, i, xstride):
+    vstore_transposed(out, o, ostride, x, i, xstride)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(i=st.integers(0, 40), stride=st.integers(0, 30), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_gather_reads_one_element_per_stride(dtype, i, stride, seed):
+    count = vector_bytes() // np.dtype(dtype).itemsize
+    x = np.random.default_rng(seed).standard_normal(i + stride * count + 1).astype(dtype)
+    out = np.zeros(count, dtype)
+    _gather(x, i, stride, out)
+    np.testing.assert_array_equal(out, x[i + stride * np.arange(count)])
+    with pytest.raises(TypingError):
+        _gather(np.zeros(64, np.uint16), 0, 1, np.zeros(count, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(o=st.integers(0, 9), i=st.integers(0, 9), extra_out=st.integers(0, 20),
+       extra_x=st.integers(0, 20), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_transposed_store_writes_rows_as_columns_and_nothing_else(dtype, o, i, extra_out,
+                                                                  extra_x, seed):
+    count = vector_bytes() // np.dtype(dtype).itemsize
+    ostride, xstride = count + extra_out, count + extra_x
+    x = np.random.default_rng(seed).standard_normal(i + xstride * count).astype(dtype)
+    out = np.full(o + ostride * count, np.nan, dtype)
+    _transpose(out, o, ostride, x, i, xstride)
+    block = x[i:].reshape(count, xstride)[:, :count]  # block[c, r] = x[i + c*xstride + r]
+    written = out[o:].reshape(count, ostride)
+    np.testing.assert_array_equal(written[:, :count], block.T)
+    assert np.isnan(written[:, count:]).all() and np.isnan(out[:o]).all()
 
 
 @njit(cache=True)
@@ -189,10 +232,12 @@ def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
         "            np.testing.assert_array_equal(alone[0], out[row])\n"
         "from kernels.gemm import gemm\n"
         "for dtype, tol in ((np.float32, 1e-3), (np.float64, 1e-11)):\n"
-        "    for m, k, n in ((1, 1, 1), (9, 300, 17), (100, 40, 40)):\n"
+        "    for m, k, n in ((1, 1, 1), (9, 300, 17), (100, 40, 40), (21, 263, 70)):\n"
         "        a = rng.standard_normal((m, k)).astype(dtype)\n"
-        "        b = np.asfortranarray(rng.standard_normal((k, n)).astype(dtype))\n"
-        "        np.testing.assert_allclose(gemm(a, b), a @ b, rtol=tol, atol=tol)\n"
+        "        for b in (rng.standard_normal((k, n)).astype(dtype),\n"
+        "                  np.asfortranarray(rng.standard_normal((k, n)).astype(dtype))):\n"
+        "            for left in (a, np.asfortranarray(a)):\n"
+        "                np.testing.assert_allclose(gemm(left, b), a @ b, rtol=tol, atol=tol)\n"
         "print('ok')\n"
     )
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),
