@@ -171,6 +171,32 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     return out
 
 
+def matmul_pair(first: tuple, second: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """`matmul(*first), matmul(*second)` for two independent products (a, b[, out]) of a
+    backward pass, e.g. dW = dy^T x and dx = dy W. Inside `split_matmuls(n)` with n >= 2 they
+    run side by side, the first on a helper thread with n // 2 threads and the second here with
+    the rest, instead of one after the other each split n ways: one hand-over for two products
+    and blocks twice as big (atto's training step: bench/NOTES.md round 11). Each product is
+    computed as `matmul` computes it, so with our gemm the bits do not change."""
+    threads = getattr(_split, "threads", 0)
+    sizes = [2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b, *_ in (first, second)]
+    if threads < 2 or min(sizes) < SPLIT_FLOPS:
+        return matmul(*first), matmul(*second)
+    helper_threads = threads // 2
+
+    def on_helper() -> np.ndarray:
+        with split_matmuls(helper_threads):
+            return matmul(*first)
+
+    future = _helper_pool(threads).submit(on_helper)
+    try:
+        with split_matmuls(threads - helper_threads):
+            result = matmul(*second)
+    finally:
+        first_result = future.result()
+    return first_result, result
+
+
 def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, out=None) -> np.ndarray:
     """y = x @ w.T (+ b): x [N, C_in], w [C_out, C_in], b [C_out] or None -> y [N, C_out]."""
     if (out is None and x.shape[0] <= SMALL_ROWS and x.dtype == w.dtype

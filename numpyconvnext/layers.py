@@ -38,6 +38,7 @@ from kernels.linear import (
     linear_backward,
     linear_forward,
     matmul,
+    matmul_pair,
     patchify_backward,
     patchify_forward,
 )
@@ -311,13 +312,13 @@ class Block(Layer):
         a = gelu_forward_into(pre, ws.get("a", pre.shape, x.dtype))  # again, not kept
         dbranch, g["gamma"][...] = residual_backward(dout, branch, p["gamma"], keep)
         dbranch = dbranch.reshape(B * T, C)
-        matmul(dbranch.T, a, out=g["pwconv2.weight"])
         np.sum(dbranch, axis=0, out=g["pwconv2.bias"])
-        da = matmul(dbranch, p["pwconv2.weight"], out=ws.get("a", pre.shape, x.dtype))
+        _, da = matmul_pair((dbranch.T, a, g["pwconv2.weight"]),
+                            (dbranch, p["pwconv2.weight"], ws.get("da", pre.shape, x.dtype)))
         dpre, g["pwconv1.bias"][...] = bias_gelu_backward(da, pre)
         y, z, mean, rstd = self._norm_input(x, w_taps)
-        matmul(dpre.T, z.reshape(B * T, C), out=g["pwconv1.weight"])
-        dz = matmul(dpre, p["pwconv1.weight"], out=ws.get("dz", (B * T, C), x.dtype))
+        _, dz = matmul_pair((dpre.T, z.reshape(B * T, C), g["pwconv1.weight"]),
+                            (dpre, p["pwconv1.weight"], ws.get("dz", (B * T, C), x.dtype)))
         dy, g["norm.weight"][...], g["norm.bias"][...] = layernorm_backward(
             dz, y.reshape(B * T, C), p["norm.weight"], mean.reshape(-1), rstd.reshape(-1)
         )

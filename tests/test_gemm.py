@@ -122,6 +122,42 @@ def test_matmul_splits_our_gemm_without_changing_a_bit(gemm_choice, threads, sha
         np.testing.assert_allclose(linear.matmul(a, w.T), a @ w.T, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+@pytest.mark.parametrize("choice", ["own", "blas"])
+def test_matmul_pair_gives_each_product_as_matmul_does(gemm_choice, threads, choice):
+    """Two independent products side by side (a backward's dW and dx): each equals matmul's
+    (bit for bit with our gemm, whose bits no split changes), into the outs given."""
+    rng = np.random.default_rng(threads)
+    dy = rng.standard_normal((700, 48)).astype(np.float32)
+    x = rng.standard_normal((700, 192)).astype(np.float32)
+    w = rng.standard_normal((48, 192)).astype(np.float32)
+    gemm_choice(choice)
+    dw, dx = np.empty((48, 192), np.float32), np.empty((700, 192), np.float32)
+    with linear.split_matmuls(threads):
+        first, second = linear.matmul_pair((dy.T, x, dw), (dy, w, dx))
+        alone = linear.matmul(dy.T, x), linear.matmul(dy, w)
+    assert first is dw and second is dx
+    if choice == "own":
+        np.testing.assert_array_equal(dw, gemm(dy.T, x))
+        np.testing.assert_array_equal(dx, gemm(dy, w))
+    for result, single, exact in ((dw, alone[0], dy.T @ x), (dx, alone[1], dy @ w)):
+        np.testing.assert_allclose(result, exact, rtol=1e-4, atol=1e-3)
+        if choice == "own":
+            np.testing.assert_array_equal(result, single)
+
+
+def test_matmul_pair_waits_for_its_helper_and_passes_errors_on(gemm_choice):
+    """A failing product raises from matmul_pair, and only after the other one has finished
+    (its out is not written after the call returns)."""
+    gemm_choice("own")
+    a = np.ones((400, 300), np.float32)
+    out = np.empty((400, 400), np.float32)
+    with linear.split_matmuls(2):
+        with pytest.raises(ValueError):
+            linear.matmul_pair((a, a.T, out), (a, a))  # (400, 300) @ (400, 300): no product
+    np.testing.assert_array_equal(out, np.full((400, 400), 300.0))
+
+
 def test_matmul_outside_a_split_block_is_numpys(gemm_choice, monkeypatch):
     """Outside `split_matmuls` (BLAS may run its own threads there) every product is BLAS's,
     and so are products too small for our gemm and operands of mixed dtypes."""
