@@ -75,8 +75,9 @@ def uses_own_gemm() -> bool:
     """Whether big products go to `kernels.gemm` rather than BLAS. "auto" takes ours where the
     kernels are compiled for AVX-512 (16 float32 lanes) and NumPy's BLAS is an OpenBLAS running
     older kernels (`OPENBLAS_CORETYPE=Haswell`, or a build without AVX-512 ones): there ours ran
-    1.3-2x its speed. Against OpenBLAS's AVX-512 kernels it ran 0.6-1.1x, and on AVX2 0.6-1.05x,
-    so BLAS keeps the work there, as with any other BLAS (bench/NOTES.md round 10)."""
+    1.4-1.7x its speed in the model. Against OpenBLAS's AVX-512 kernels it runs at parity
+    (0.9-1.1x in the model), and on AVX2 0.6-1.05x, so BLAS keeps the work there, as with any
+    other BLAS (bench/NOTES.md rounds 10-11)."""
     if _gemm_choice != "auto":
         return _gemm_choice == "own"
     return vector_bytes() == 64 and _blas_below_avx512()
