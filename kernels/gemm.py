@@ -54,10 +54,10 @@ BLOCK_ROWS = 96  # rows of a per block: 96 x 256 float32 (96 KB) stay in L2
 
 
 @njit(nogil=True, cache=True)
-def _tile(a, a0, sa, sk, panel, p0, sp, depth, out, o0, ldo, first):
-    """out[o0 + r*ldo + j] (+)= sum_{k < depth} a[a0 + r*sa + k*sk] * panel[p0 + k*sp + j]
-    for r < 8 and j < 2L (L = lanes); `first` starts from zero instead of out. All 1-D
-    contiguous; out's rows are ldo apart."""
+def _tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first):
+    """out[o0 + r*ldo + j] (+)= sum_{k < depth} a[a0 + r*sa + k*sk] * panel[p0 + k*2L + j]
+    for r < 8 and j < 2L (L = lanes; a packed panel's rows are 2L long); `first` starts from
+    zero instead of out. All 1-D contiguous; out's rows are ldo apart."""
     L = lanes(panel)
     if first:
         c00 = vzero(panel)
@@ -74,7 +74,7 @@ def _tile(a, a0, sa, sk, panel, p0, sp, depth, out, o0, ldo, first):
         c70, c71 = vload(out, o0 + 7 * ldo), vload(out, o0 + 7 * ldo + L)
     for k in range(depth):
         i = a0 + k * sk
-        p = p0 + k * sp
+        p = p0 + k * 2 * L
         b0 = vload(panel, p)
         b1 = vload(panel, p + L)
         x = vsplat(a, i)
@@ -112,10 +112,11 @@ def _tile(a, a0, sa, sk, panel, p0, sp, depth, out, o0, ldo, first):
 
 
 @njit(nogil=True, cache=True)
-def _half_tile(a, a0, sa, sk, panel, p0, sp, depth, out, o0, ldo, first, columns):
+def _half_tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, columns):
     """`_tile` for one vector of columns, of which the first `columns` (<= L) are read and
     written (masked loads and stores): the last columns of a product. The same fused
     multiply-adds per element as `_tile`, so the same bits."""
+    width = 2 * lanes(panel)
     if first:
         c0 = vzero(panel)
         c1, c2, c3, c4, c5, c6, c7 = c0, c0, c0, c0, c0, c0, c0
@@ -130,7 +131,7 @@ def _half_tile(a, a0, sa, sk, panel, p0, sp, depth, out, o0, ldo, first, columns
         c7 = vload_head(out, o0 + 7 * ldo, columns)
     for k in range(depth):
         i = a0 + k * sk
-        b0 = vload(panel, p0 + k * sp)
+        b0 = vload(panel, p0 + k * width)
         c0 = vfma(c0, vsplat(a, i), b0)
         c1 = vfma(c1, vsplat(a, i + sa), b0)
         c2 = vfma(c2, vsplat(a, i + 2 * sa), b0)
@@ -190,21 +191,20 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                 for i in range(i0, i1, TILE_ROWS):
                     start = i * sa + k0 * sk
                     if i + TILE_ROWS <= i1 and used == width:
-                        _tile(a, start, sa, sk, packed, p0, width, pass_depth, out, i * ldo + j0,
-                              ldo, first)
+                        _tile(a, start, sa, sk, packed, p0, pass_depth, out, i * ldo + j0, ldo,
+                              first)
                     elif i + TILE_ROWS <= i1:  # the last columns: one or two masked vectors
                         o0 = i * ldo + j0
-                        _half_tile(a, start, sa, sk, packed, p0, width, pass_depth, out, o0, ldo,
-                                   first, min(L, used))
+                        _half_tile(a, start, sa, sk, packed, p0, pass_depth, out, o0, ldo, first,
+                                   min(L, used))
                         if used > L:
-                            _half_tile(a, start, sa, sk, packed, p0 + L, width, pass_depth, out,
-                                       o0 + L, ldo, first, used - L)
+                            _half_tile(a, start, sa, sk, packed, p0 + L, pass_depth, out, o0 + L,
+                                       ldo, first, used - L)
                     else:  # the last rows: a scratch tile
                         for r in range(count):
                             for j in range(used):
                                 tile[r * width + j] = out[(i + r) * ldo + j0 + j]
-                        _tile(last, 0, 1, TILE_ROWS, packed, p0, width, pass_depth, tile, 0, width,
-                              first)
+                        _tile(last, 0, 1, TILE_ROWS, packed, p0, pass_depth, tile, 0, width, first)
                         for r in range(count):
                             for j in range(used):
                                 out[(i + r) * ldo + j0 + j] = tile[r * width + j]
