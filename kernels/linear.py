@@ -23,6 +23,7 @@ product, fewer bytes copied).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import threading
@@ -35,6 +36,7 @@ import numpy as np
 from kernels.block import SMALL_ROWS, matmul_rows
 from kernels.gemm import TILE_ROWS, gemm_block, strided
 from kernels.simd import vector_bytes
+from kernels.split import blas_products, own_products
 
 # products below this many FLOPs are not split across threads (a hand-off costs ~20-50 us)
 SPLIT_FLOPS = 8_000_000
@@ -47,19 +49,23 @@ _gemm_choice = "auto"
 
 
 @contextmanager
-def split_matmuls(threads: int) -> Iterator[None]:
+def split_matmuls(threads: int, region: bool = False) -> Iterator[None]:
     """Within the block, `matmul` in this thread splits big products over `threads` threads
     and may use `kernels.gemm` instead of BLAS (see `uses_own_gemm`).
 
+    With `region`, the blocks of a split product are computed by the threads of one Numba
+    parallel loop (kernels/split.py) instead of this thread and Python helper threads: for a
+    caller that runs Numba's kernels on `threads` threads too and whose pool's idle threads
+    wait briefly (numpyconvnext.threads), so that they are awake when a product starts.
     Only for a caller that knows BLAS runs single-threaded meanwhile (numpyconvnext.threads
     limits it around its own calls); outside such a block every product goes to BLAS as it is.
     """
-    saved = getattr(_split, "threads", 0)
-    _split.threads = int(threads)
+    saved = getattr(_split, "threads", 0), getattr(_split, "region", False)
+    _split.threads, _split.region = int(threads), bool(region)
     try:
         yield
     finally:
-        _split.threads = saved
+        _split.threads, _split.region = saved
 
 
 def set_gemm(choice: str) -> None:
@@ -96,6 +102,28 @@ def _blas_below_avx512() -> bool:
 
 
 @functools.cache
+def blas_gemm_address(dtype) -> tuple[int, np.signedinteger]:
+    """(address of NumPy's CBLAS `sgemm` or `dgemm` for `dtype`, np.int64(0) or np.int32(0) as
+    its integer width), for `kernels.split.blas_products`; (0, np.int64(0)) where it is not an
+    OpenBLAS whose symbols and integer width are known (then products split over Python
+    helper threads)."""
+    name = {"f": "cblas_sgemm", "d": "cblas_dgemm"}.get(np.dtype(dtype).char)
+    libraries = numpy_blas()
+    if name is None or len(libraries) != 1 or libraries[0].internal_api != "openblas":
+        return 0, np.int64(0)
+    library = libraries[0]
+    symbol = f"{getattr(library, '_symbol_prefix', '')}{{}}{getattr(library, '_symbol_suffix', '')}"
+    try:
+        gemm = getattr(library.dynlib, symbol.format(name))
+        get_config = getattr(library.dynlib, symbol.format("openblas_get_config"))
+    except AttributeError:
+        return 0, np.int64(0)
+    get_config.restype = ctypes.c_char_p
+    wide = np.int64(0) if b"USE64BITINT" in (get_config() or b"") else np.int32(0)
+    return ctypes.cast(gemm, ctypes.c_void_p).value or 0, wide
+
+
+@functools.cache
 def numpy_blas() -> list:
     """threadpoolctl controllers of the BLAS NumPy calls (found once; scanning costs ~3 ms)."""
     from threadpoolctl import ThreadpoolController
@@ -123,6 +151,60 @@ def _spans(size: int, parts: int, step: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
 
 
+def _uses_own(a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> bool:
+    """Whether `matmul` computes a @ b (into out) with our gemm (inside `split_matmuls`)."""
+    rows, depth, cols = a.shape[0], a.shape[1], b.shape[1]
+    return (2 * rows * depth * cols >= GEMM_FLOPS and uses_own_gemm() and a.ndim == b.ndim == 2
+            and depth == b.shape[0] and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
+            and (out is None or (out.shape == (rows, cols) and out.flags.c_contiguous
+                                 and out.dtype == a.dtype)))
+
+
+def _out_for(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.empty((a.shape[0], b.shape[1]), np.result_type(a, b)) if out is None else out
+
+
+def _region_job(a: np.ndarray, b: np.ndarray, out: np.ndarray, own: bool) -> tuple | None:
+    """A product as `kernels.split` takes it: (flat a, flat b, flat out, layout, size of the
+    split dimension, step of the cuts, by columns), or None if it must go the Python way (a
+    layout or dtype the region does not take, no BLAS address)."""
+    rows, depth, cols = a.shape[0], a.shape[1], b.shape[1]
+    if not (a.ndim == b.ndim == 2 and depth == b.shape[0] and a.dtype == b.dtype == out.dtype
+            and a.dtype in (np.float32, np.float64) and out.shape == (rows, cols)
+            and out.flags.c_contiguous and out.flags.writeable
+            and all(x.flags.c_contiguous or x.flags.f_contiguous for x in (a, b))):
+        return None
+    if not own and not blas_gemm_address(a.dtype)[0]:
+        return None
+    a_flat, sa, sk = strided(a)
+    b_flat, sb, sn = strided(b)
+    layout = np.array([sa, sk, sb, sn, depth, cols], dtype=np.int64)
+    by_columns = cols > rows
+    # the cuts of the Python way below, so that either way gives the same bits
+    step = (2 * vector_bytes() // out.itemsize if by_columns else TILE_ROWS) if own else 1
+    return a_flat, b_flat, out.reshape(-1), layout, cols if by_columns else rows, step, by_columns
+
+
+def _run_region(own: bool, jobs: list[tuple[tuple, int]]) -> None:
+    """Compute one or two products (`_region_job`, each with the number of blocks to cut it
+    into) in one parallel loop of `kernels.split`."""
+    tasks = []
+    for which, (job, parts) in enumerate(jobs):
+        out, size, step, by_columns = job[2], job[4], job[5], job[6]
+        rows, cols = out.size // job[3][5], job[3][5]
+        for lo, hi in _spans(size, parts, step):
+            tasks.append((which, 0, rows, lo, hi) if by_columns else (which, lo, hi, 0, cols))
+    operands = [job[:4] for job, _ in jobs]
+    if len(operands) == 1:
+        operands.append(operands[0])
+    table = np.array(tasks, dtype=np.int64)
+    if own:
+        own_products(table, *operands[0], *operands[1])
+    else:
+        address, wide = blas_gemm_address(operands[0][0].dtype)
+        blas_products(address, wide, table, *operands[0], *operands[1])
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """`np.matmul(a, b, out=out)` for 2-D operands. Inside `split_matmuls(n)` a product big
     enough goes to our `kernels.gemm` where `uses_own_gemm()` says so, and is split across n
@@ -137,15 +219,17 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     threads = getattr(_split, "threads", 0)
     rows, depth, cols = a.shape[0], a.shape[1], b.shape[1]
     flops = 2 * rows * depth * cols
-    own = (threads >= 1 and flops >= GEMM_FLOPS and uses_own_gemm() and a.ndim == b.ndim == 2
-           and depth == b.shape[0] and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
-           and (out is None or (out.shape == (rows, cols) and out.flags.c_contiguous
-                                and out.dtype == a.dtype)))
+    own = threads >= 1 and _uses_own(a, b, out)
     if not own and (threads < 2 or max(rows, cols) < 2 * threads or flops < SPLIT_FLOPS):
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((rows, cols), dtype=np.result_type(a, b))
     parts = threads if flops >= SPLIT_FLOPS else 1
+    if parts > 1 and getattr(_split, "region", False):
+        job = _region_job(a, b, out, own)
+        if job is not None:
+            _run_region(own, [(job, parts)])
+            return out
     by_columns = cols > rows
     if own:
         a_flat, sa, sk = strided(a)
@@ -184,6 +268,14 @@ def matmul_pair(first: tuple, second: tuple) -> tuple[np.ndarray, np.ndarray]:
     if threads < 2 or min(sizes) < SPLIT_FLOPS:
         return matmul(*first), matmul(*second)
     helper_threads = threads // 2
+    if getattr(_split, "region", False):
+        (a1, b1, *_), (a2, b2, *_) = first, second
+        outs = [_out_for(*first), _out_for(*second)]
+        own = [_uses_own(a1, b1, outs[0]), _uses_own(a2, b2, outs[1])]
+        jobs = [_region_job(a1, b1, outs[0], own[0]), _region_job(a2, b2, outs[1], own[1])]
+        if own[0] == own[1] and None not in jobs:
+            _run_region(own[0], [(jobs[0], helper_threads), (jobs[1], threads - helper_threads)])
+            return outs[0], outs[1]
 
     def on_helper() -> np.ndarray:
         with split_matmuls(helper_threads):

@@ -26,6 +26,13 @@ address would not survive Numba's disk cache).
                           calls it from compiled code (the parallel loops launched after it
                           use n threads); no-op for address 0
 
+    call_blas_gemm(address, wide, trans_a, trans_b, m, n, k, a, a0, lda, b, b0, ldb, c, c0, ldc)
+                          calls a CBLAS `?gemm` (kernels.linear.blas_gemm_address) in row-major
+                          order with alpha 1 and beta 0: c[c0:] = op(a[a0:]) @ op(b[b0:]), m x n
+                          from depth k; trans 111 (as stored) or 112 (transposed), ld* the
+                          leading dimensions, all in elements; `wide` a np.int64 for a BLAS with
+                          64-bit integers (ILP64), a np.int32 for one with 32-bit integers
+
 The kernel calls run their kernel unchanged (same bits) and return what it returns (`out`).
 The address must be that of the kernel compiled for the same dtypes and ranks (the functions
 in kernels.block choose it by dtype; the intrinsics check that every array is C-contiguous: an
@@ -125,6 +132,50 @@ def call_block_rows(typingctx, address, x, w_taps, dw_bias, norm_w, norm_b, eps,
     i64 = types.int64
     return out(i64, x, w_taps, dw_bias, norm_w, norm_b, types.float64, w1, b1, w2, b2, gamma,
                keep, z, a, out, i64, i64), _emit_call
+
+
+@intrinsic
+def call_blas_gemm(typingctx, address, wide, trans_a, trans_b, m, n, k, a, a0, lda, b, b0, ldb, c,
+                   c0, ldc):
+    dtype = getattr(a, "dtype", None)
+    if dtype not in (types.float32, types.float64):
+        raise TypingError(f"call_blas_gemm: a must be a float32 or float64 array, got {a}")
+    for name, array in (("a", a), ("b", b), ("c", c)):
+        _check(f"call_blas_gemm: {name}", array, dtype, 1)
+    _check_scalars("call_blas_gemm", dict(address=address, wide=wide, trans_a=trans_a,
+                                          trans_b=trans_b, m=m, n=n, k=k, a0=a0, lda=lda, b0=b0,
+                                          ldb=ldb, c0=c0, ldc=ldc), {})
+    if wide.bitwidth not in (32, 64):
+        raise TypingError(f"call_blas_gemm: wide must be a 32- or 64-bit integer, got {wide}")
+
+    def codegen(context, builder, signature, args):
+        address, _, trans_a, trans_b, m, n, k, a, a0, lda, b, b0, ldb, c, c0, ldc = args
+        real = context.get_value_type(dtype)
+        pointer = real.as_pointer()
+        enum, integer = ir.IntType(32), ir.IntType(signature.args[1].bitwidth)
+        gemm_type = ir.FunctionType(ir.VoidType(), [enum, enum, enum, integer, integer, integer,
+                                                    real, pointer, integer, pointer, integer,
+                                                    real, pointer, integer])
+
+        def at(array, array_type, offset):
+            data = context.make_array(array_type)(context, builder, array).data
+            return builder.gep(data, [offset])
+
+        def blas_int(value):
+            return builder.trunc(value, integer) if integer.width < 64 else value
+
+        gemm = builder.inttoptr(address, gemm_type.as_pointer())
+        row_major = enum(101)
+        builder.call(gemm, [row_major, builder.trunc(trans_a, enum), builder.trunc(trans_b, enum),
+                            blas_int(m), blas_int(n), blas_int(k), real(1.0),
+                            at(a, signature.args[7], a0), blas_int(lda),
+                            at(b, signature.args[10], b0), blas_int(ldb), real(0.0),
+                            at(c, signature.args[13], c0), blas_int(ldc)])
+        return context.get_dummy_value()
+
+    i64 = types.int64
+    return types.none(i64, wide, i64, i64, i64, i64, i64, a, i64, i64, b, i64, i64, c, i64,
+                      i64), codegen
 
 
 @intrinsic

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
-from numba import types
+from numba import typeof, types
 
 _NOT_NEEDED = ("0", "false", "no", "off")
 
@@ -52,15 +52,32 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
 
 
 def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
-    from kernels import adamw, block, dwconv, gelu, gemm, layernorm, linear, residual
+    from kernels import adamw, block, dwconv, gelu, gemm, layernorm, linear, residual, split
+    from numpyconvnext import threads
     from numpyconvnext.trading.backtest import _run as backtest_run
 
     a1, a2, a3 = (types.Array(types.float32, ndim, "C") for ndim in (1, 2, 3))
     real, count = types.float64, types.int64
     operand = types.Array(types.float32, 1, "C", readonly=True)  # kernels.gemm.strided
+    own = linear.uses_own_gemm()
+    products = [  # the split products: in Numba's pool when the kernels use it too
+        (operand, operand, a1, types.Array(count, 1, "C"))] * 2
+    tasks = types.Array(count, 2, "C")
+    address, wide = linear.blas_gemm_address(np.float32)
+    kernel_threads, matmul_threads = threads.thread_counts()
+    if kernel_threads != matmul_threads or matmul_threads < 2:
+        region = []
+    elif own:
+        region = [(split.own_products, (tasks, *products[0], *products[1]))]
+    elif address:
+        region = [(split.blas_products, (count, typeof(wide), tasks, *products[0],
+                                         *products[1]))]
+    else:
+        region = []
     step = [  # the order a training step first calls them
         *([(gemm.gemm_block, (operand, count, count, operand, count, count, count, a1, count,
-                              count, count, count, count))] if linear.uses_own_gemm() else []),
+                              count, count, count, count))] if own else []),
+        *region,
         (layernorm.layernorm_forward, (a2, a1, a1, real)),
         (dwconv.dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),
         (gelu.bias_gelu_forward_into, (a2, a1, a2)),

@@ -219,7 +219,9 @@ def compute(blas: bool = True) -> Iterator[None]:
     _local.depth = 1
     try:
         if limited:
-            with split_matmuls(matmul_threads):
+            # Numba's pool awake in our calls (not left asleep for a long wait): it splits the
+            # products too, instead of Python helper threads (kernels.linear.split_matmuls)
+            with split_matmuls(matmul_threads, region=kernel_threads == matmul_threads > 1):
                 yield
         else:
             yield

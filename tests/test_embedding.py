@@ -169,6 +169,27 @@ def test_kernels_leave_a_long_spinning_openmp_pool_asleep(monkeypatch):
     assert threads.thread_counts() == (1, 1)
 
 
+def test_products_split_in_numbas_pool_only_when_the_kernels_use_it_too(monkeypatch):
+    """Inside our calls the big products split over Numba's pool (one parallel loop) when the
+    kernels run on all its threads; under a long OpenMP wait (kernels on the calling thread)
+    over Python helper threads, as with one thread."""
+    import numba
+
+    from kernels import linear
+
+    threads.start()
+    seen = []
+    for wait, requested in (("bridging", None), ("short", None), ("long", None), ("long", 1)):
+        monkeypatch.setattr(threads, "_openmp_wait", wait)
+        monkeypatch.setattr(threads, "_requested", requested)
+        with threads.compute():
+            seen.append((linear._split.threads, linear._split.region))
+    every = numba.get_num_threads()
+    if numpy_blas():
+        assert seen == [(every, every > 1), (every, every > 1), (every, False), (1, False)]
+    assert getattr(linear._split, "region", False) is False
+
+
 def test_batch1_blocks_all_split_only_when_the_pool_stays_awake_between_loops(monkeypatch):
     from kernels.block import SPLIT_WORK
 

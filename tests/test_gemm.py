@@ -219,3 +219,147 @@ def test_read_only_operands_take_the_same_compiled_code():
     a.flags.writeable = b.flags.writeable = False
     np.testing.assert_array_equal(gemm(a, b.T.copy().T), np.full((20, 40), 30))
     assert set(gemm_block.overloads) == compiled
+
+
+def _operands(rng, m, k, n, dtype, orders):
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    a = a if orders[0] == "C" else np.asfortranarray(a)
+    b = b if orders[1] == "C" else np.asfortranarray(b)
+    return a, b
+
+
+@pytest.mark.parametrize("choice", ["own", "blas"])
+@pytest.mark.parametrize("threads", [2, 3, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, orders", [((300, 70, 90), "CC"), ((40, 70, 500), "FC"),
+                                           ((500, 600, 9), "CF"), ((64, 256, 200), "FF")])
+def test_matmul_in_one_parallel_region_gives_the_helper_threads_bits(
+        gemm_choice, choice, threads, dtype, shape, orders):
+    """A product split in one Numba parallel loop (kernels/split.py) is the same blocks, each
+    the same call, as split over Python helper threads: the same bits, into out if given."""
+    rng = np.random.default_rng(threads)
+    a, b = _operands(rng, *shape, dtype, orders)
+    gemm_choice(choice)
+    with linear.split_matmuls(threads):
+        helpers = linear.matmul(a, b)
+    out = np.full((shape[0], shape[2]), np.nan, dtype)
+    with linear.split_matmuls(threads, region=True):
+        region = linear.matmul(a, b, out=out)
+    assert region is out
+    np.testing.assert_array_equal(region, helpers)
+    tolerance = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(region, a.astype(np.float64) @ b, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("choice", ["own", "blas"])
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_matmul_pair_in_one_parallel_region_gives_the_helper_threads_bits(
+        gemm_choice, choice, threads):
+    rng = np.random.default_rng(threads)
+    dy = rng.standard_normal((700, 48)).astype(np.float32)
+    x = rng.standard_normal((700, 192)).astype(np.float32)
+    w = rng.standard_normal((48, 192)).astype(np.float32)
+    gemm_choice(choice)
+    with linear.split_matmuls(threads):
+        helpers = linear.matmul_pair((dy.T, x), (dy, w))
+    dx = np.empty((700, 192), np.float32)
+    with linear.split_matmuls(threads, region=True):
+        dw, given = linear.matmul_pair((dy.T, x), (dy, w, dx))
+    assert given is dx
+    np.testing.assert_array_equal(dw, helpers[0])
+    np.testing.assert_array_equal(dx, helpers[1])
+    np.testing.assert_allclose(dw, dy.T @ x, rtol=1e-4, atol=1e-3)
+
+
+def test_the_region_leaves_what_it_does_not_take_to_the_helper_threads(gemm_choice, monkeypatch):
+    """Mixed dtypes, an operand in neither order, a read-only or non-contiguous out, or no
+    BLAS address: computed the Python way (and still right)."""
+    gemm_choice("blas")
+    regions = []
+    monkeypatch.setattr(linear, "_run_region", lambda *args: regions.append(args))
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((300, 200)).astype(np.float32)
+    b = rng.standard_normal((200, 400)).astype(np.float32)
+    read_only = np.empty((300, 400), np.float32)
+    read_only.flags.writeable = False
+    with linear.split_matmuls(2, region=True):
+        linear.matmul(a, b)
+        assert len(regions) == 1  # taken (not computed: recorded)
+        regions.clear()
+        for x, y, out in ((a, b.astype(np.float64), None), (a[:, ::2], b[::2], None),
+                          (a, b, np.empty((400, 300), np.float32).T)):
+            result = linear.matmul(x, y, out=out)
+            np.testing.assert_allclose(result, x.astype(np.float64) @ y, rtol=1e-4, atol=1e-3)
+        with pytest.raises(ValueError):
+            linear.matmul(a, b, out=read_only)
+        assert not regions
+        monkeypatch.setattr(linear, "blas_gemm_address", lambda dtype: (0, np.int64(0)))
+        np.testing.assert_allclose(linear.matmul(a, b), a @ b, rtol=1e-4, atol=1e-3)
+        assert not regions
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_products_compute_each_block_as_numpy_does(dtype):
+    """kernels.split.blas_products calls NumPy's own ?gemm per block (C and Fortran operands,
+    blocks by rows and by columns, two products in one loop): each block of out is what
+    np.matmul gives for that block, and nothing outside the blocks is written."""
+    from kernels.gemm import strided
+    from kernels.split import blas_products
+
+    address, wide = linear.blas_gemm_address(dtype)
+    if not address:
+        assert not [lib for lib in linear.numpy_blas() if lib.internal_api == "openblas"]
+        pytest.skip("NumPy's BLAS is not an OpenBLAS: the region is not used with it")
+    rng = np.random.default_rng(1)
+    first = _operands(rng, 50, 30, 70, dtype, "FC")
+    second = _operands(rng, 64, 33, 20, dtype, "CF")
+    outs = [np.full((50, 70), -7, dtype), np.full((64, 20), -7, dtype)]
+    blocks = [(0, 0, 50, 0, 32), (0, 0, 50, 40, 70), (1, 0, 24, 0, 20), (1, 30, 64, 5, 20)]
+    described = []
+    for (a, b), out in zip((first, second), outs, strict=True):
+        a_flat, sa, sk = strided(a)
+        b_flat, sb, sn = strided(b)
+        described.append((a_flat, b_flat, out.reshape(-1),
+                          np.array([sa, sk, sb, sn, a.shape[1], out.shape[1]], np.int64)))
+    blas_products(address, wide, np.array(blocks, np.int64), *described[0], *described[1])
+    for which, r0, r1, c0, c1 in blocks:
+        (a, b), out = (first, second)[which], outs[which]
+        np.testing.assert_array_equal(out[r0:r1, c0:c1], np.matmul(a[r0:r1], b[:, c0:c1]))
+        out[r0:r1, c0:c1] = -7
+    assert all((out == -7).all() for out in outs)
+
+
+def test_blas_address_only_for_an_openblas_it_can_read(monkeypatch):
+    """Another BLAS, two of them, or an OpenBLAS without the symbols: no address (Python
+    helper threads then); an OpenBLAS built with 32-bit integers is called with 32-bit ones."""
+    import ctypes
+
+    callback = ctypes.CFUNCTYPE(None)(lambda: None)
+
+    class Symbols:
+        def __init__(self, config):
+            self.cblas_sgemm = callback
+            self.openblas_get_config = lambda: config
+
+    class Library:
+        def __init__(self, api, config=b"OpenBLAS 0.3.31 DYNAMIC_ARCH", symbols=True):
+            self.internal_api = api
+            self.dynlib = Symbols(config) if symbols else object()
+
+    expected = ctypes.cast(callback, ctypes.c_void_p).value
+    cases = [([Library("mkl")], 0, None), ([Library("openblas")] * 2, 0, None),
+             ([Library("openblas", symbols=False)], 0, None),
+             ([Library("openblas")], expected, np.int32),
+             ([Library("openblas", b"OpenBLAS USE64BITINT")], expected, np.int64)]
+    try:
+        for libraries, address, width in cases:
+            monkeypatch.setattr(linear, "numpy_blas", lambda libraries=libraries: libraries)
+            linear.blas_gemm_address.cache_clear()
+            found, wide = linear.blas_gemm_address(np.float32)
+            assert found == address
+            if width is not None:
+                assert type(wide) is width
+        assert linear.blas_gemm_address(np.int32)[0] == 0
+    finally:
+        linear.blas_gemm_address.cache_clear()
