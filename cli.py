@@ -1280,6 +1280,9 @@ def _evaluate_basket(request, options: dict) -> None:
 
 
 OPENMP_WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+# glibc malloc: (environment variable, mallopt parameter, value): blocks up to 32 MB come from
+# the heap, not from a mapping of their own, and up to 128 MB of freed heap stay with the process
+MALLOC_SETTINGS = (("MALLOC_MMAP_THRESHOLD_", -3, 32 << 20), ("MALLOC_TRIM_THRESHOLD_", -1, 128 << 20))
 
 
 def set_process_defaults(environ) -> None:
@@ -1293,12 +1296,42 @@ def set_process_defaults(environ) -> None:
 
     Numba compiles at LLVM -O2 instead of its -O3 (`NUMBA_OPT`, unless the user set it): the
     one-call batch-1 network compiles ~30 % faster on an empty cache, and neither batch-1
-    predict nor a training step got slower (AVX-512 and AVX2 code; bench/NOTES.md, round 5)."""
+    predict nor a training step got slower (AVX-512 and AVX2 code; bench/NOTES.md, round 5).
+
+    glibc's malloc keeps freed memory for the next step's arrays (`MALLOC_SETTINGS`, unless the
+    user set a malloc variable or tunable; `keep_freed_memory` applies them to this process)."""
     if not any(environ.get(name) for name in OPENMP_WAIT_VARIABLES):
         environ["GOMP_SPINCOUNT"] = "3000"
         environ["KMP_BLOCKTIME"] = "0"
     if not environ.get("NUMBA_OPT"):
         environ["NUMBA_OPT"] = "2"
+    if not (any(environ.get(name) for name, _, _ in MALLOC_SETTINGS)
+            or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")):
+        for name, _, value in MALLOC_SETTINGS:
+            environ[name] = str(value)
+
+
+def keep_freed_memory(environ) -> bool:
+    """Apply the MALLOC_SETTINGS values of `environ` to this running process (glibc reads the
+    variables only when a process starts; child processes get them from the environment).
+
+    Freed memory stays with the process for the next step's arrays instead of going back to
+    the kernel and being faulted in again, page by page: glibc's own thresholds adapt to the
+    sizes freed, and with atto's activations (0.3-1.3 MB) they returned ~10 MB per training
+    step, 2,600 page faults, 5-6 ms of a 38 ms step (bench/NOTES.md, round 12). False where
+    the C library is not glibc (nothing done)."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = ctypes.CDLL(None).mallopt
+    done = True
+    for name, parameter, _ in MALLOC_SETTINGS:
+        value = environ.get(name, "")
+        if value.isdigit():
+            done = mallopt(parameter, int(value)) == 1 and done
+    return done
 
 
 def run() -> None:
@@ -1307,6 +1340,7 @@ def run() -> None:
     import os
 
     set_process_defaults(os.environ)
+    keep_freed_memory(os.environ)
     main()
 
 

@@ -251,19 +251,61 @@ def test_cli_sets_a_short_openmp_wait_and_llvm_o2_for_its_own_process_only():
 
     environ: dict[str, str] = {}
     set_process_defaults(environ)
-    assert environ == {"GOMP_SPINCOUNT": "3000", "KMP_BLOCKTIME": "0", "NUMBA_OPT": "2"}
-    mine = {"OMP_WAIT_POLICY": "ACTIVE", "NUMBA_OPT": "3"}
-    set_process_defaults(mine)
-    assert mine == {"OMP_WAIT_POLICY": "ACTIVE", "NUMBA_OPT": "3"}
+    assert environ == {"GOMP_SPINCOUNT": "3000", "KMP_BLOCKTIME": "0", "NUMBA_OPT": "2",
+                       "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+                       "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+    for mine in ({"OMP_WAIT_POLICY": "ACTIVE", "NUMBA_OPT": "3", "MALLOC_TRIM_THRESHOLD_": "0"},
+                 {"KMP_BLOCKTIME": "5", "NUMBA_OPT": "1",
+                  "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}):
+        given = dict(mine)
+        set_process_defaults(mine)
+        assert mine == given
     # ... and `python cli.py` applies it before it imports the library
     out = subprocess.run([sys.executable, "-c", "import os, runpy, sys; sys.argv = ['cli.py', '--help'];"
                           "\ntry: runpy.run_path('cli.py', run_name='__main__')"
                           "\nexcept SystemExit: pass"
+                          "\nprint(os.environ.get('MALLOC_TRIM_THRESHOLD_'))"
                           "\nprint(os.environ.get('GOMP_SPINCOUNT'))"],
                          cwd=ROOT, capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if k not in
-                              ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}).stdout
-    assert out.strip().endswith("3000")
+                              ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+                              and not k.startswith("MALLOC_")}).stdout
+    assert out.split()[-2:] == [str(128 << 20), "3000"]
+
+
+# a process that frees and allocates again, step after step, blocks of the sizes of a small
+# model's activations (the page faults of the last steps after the first two warmed up)
+FAULTS = """
+import resource, sys
+import numpy as np
+sys.path.insert(0, ".")
+if sys.argv[1] == "cli":
+    from cli import keep_freed_memory, set_process_defaults
+    environ = {}
+    set_process_defaults(environ)
+    assert keep_freed_memory(environ)
+def step():
+    kept = [np.ones(n) for n in (40_000, 160_000, 80_000, 160_000) * 6]
+    del kept
+for _ in range(2):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_cli_keeps_freed_memory_instead_of_faulting_it_in_again():
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    faults = {}
+    for how in ("default", "cli"):
+        faults[how] = int(subprocess.run([sys.executable, "-c", FAULTS, how], cwd=ROOT,
+                                         env=environ, capture_output=True, text=True,
+                                         check=True).stdout)
+    assert faults["cli"] * 10 < faults["default"], faults
 
 
 FIRST_CALL = """
