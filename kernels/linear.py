@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import numpy as np
 
@@ -164,10 +165,22 @@ def _out_for(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.
     return np.empty((a.shape[0], b.shape[1]), np.result_type(a, b)) if out is None else out
 
 
-def _region_job(a: np.ndarray, b: np.ndarray, out: np.ndarray, own: bool) -> tuple | None:
-    """A product as `kernels.split` takes it: (flat a, flat b, flat out, layout, size of the
-    split dimension, step of the cuts, by columns), or None if it must go the Python way (a
-    layout or dtype the region does not take, no BLAS address)."""
+class _Job(NamedTuple):
+    """A product as `kernels.split` takes it, and how to cut it into blocks."""
+
+    a: np.ndarray  # flat operands (kernels.gemm.strided) and out
+    b: np.ndarray
+    out: np.ndarray
+    layout: np.ndarray  # [sa, sk, sb, sn, depth, ldo]
+    rows: int
+    cols: int
+    by_columns: bool  # cut out's columns (else its rows)
+    step: int  # cuts at multiples of this
+
+
+def _region_job(a: np.ndarray, b: np.ndarray, out: np.ndarray, own: bool) -> _Job | None:
+    """The product for `_run_region`, or None if it must go the Python way (a layout or dtype
+    the region does not take, or no BLAS address)."""
     rows, depth, cols = a.shape[0], a.shape[1], b.shape[1]
     if not (a.ndim == b.ndim == 2 and depth == b.shape[0] and a.dtype == b.dtype == out.dtype
             and a.dtype in (np.float32, np.float64) and out.shape == (rows, cols)
@@ -180,28 +193,27 @@ def _region_job(a: np.ndarray, b: np.ndarray, out: np.ndarray, own: bool) -> tup
     b_flat, sb, sn = strided(b)
     layout = np.array([sa, sk, sb, sn, depth, cols], dtype=np.int64)
     by_columns = cols > rows
-    # the cuts of the Python way below, so that either way gives the same bits
+    # the cuts of the Python way (`matmul` below), so that either way gives the same bits
     step = (2 * vector_bytes() // out.itemsize if by_columns else TILE_ROWS) if own else 1
-    return a_flat, b_flat, out.reshape(-1), layout, cols if by_columns else rows, step, by_columns
+    return _Job(a_flat, b_flat, out.reshape(-1), layout, rows, cols, by_columns, step)
 
 
-def _run_region(own: bool, jobs: list[tuple[tuple, int]]) -> None:
-    """Compute one or two products (`_region_job`, each with the number of blocks to cut it
-    into) in one parallel loop of `kernels.split`."""
+def _run_region(own: bool, jobs: list[tuple[_Job, int]]) -> None:
+    """Compute one or two products, each cut into the number of blocks given, in one parallel
+    loop of `kernels.split`."""
     tasks = []
     for which, (job, parts) in enumerate(jobs):
-        out, size, step, by_columns = job[2], job[4], job[5], job[6]
-        rows, cols = out.size // job[3][5], job[3][5]
-        for lo, hi in _spans(size, parts, step):
-            tasks.append((which, 0, rows, lo, hi) if by_columns else (which, lo, hi, 0, cols))
-    operands = [job[:4] for job, _ in jobs]
-    if len(operands) == 1:
+        for lo, hi in _spans(job.cols if job.by_columns else job.rows, parts, job.step):
+            tasks.append((which, 0, job.rows, lo, hi) if job.by_columns
+                         else (which, lo, hi, 0, job.cols))
+    operands = [(job.a, job.b, job.out, job.layout) for job, _ in jobs]
+    if len(operands) == 1:  # the loop takes two products; the second is then never read
         operands.append(operands[0])
     table = np.array(tasks, dtype=np.int64)
     if own:
         own_products(table, *operands[0], *operands[1])
     else:
-        address, wide = blas_gemm_address(operands[0][0].dtype)
+        address, wide = blas_gemm_address(jobs[0][0].out.dtype)
         blas_products(address, wide, table, *operands[0], *operands[1])
 
 
