@@ -18,6 +18,9 @@ undone when they return:
   own helper threads instead: OpenBLAS's threads spin-wait and collapse 3-80x when another
   process holds a core (bench/NOTES.md). Other threads of your process that call BLAS while one
   of our calls runs get one BLAS thread too. Batch-1 predict uses no BLAS and limits nothing.
+  When the kernels run on all of Numba's threads (below), the split products run on them too,
+  in one parallel loop calling BLAS by address per block (kernels/split.py): the pool's
+  threads are awake from the kernel before, a Python helper has to be woken.
 - **OpenMP wait policy**: we set none. Numba's default threading layer on Linux is GNU OpenMP,
   whose idle threads spin 300,000 times (milliseconds) before sleeping unless the process
   environment says otherwise, and when torch was imported first Numba shares torch's OpenMP
