@@ -36,6 +36,20 @@ LLVM splits them into SSE halves, still correct).
                         `prefetcht0`; never faults, changes no value: it only moves the wait)
     lanes(array)        how many elements of the array a vector holds (a compile-time constant)
 
+Eight float64 lanes whatever the ISA (an `OCTET`: the eight running sums of a row reduction
+in float64, lane j summing the elements j mod 8, the order of eight scalar sums):
+
+    voctet(row, i)      row[i : i + 8] as an OCTET (a float32 row's elements widened, exactly)
+    voctet_splat(x)     the float x in every lane of an OCTET
+    veight(row, i)      row[i : i + 8] in eight lanes of row's own dtype (for arithmetic in
+                        float32 before widening, as scalar float32 code rounds)
+    veight_splat(row, x)
+                        x, cast to row's dtype, in eight lanes of that dtype
+    vwiden(v)           eight lanes as an OCTET (float32 widened exactly; float64 as it is)
+    vadd(a, b), vsub(a, b), vmul(a, b)
+                        lane by lane, each rounded once as the scalar operation is (no fusing)
+    vlane(v, j)         lane j of v as a scalar
+
 The width is read from the CPU Numba compiles for (`NUMBA_CPU_NAME`/`NUMBA_CPU_FEATURES` if set,
 else the host) when a kernel is compiled, not at import; Numba's cache is keyed by that CPU too.
 """
@@ -449,3 +463,122 @@ def bfloat16_bits(x: np.ndarray) -> np.ndarray:
 def bfloat16_values(bits: np.ndarray) -> np.ndarray:
     """uint16 bfloat16 bits -> the float32 values they stand for (exact)."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+OCTET = Vector(types.float64, 8)
+
+
+def _is_row(row) -> bool:
+    return (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
+            and row.dtype in (types.float32, types.float64))
+
+
+@intrinsic
+def voctet(typingctx, row, i):
+    if not (_is_row(row) and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        stored = ir.VectorType(context.get_value_type(row.dtype), OCTET.lanes)
+        value = builder.load(_element_pointer(context, builder, signature, args, stored),
+                             align=row.dtype.bitwidth // 8)
+        if row.dtype == types.float32:
+            value = builder.fpext(value, context.get_value_type(OCTET))
+        return value
+
+    return OCTET(row, i), codegen
+
+
+@intrinsic
+def voctet_splat(typingctx, x):
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = context.cast(builder, args[0], x, types.float64)
+        octet = context.get_value_type(OCTET)
+        first = builder.insert_element(ir.Constant(octet, None), value,
+                                       ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(first, first, ir.Constant(
+            ir.VectorType(ir.IntType(32), OCTET.lanes), None))
+
+    return OCTET(x), codegen
+
+
+def _lanewise(name: str, operation: str):
+    def typer(typingctx, a, b):
+        if not (isinstance(a, Vector) and a == b):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return getattr(builder, operation)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    typer.__name__ = typer.__qualname__ = name  # each intrinsic under its own name
+    return intrinsic(typer)
+
+
+vadd = _lanewise("vadd", "fadd")
+vsub = _lanewise("vsub", "fsub")
+vmul = _lanewise("vmul", "fmul")
+
+
+@intrinsic
+def vlane(typingctx, v, j):
+    if not (isinstance(v, Vector) and isinstance(j, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        index = context.cast(builder, args[1], j, types.int32)
+        return builder.extract_element(args[0], index)
+
+    return v.dtype(v, j), codegen
+
+
+def _eight(dtype: types.Float) -> Vector:
+    return Vector(dtype, OCTET.lanes)
+
+
+@intrinsic
+def veight(typingctx, row, i):
+    if not (_is_row(row) and isinstance(i, types.Integer)):
+        return None
+    vector = _eight(row.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.load(_element_pointer(context, builder, signature, args,
+                                             context.get_value_type(vector)),
+                            align=row.dtype.bitwidth // 8)
+
+    return vector(row, i), codegen
+
+
+@intrinsic
+def veight_splat(typingctx, row, x):
+    if not (_is_row(row) and isinstance(x, types.Float)):
+        return None
+    vector = _eight(row.dtype)
+
+    def codegen(context, builder, signature, args):
+        value = context.cast(builder, args[1], x, row.dtype)
+        vector_type = context.get_value_type(vector)
+        first = builder.insert_element(ir.Constant(vector_type, None), value,
+                                       ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(first, first, ir.Constant(
+            ir.VectorType(ir.IntType(32), vector.lanes), None))
+
+    return vector(row, x), codegen
+
+
+@intrinsic
+def vwiden(typingctx, v):
+    if not (isinstance(v, Vector) and v.lanes == OCTET.lanes):
+        return None
+
+    def codegen(context, builder, signature, args):
+        if v.dtype == types.float64:
+            return args[0]
+        return builder.fpext(args[0], context.get_value_type(OCTET))
+
+    return OCTET(v), codegen

@@ -18,17 +18,26 @@ from numba.core.errors import TypingError
 from kernels.block import _matmul_cols, matmul_rows
 from kernels.simd import (
     lanes,
+    vadd,
     vector_bytes,
+    veight,
+    veight_splat,
     vfma,
     vgather,
+    vlane,
     vload,
     vload_head,
+    vmul,
+    voctet,
+    voctet_splat,
     vprefetch,
     vsplat,
     vstore,
     vstore_sums,
     vstore_transposed,
+    vsub,
     vsum,
+    vwiden,
     vzero,
 )
 from tests.test_kernels import SETTINGS
@@ -204,6 +213,73 @@ def test_matmul_bits_do_not_depend_on_rows_or_column_split(dtype, m, k, n, cut, 
         np.testing.assert_array_equal(alone[0], whole[row])
 
 
+@njit(cache=True)
+def _octet_sums(x, shift, squares):
+    full = x.shape[0] - x.shape[0] % 8
+    sums = voctet_splat(0.0)
+    center = voctet_splat(shift)
+    for c in range(0, full, 8):
+        d = vsub(voctet(x, c), center)
+        sums = vadd(sums, vmul(d, d) if squares else voctet(x, c))
+    return [vlane(sums, j) for j in range(8)]
+
+
+def _scalar_sums(x, shift, squares):
+    """Eight running float64 sums, element c into sum c mod 8, in plain Python floats."""
+    sums = [0.0] * 8
+    for c in range(x.shape[0] - x.shape[0] % 8):
+        d = float(x[c]) - shift
+        sums[c % 8] += d * d if squares else float(x[c])
+    return sums
+
+
+@given(dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(0, 60),
+       shift=st.floats(-5, 5), squares=st.booleans(), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_octet_lanes_are_eight_scalar_running_sums(dtype, n, shift, squares, seed):
+    """voctet widens float32 exactly and vadd / vsub / vmul round each lane as Python's float
+    arithmetic does (no fused multiply-add): the bits of eight scalar sums, on any ISA."""
+    x = (np.random.default_rng(seed).standard_normal(n) * 3).astype(dtype)
+    assert _octet_sums(x, shift, squares) == _scalar_sums(x, shift, squares)
+
+
+@njit(cache=True)
+def _centred_products(a, b, x, center):
+    out = np.empty(8, np.float64)
+    product = vmul(vmul(veight(a, 0), veight(b, 0)), vsub(veight(x, 0), veight_splat(x, center)))
+    wide = vwiden(product)
+    for j in range(8):
+        out[j] = vlane(wide, j)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eight_lanes_of_the_rows_dtype_round_as_numpy_does(dtype):
+    """veight / veight_splat compute in the rows' own dtype (float32 rounds to float32 at each
+    step, as NumPy's float32 arithmetic), vwiden then widens exactly."""
+    rng = np.random.default_rng(3)
+    a, b, x = (rng.standard_normal(8).astype(dtype) for _ in range(3))
+    center = 0.1
+    expected = (a * b) * (x - dtype(center))
+    assert expected.dtype == dtype
+    np.testing.assert_array_equal(_centred_products(a, b, x, center), expected.astype(np.float64))
+
+
+def test_octet_operations_refuse_what_they_cannot_take():
+    @njit
+    def widen_ints(x):
+        return vwiden(veight(x, 0))
+
+    @njit
+    def mixed(x, y):
+        return vadd(voctet(x, 0), veight(y, 0))
+
+    with pytest.raises(TypingError):
+        widen_ints(np.arange(8))
+    with pytest.raises(TypingError):
+        mixed(np.ones(8, np.float32), np.ones(8, np.float32))
+
+
 def _has_avx2() -> bool:
     try:
         return "avx2" in Path("/proc/cpuinfo").read_text().split()
@@ -238,7 +314,8 @@ def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
         "                  np.asfortranarray(rng.standard_normal((k, n)).astype(dtype))):\n"
         "            for left in (a, np.asfortranarray(a)):\n"
         "                np.testing.assert_allclose(gemm(left, b), a @ b, rtol=tol, atol=tol)\n"
-        "print('ok')\n"
+        + LAYERNORM_BITS +
+        "print('ok', digest)\n"
     )
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),
                PYTHONPATH=str(ROOT))
@@ -246,4 +323,25 @@ def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "ok"
+    here: dict = {}
+    exec(LAYERNORM_BITS, here)  # the same LayerNorms compiled for this machine's vectors
+    assert result.stdout.split() == ["ok", here["digest"]]
+
+
+# LayerNorm forward and backward of float32 and float64 rows of many widths, hashed: its row
+# sums run in eight float64 lanes whatever the ISA, so AVX2 and AVX-512 give the same bits
+LAYERNORM_BITS = (
+    "import hashlib\n"
+    "import numpy as np\n"
+    "from kernels.layernorm import layernorm_backward, layernorm_forward\n"
+    "rng = np.random.default_rng(7)\n"
+    "digest = hashlib.sha256()\n"
+    "for dtype in (np.float32, np.float64):\n"
+    "    for c in (1, 7, 8, 13, 40, 64, 100):\n"
+    "        x, dy = (rng.standard_normal((9, c)).astype(dtype) for _ in range(2))\n"
+    "        w, b = (rng.standard_normal(c).astype(dtype) for _ in range(2))\n"
+    "        y, mean, rstd = layernorm_forward(x, w, b, 1e-6)\n"
+    "        for array in (y, mean, rstd, *layernorm_backward(dy, x, w, mean, rstd)):\n"
+    "            digest.update(np.ascontiguousarray(array).tobytes())\n"
+    "digest = digest.hexdigest()\n"
+)
