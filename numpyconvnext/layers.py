@@ -42,7 +42,7 @@ from kernels.linear import (
     patchify_backward,
     patchify_forward,
 )
-from kernels.residual import bias_residual_forward, residual_backward, residual_forward
+from kernels.residual import bias_residual_forward, residual_backward
 from numpyconvnext.threads import numba_threads, set_numba_threads, split_work
 
 LAYERNORM_EPS = 1e-6
@@ -263,13 +263,13 @@ class Block(Layer):
                               np.empty((B * T, 4 * C), x.dtype))
             a, pre = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", pre.shape, x.dtype))
             branch = matmul_rows(a, p["pwconv2.weight"], np.empty((B * T, C), x.dtype))
-            branch += p["pwconv2.bias"]
-            branch = branch.reshape(B, T, C)
         else:
             pre = linear_forward(z.reshape(B * T, C), p["pwconv1.weight"], None)
             a, pre = bias_gelu_forward_into(pre, p["pwconv1.bias"], ws.get("a", pre.shape, x.dtype))
-            branch = linear_forward(a, p["pwconv2.weight"], p["pwconv2.bias"]).reshape(B, T, C)
-        out = residual_forward(x, branch, p["gamma"], keep)
+            branch = linear_forward(a, p["pwconv2.weight"], None)
+        # pwconv2's bias added to the kept branch in the residual's pass (same bits as `+=`)
+        branch = branch.reshape(B, T, C)
+        out = bias_residual_forward(x, branch, p["pwconv2.bias"], p["gamma"], keep, np.empty_like(x))
         self._cache = (x, w_taps, pre, branch, keep)
         return out
 

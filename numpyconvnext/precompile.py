@@ -81,7 +81,7 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
         (layernorm.layernorm_forward, (a2, a1, a1, real)),
         (dwconv.dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),
         (gelu.bias_gelu_forward_into, (a2, a1, a2)),
-        (residual.residual_forward, (a3, a3, a1, a1)),
+        (residual.bias_residual_forward, (a3, a3, a1, a1, a1, a3)),
         (layernorm.layernorm_backward, (a2, a2, a1, a1, a1)),
         (gelu.gelu_forward_into, (a2, a2)),
         (residual.residual_backward, (a3, a3, a1, a1)),
@@ -94,7 +94,6 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
         (gelu.bias_gelu_inplace, (a2, a1)),
         (layernorm.layernorm_forward_serial, (a2, a1, a1, real)),
         (block.matmul_rows, (a2, a2, a2)),
-        (residual.bias_residual_forward, (a3, a3, a1, a1, a1, a3)),
     ]
     # the trades on the validation and test windows after training: state, params, then the
     # bars' open, high, low, close, targets, stop and take-profit distances, funding rates
