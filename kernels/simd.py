@@ -132,6 +132,14 @@ def _stored_vector(context, row: types.Array, vector: Vector) -> ir.VectorType:
     return context.get_value_type(vector)
 
 
+def _broadcast(builder, value, vector_type: ir.VectorType):
+    """`value` in every lane of a vector of `vector_type`."""
+    first = builder.insert_element(ir.Constant(vector_type, None), value,
+                                   ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(first, first, ir.Constant(
+        ir.VectorType(ir.IntType(32), vector_type.count), None))
+
+
 @intrinsic
 def vzero(typingctx, row):
     vector = _vector_of(row)
@@ -179,11 +187,7 @@ def vsplat(typingctx, row, i):
         pointer = _element_pointer(context, builder, signature, args,
                                    context.get_value_type(row.dtype))
         value = builder.load(pointer, align=row.dtype.bitwidth // 8)
-        vector_type = context.get_value_type(vector)
-        first = builder.insert_element(ir.Constant(vector_type, None), value,
-                                       ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(first, first, ir.Constant(
-            ir.VectorType(ir.IntType(32), vector.lanes), None))
+        return _broadcast(builder, value, context.get_value_type(vector))
 
     return vector(row, i), codegen
 
@@ -202,11 +206,7 @@ def vgather(typingctx, row, i, stride):
         step = context.cast(builder, args[2], signature.args[2], types.int64)
         step = builder.mul(step, ir.Constant(ir.IntType(64), row.dtype.bitwidth // 8))
         base = builder.ptrtoint(pointer, ir.IntType(64))
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None)
-        bases, steps = (builder.shuffle_vector(
-            builder.insert_element(ir.Constant(offsets_type, None), value,
-                                   ir.Constant(ir.IntType(32), 0)),
-            ir.Constant(offsets_type, None), splat) for value in (base, step))
+        bases, steps = (_broadcast(builder, value, offsets_type) for value in (base, step))
         addresses = builder.add(bases, builder.mul(
             steps, ir.Constant(offsets_type, list(range(vector.lanes)))))
         pointers = builder.inttoptr(addresses, ir.VectorType(scalar.as_pointer(), vector.lanes))
@@ -253,10 +253,7 @@ def _store_target(row, v) -> bool:
 def _lane_mask(builder, vector: Vector, count):
     """<lanes x i1>: lane j is on if j < count."""
     index_vector = ir.VectorType(ir.IntType(64), vector.lanes)
-    limit = builder.insert_element(ir.Constant(index_vector, None), count,
-                                   ir.Constant(ir.IntType(32), 0))
-    limit = builder.shuffle_vector(
-        limit, limit, ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), None))
+    limit = _broadcast(builder, count, index_vector)
     return builder.icmp_signed("<", ir.Constant(index_vector, list(range(vector.lanes))), limit)
 
 
@@ -496,11 +493,7 @@ def voctet_splat(typingctx, x):
 
     def codegen(context, builder, signature, args):
         value = context.cast(builder, args[0], x, types.float64)
-        octet = context.get_value_type(OCTET)
-        first = builder.insert_element(ir.Constant(octet, None), value,
-                                       ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(first, first, ir.Constant(
-            ir.VectorType(ir.IntType(32), OCTET.lanes), None))
+        return _broadcast(builder, value, context.get_value_type(OCTET))
 
     return OCTET(x), codegen
 
@@ -562,11 +555,7 @@ def veight_splat(typingctx, row, x):
 
     def codegen(context, builder, signature, args):
         value = context.cast(builder, args[1], x, row.dtype)
-        vector_type = context.get_value_type(vector)
-        first = builder.insert_element(ir.Constant(vector_type, None), value,
-                                       ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(first, first, ir.Constant(
-            ir.VectorType(ir.IntType(32), vector.lanes), None))
+        return _broadcast(builder, value, context.get_value_type(vector))
 
     return vector(row, x), codegen
 
