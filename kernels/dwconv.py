@@ -83,7 +83,8 @@ def _dwconv_backward_lanes(dy, x, w, bi, c, count, dx_rows, part):
             acc = vfma(acc, _load(w[k], c, count), _load(dy[bi, t - k + P], c, count))
         _store(dx_rows[t], c, count, acc)
     # four taps at a time: four independent chains of fused multiply-adds (one chain waits
-    # ~4 cycles per row for the last); db with the first four
+    # ~4 cycles per row for the last); db with the first four. A tap past the last (K not a
+    # multiple of 4) starts from row K, is never added to and never stored
     for k0 in range(0, K, 4):
         a0 = _load(part[k0], c, count)
         a1 = _load(part[min(k0 + 1, K)], c, count)
