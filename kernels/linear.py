@@ -165,6 +165,15 @@ def _out_for(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.
     return np.empty((a.shape[0], b.shape[1]), np.result_type(a, b)) if out is None else out
 
 
+def _cut_step(own: bool, by_columns: bool, itemsize: int) -> int:
+    """Blocks of a split product start at multiples of this (rows, or columns by_columns):
+    our gemm's tile rows or panel width, so that its bits do not depend on the cuts; 1 for BLAS.
+    Both ways of splitting (`matmul`'s helper threads, `_run_region`) cut with it."""
+    if not own:
+        return 1
+    return 2 * vector_bytes() // itemsize if by_columns else TILE_ROWS
+
+
 class _Job(NamedTuple):
     """A product as `kernels.split` takes it, and how to cut it into blocks."""
 
@@ -193,9 +202,8 @@ def _region_job(a: np.ndarray, b: np.ndarray, out: np.ndarray, own: bool) -> _Jo
     b_flat, sb, sn = strided(b)
     layout = np.array([sa, sk, sb, sn, depth, cols], dtype=np.int64)
     by_columns = cols > rows
-    # the cuts of the Python way (`matmul` below), so that either way gives the same bits
-    step = (2 * vector_bytes() // out.itemsize if by_columns else TILE_ROWS) if own else 1
-    return _Job(a_flat, b_flat, out.reshape(-1), layout, rows, cols, by_columns, step)
+    return _Job(a_flat, b_flat, out.reshape(-1), layout, rows, cols, by_columns,
+                _cut_step(own, by_columns, out.itemsize))
 
 
 def _run_region(own: bool, jobs: list[tuple[_Job, int]]) -> None:
@@ -234,8 +242,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     own = threads >= 1 and _uses_own(a, b, out)
     if not own and (threads < 2 or max(rows, cols) < 2 * threads or flops < SPLIT_FLOPS):
         return np.matmul(a, b, out=out)
-    if out is None:
-        out = np.empty((rows, cols), dtype=np.result_type(a, b))
+    out = _out_for(a, b, out)
     parts = threads if flops >= SPLIT_FLOPS else 1
     if parts > 1 and getattr(_split, "region", False):
         job = _region_job(a, b, out, own)
@@ -247,20 +254,18 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         a_flat, sa, sk = strided(a)
         b_flat, sb, sn = strided(b)
         flat = out.reshape(-1)
-        step = 2 * vector_bytes() // flat.itemsize if by_columns else TILE_ROWS
 
         def product(lo: int, hi: int) -> None:
             span = ((0, rows), (lo, hi)) if by_columns else ((lo, hi), (0, cols))
             gemm_block(a_flat, sa, sk, b_flat, sb, sn, depth, flat, cols, *span[0], *span[1])
     else:
-        step = 1
 
         def product(lo: int, hi: int) -> None:  # column blocks keep unit strides along rows
             if by_columns:
                 np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
             else:
                 np.matmul(a[lo:hi], b, out=out[lo:hi])
-    spans = _spans(cols if by_columns else rows, parts, step)
+    spans = _spans(cols if by_columns else rows, parts, _cut_step(own, by_columns, out.itemsize))
     futures = [_helper_pool(threads).submit(product, *span) for span in spans[1:]]
     product(*spans[0])  # this thread's block
     for future in futures:
@@ -282,12 +287,12 @@ def matmul_pair(first: tuple, second: tuple) -> tuple[np.ndarray, np.ndarray]:
     helper_threads = threads // 2
     if getattr(_split, "region", False):
         (a1, b1, *_), (a2, b2, *_) = first, second
-        outs = [_out_for(*first), _out_for(*second)]
-        own = [_uses_own(a1, b1, outs[0]), _uses_own(a2, b2, outs[1])]
-        jobs = [_region_job(a1, b1, outs[0], own[0]), _region_job(a2, b2, outs[1], own[1])]
+        first, second = (a1, b1, _out_for(*first)), (a2, b2, _out_for(*second))
+        own = [_uses_own(*first), _uses_own(*second)]
+        jobs = [_region_job(*first, own[0]), _region_job(*second, own[1])]
         if own[0] == own[1] and None not in jobs:
             _run_region(own[0], [(jobs[0], helper_threads), (jobs[1], threads - helper_threads)])
-            return outs[0], outs[1]
+            return first[2], second[2]
 
     def on_helper() -> np.ndarray:
         with split_matmuls(helper_threads):

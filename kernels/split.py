@@ -46,9 +46,10 @@ def blas_products(address, wide, tasks, a1, b1, out1, layout1, a2, b2, out2, lay
     for t in prange(tasks.shape[0]):
         r0, r1, c0, c1 = tasks[t, 1], tasks[t, 2], tasks[t, 3], tasks[t, 4]
         if tasks[t, 0] == 0:
-            _blas_block(address, wide, a1, b1, out1, layout1, r0, r1, c0, c1)
+            a, b, out, layout = a1, b1, out1, layout1
         else:
-            _blas_block(address, wide, a2, b2, out2, layout2, r0, r1, c0, c1)
+            a, b, out, layout = a2, b2, out2, layout2
+        _blas_block(address, wide, a, b, out, layout, r0, r1, c0, c1)
 
 
 @njit(nogil=True, cache=True, parallel=prange_only())

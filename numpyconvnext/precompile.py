@@ -64,16 +64,13 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
         (operand, operand, a1, types.Array(count, 1, "C"))] * 2
     tasks = types.Array(count, 2, "C")
     address, wide = linear.blas_gemm_address(np.float32)
-    kernel_threads, matmul_threads = threads.thread_counts()
-    if kernel_threads != matmul_threads or matmul_threads < 2:
-        region = []
-    elif own:
-        region = [(split.own_products, (tasks, *products[0], *products[1]))]
-    elif address:
-        region = [(split.blas_products, (count, typeof(wide), tasks, *products[0],
-                                         *products[1]))]
-    else:
-        region = []
+    region = []
+    if threads.products_in_pool(*threads.thread_counts()):
+        if own:
+            region = [(split.own_products, (tasks, *products[0], *products[1]))]
+        elif address:
+            region = [(split.blas_products, (count, typeof(wide), tasks, *products[0],
+                                             *products[1]))]
     step = [  # the order a training step first calls them
         *([(gemm.gemm_block, (operand, count, count, operand, count, count, count, a1, count,
                               count, count, count, count))] if own else []),

@@ -192,6 +192,13 @@ def thread_counts() -> tuple[int, int]:
     return (1 if _openmp_wait == "long" else threads), threads
 
 
+def products_in_pool(kernel_threads: int, matmul_threads: int) -> bool:
+    """Whether our split products run in Numba's pool (one parallel loop, kernels/split.py)
+    rather than on Python helper threads, given `thread_counts()`: when the kernels use the
+    pool's threads too, so that they are awake (not left asleep for a long OpenMP wait)."""
+    return kernel_threads == matmul_threads > 1
+
+
 def split_work() -> int:
     """Multiply-adds of a pwconv from which a few-row block (batch-1 inference) splits its
     matmuls over the threads (`kernels.block.block_parts`): every block when the pool's idle
@@ -222,9 +229,8 @@ def compute(blas: bool = True) -> Iterator[None]:
     _local.depth = 1
     try:
         if limited:
-            # Numba's pool awake in our calls (not left asleep for a long wait): it splits the
-            # products too, instead of Python helper threads (kernels.linear.split_matmuls)
-            with split_matmuls(matmul_threads, region=kernel_threads == matmul_threads > 1):
+            with split_matmuls(matmul_threads,
+                               region=products_in_pool(kernel_threads, matmul_threads)):
                 yield
         else:
             yield
