@@ -28,6 +28,14 @@ AS_STORED, TRANSPOSED = 111, 112  # CBLAS's CblasNoTrans and CblasTrans
 
 
 @njit(nogil=True, cache=True, inline="always")
+def _product(which, a1, b1, out1, layout1, a2, b2, out2, layout2):
+    """The operands of product `which` (0 or 1)."""
+    if which == 0:
+        return a1, b1, out1, layout1
+    return a2, b2, out2, layout2
+
+
+@njit(nogil=True, cache=True, inline="always")
 def _blas_block(address, wide, a, b, out, layout, r0, r1, c0, c1):
     sa, sk, sb, sn, depth, ldo = layout[0], layout[1], layout[2], layout[3], layout[4], layout[5]
     if r1 <= r0 or c1 <= c0:
@@ -44,22 +52,15 @@ def blas_products(address, wide, tasks, a1, b1, out1, layout1, a2, b2, out2, lay
     """Each task's block with the CBLAS ?gemm at `address` (`wide`: a np.int64 for a BLAS with
     64-bit integers, a np.int32 for 32-bit; kernels.pointer.call_blas_gemm). tasks [n, 5] int64."""
     for t in prange(tasks.shape[0]):
-        r0, r1, c0, c1 = tasks[t, 1], tasks[t, 2], tasks[t, 3], tasks[t, 4]
-        if tasks[t, 0] == 0:
-            a, b, out, layout = a1, b1, out1, layout1
-        else:
-            a, b, out, layout = a2, b2, out2, layout2
-        _blas_block(address, wide, a, b, out, layout, r0, r1, c0, c1)
+        a, b, out, layout = _product(tasks[t, 0], a1, b1, out1, layout1, a2, b2, out2, layout2)
+        _blas_block(address, wide, a, b, out, layout, tasks[t, 1], tasks[t, 2], tasks[t, 3],
+                    tasks[t, 4])
 
 
 @njit(nogil=True, cache=True, parallel=prange_only())
 def own_products(tasks, a1, b1, out1, layout1, a2, b2, out2, layout2):
     """Each task's block with `kernels.gemm.gemm_block`. tasks [n, 5] int64."""
     for t in prange(tasks.shape[0]):
-        r0, r1, c0, c1 = tasks[t, 1], tasks[t, 2], tasks[t, 3], tasks[t, 4]
-        if tasks[t, 0] == 0:
-            a, b, out, layout = a1, b1, out1, layout1
-        else:
-            a, b, out, layout = a2, b2, out2, layout2
+        a, b, out, layout = _product(tasks[t, 0], a1, b1, out1, layout1, a2, b2, out2, layout2)
         gemm_block(a, layout[0], layout[1], b, layout[2], layout[3], layout[4], out, layout[5],
-                   r0, r1, c0, c1)
+                   tasks[t, 1], tasks[t, 2], tasks[t, 3], tasks[t, 4])
