@@ -32,8 +32,10 @@ def dwconv_forward(x, w, b):
 
 
 @njit(cache=True, parallel=prange_only())
-def dwconv_backward(dy, x, w):
-    """dy, x [B, T, C], w [K, C] -> dx [B, T, C], dw [K, C], db [C].
+def dwconv_backward(dy, x, w, dskip=None):
+    """dy, x [B, T, C], w [K, C] -> dx [B, T, C], dw [K, C], db [C]. With dskip [B, T, C] (a
+    gradient that bypasses the conv: the block's residual), dx = that conv's dx + dskip, added
+    as each row is stored (the same bits as adding it afterwards, one pass less).
 
     Per sample and per vector of channels (explicit SIMD, kernels/simd.py): each dx row summed
     over the taps in a register and stored once; then each tap's dw, and db, summed over the
@@ -48,7 +50,7 @@ def dwconv_backward(dy, x, w):
     for bi in prange(B):
         part = partial[bi]
         for c in range(0, C, L):
-            _dwconv_backward_lanes(dy, x, w, bi, c, min(L, C - c), dx[bi], part)
+            _dwconv_backward_lanes(dy, x, w, bi, c, min(L, C - c), dx[bi], part, dskip)
     total = sum_leading(partial.reshape((B, (K + 1) * C))).reshape((K + 1, C))
     return dx, total[:K].copy(), total[K].copy()
 
@@ -70,8 +72,9 @@ def _store(row, i, count, v):
 
 
 @njit(cache=True, inline="always")
-def _dwconv_backward_lanes(dy, x, w, bi, c, count, dx_rows, part):
-    """Channels c .. c+count-1 of sample bi: dx_rows[t] = sum_k w[k] * dy[t - k + P], then
+def _dwconv_backward_lanes(dy, x, w, bi, c, count, dx_rows, part, dskip):
+    """Channels c .. c+count-1 of sample bi: dx_rows[t] = sum_k w[k] * dy[t - k + P] (+
+    dskip[bi, t] unless dskip is None), then
     part[k] = sum_t dy[t] * x[t + k - P] over the rows t where row t + k - P exists, and
     part[K] = sum_t dy[t]."""
     T = x.shape[1]
@@ -81,6 +84,8 @@ def _dwconv_backward_lanes(dy, x, w, bi, c, count, dx_rows, part):
         acc = vzero(x[bi, t])
         for k in range(max(0, t + P - T + 1), min(K, t + P + 1)):
             acc = vfma(acc, _load(w[k], c, count), _load(dy[bi, t - k + P], c, count))
+        if dskip is not None:
+            acc = vadd(acc, _load(dskip[bi, t], c, count))
         _store(dx_rows[t], c, count, acc)
     # four taps at a time: four independent chains of fused multiply-adds (one chain waits
     # ~4 cycles per row for the last); db with the first four. A tap past the last (K not a

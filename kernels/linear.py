@@ -326,14 +326,31 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, need_dx: bool 
     return dx, matmul(dy.T, x), dy.sum(axis=0)
 
 
+def swap_last_axes(x: np.ndarray) -> np.ndarray:
+    """A contiguous copy of x [..., m, n] as [..., n, m], copied in min(m, n) strided slices.
+
+    For the patchify layers one of the two axes is the kernel's few taps: NumPy's own copy of
+    the transposed view moves the taps innermost, two or four elements at a time, 4-5x slower
+    (atto's last downsampling layer: 95 vs 21 us; bench/NOTES.md, round 13)."""
+    m, n = x.shape[-2:]
+    out = np.empty(x.shape[:-2] + (n, m), dtype=x.dtype)
+    if m <= n:
+        for i in range(m):
+            out[..., i] = x[..., i, :]
+    else:
+        for j in range(n):
+            out[..., j, :] = x[..., j]
+    return out
+
+
 def patch_weight(w: np.ndarray) -> np.ndarray:
     """Conv1d weight [C_out, C_in, s] -> tap-major matmul weight [C_out, s*C_in]."""
-    return np.ascontiguousarray(w.transpose(0, 2, 1)).reshape(w.shape[0], -1)
+    return swap_last_axes(w).reshape(w.shape[0], -1)
 
 
 def patch_weight_grad(dw2: np.ndarray, s: int) -> np.ndarray:
     """Inverse of `patch_weight` for a gradient: [C_out, s*C_in] -> [C_out, C_in, s]."""
-    return np.ascontiguousarray(dw2.reshape(dw2.shape[0], s, -1).transpose(0, 2, 1))
+    return swap_last_axes(dw2.reshape(dw2.shape[0], s, -1))
 
 
 def patchify_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -341,7 +358,7 @@ def patchify_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     B, T, C = x.shape
     s = w.shape[2]
     if x.size < w.size:  # rearrange the patches to channel-major instead of the weight
-        patches = np.ascontiguousarray(x.reshape(B * (T // s), s, C).transpose(0, 2, 1))
+        patches = swap_last_axes(x.reshape(B * (T // s), s, C))
         weight = np.ascontiguousarray(w).reshape(w.shape[0], C * s)
     else:
         patches, weight = x.reshape(B * (T // s), s * C), patch_weight(w)

@@ -8,6 +8,7 @@ drop-path factor (0 or 1/keep_prob in training, 1 in eval). Backward, for dout [
     dx = dout (the residual passes through; the caller reuses dout),
     dbranch[b, t, c] = dout[b, t, c] * keep[b] * gamma[c],
     dgamma[c]        = sum_{b,t} dout[b, t, c] * keep[b] * branch[b, t, c]
+    dbias[c]         = sum_{b,t} dbranch[b, t, c]    (optional: pwconv2's bias)
 
 Plain-NumPy reference: ``reference.residual_forward`` / ``reference.residual_backward``.
 """
@@ -37,23 +38,33 @@ def residual_forward(x, branch, gamma, keep):
 
 
 @njit(cache=True, parallel=prange_only())
-def residual_backward(dout, branch, gamma, keep):
-    """dout, branch [B, T, C], gamma [C], keep [B] -> dbranch [B, T, C], dgamma [C]."""
+def residual_backward(dout, branch, gamma, keep, dbias=None):
+    """dout, branch [B, T, C], gamma [C], keep [B] -> dbranch [B, T, C], dgamma [C].
+
+    With dbias [C] (written): also dbias[c] = sum_{b,t} dbranch[b, t, c], the gradient of the
+    bias that `bias_residual_forward` added to the branch, summed in the same pass."""
     B, T, C = branch.shape
     N = B * T
     dbranch = np.empty_like(branch)
     chunks = min(_CHUNKS, N)
     partial = np.zeros((chunks, C), dtype=np.float64)
+    partial_bias = np.zeros((chunks, C if dbias is not None else 0), dtype=np.float64)
     for chunk in prange(chunks):
         acc = partial[chunk]
+        acc_bias = partial_bias[chunk]
         for row in range(chunk * N // chunks, (chunk + 1) * N // chunks):
             bi = row // T
             t = row % T
             k = keep[bi]
             for c in range(C):
                 g = dout[bi, t, c] * k
-                dbranch[bi, t, c] = g * gamma[c]
+                d = g * gamma[c]
+                dbranch[bi, t, c] = d
                 acc[c] += g * branch[bi, t, c]
+                if dbias is not None:
+                    acc_bias[c] += d
+    if dbias is not None:
+        dbias[:] = sum_leading(partial_bias)
     return dbranch, sum_leading(partial).astype(branch.dtype)
 
 

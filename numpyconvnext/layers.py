@@ -310,9 +310,10 @@ class Block(Layer):
         p, g, ws = self.params, self.grads, self.workspace
         B, T, C = x.shape
         a = gelu_forward_into(pre, ws.get("a", pre.shape, x.dtype))  # again, not kept
-        dbranch, g["gamma"][...] = residual_backward(dout, branch, p["gamma"], keep)
+        dout = np.ascontiguousarray(dout)
+        dbranch, g["gamma"][...] = residual_backward(dout, branch, p["gamma"], keep,
+                                                     g["pwconv2.bias"])
         dbranch = dbranch.reshape(B * T, C)
-        np.sum(dbranch, axis=0, out=g["pwconv2.bias"])
         _, da = matmul_pair((dbranch.T, a, g["pwconv2.weight"]),
                             (dbranch, p["pwconv2.weight"], ws.get("da", pre.shape, x.dtype)))
         dpre, g["pwconv1.bias"][...] = bias_gelu_backward(da, pre)
@@ -322,9 +323,10 @@ class Block(Layer):
         dy, g["norm.weight"][...], g["norm.bias"][...] = layernorm_backward(
             dz, y.reshape(B * T, C), p["norm.weight"], mean.reshape(-1), rstd.reshape(-1)
         )
-        dx, dw_taps, g["dwconv.bias"][...] = dwconv_backward(dy.reshape(B, T, C), x, w_taps)
+        # the residual's dout added to dx as the conv's backward stores it
+        dx, dw_taps, g["dwconv.bias"][...] = dwconv_backward(dy.reshape(B, T, C), x, w_taps,
+                                                             dout)
         g["dwconv.weight"][:, 0, :] = dw_taps.T
-        dx += dout
         return dx
 
 

@@ -81,10 +81,10 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
         (residual.bias_residual_forward, (a3, a3, a1, a1, a1, a3)),
         (layernorm.layernorm_backward, (a2, a2, a1, a1, a1)),
         (gelu.gelu_forward_into, (a2, a2)),
-        (residual.residual_backward, (a3, a3, a1, a1)),
+        (residual.residual_backward, (a3, a3, a1, a1, a1)),
         (gelu.bias_gelu_backward, (a2, a2)),
         (dwconv.dwconv_layernorm_forward_into, (a3, a2, a1, a1, a1, real, a3, a3, a2, a2)),
-        (dwconv.dwconv_backward, (a3, a3, a2)),
+        (dwconv.dwconv_backward, (a3, a3, a2, a3)),
         (adamw.adamw_update, (a1, a1, a1, a1, real, real, real, real, real, count)),
     ]
     evaluation = [

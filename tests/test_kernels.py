@@ -40,6 +40,12 @@ def test_dwconv_matches_reference(dtype, shape, seed):
                          strict=True):
         assert ours.dtype == dtype
         np.testing.assert_allclose(ours, ref, **TOL[dtype])
+    # a skip gradient added to dx as it is stored: the same bits as adding it afterwards
+    dskip = arrays(seed + 1, (B, T, C), dtype=dtype)[0]
+    plain, skipped = dwconv.dwconv_backward(dy, x, w), dwconv.dwconv_backward(dy, x, w, dskip)
+    np.testing.assert_array_equal(skipped[0], plain[0] + dskip)
+    for ours, without in zip(skipped[1:], plain[1:], strict=True):
+        np.testing.assert_array_equal(ours, without)
 
 
 @given(shape=shapes, seed=st.integers(0, 2**16))
@@ -233,6 +239,16 @@ def test_patchify_matches_reference_and_finite_differences(dtype, B, t_out, c_in
             elementwise_check(loss, array, grad, rng)
 
 
+@given(lead=st.lists(st.integers(1, 3), max_size=2), m=st.integers(1, 9), n=st.integers(1, 9),
+       dtype=st.sampled_from([np.float32, np.float64]))
+@SETTINGS
+def test_swap_last_axes_is_a_contiguous_transposed_copy(lead, m, n, dtype):
+    x = np.arange(np.prod(lead, dtype=int) * m * n, dtype=dtype).reshape(*lead, m, n)
+    y = linear.swap_last_axes(x)
+    assert y.flags.c_contiguous and y.dtype == x.dtype and not np.shares_memory(x, y)
+    np.testing.assert_array_equal(y, np.swapaxes(x, -1, -2))
+
+
 @given(B=st.integers(1, 3), T=st.integers(1, 10), C=st.integers(1, 8), seed=st.integers(0, 2**16))
 @SETTINGS
 def test_residual_matches_formula_and_finite_differences(B, T, C, seed):
@@ -248,6 +264,12 @@ def test_residual_matches_formula_and_finite_differences(B, T, C, seed):
 
     directional_check(loss, z, dz, rng)
     directional_check(loss, gamma, dgamma, rng)
+    # pwconv2's bias, added to the branch before it (bias_residual_forward), summed on the way
+    dbias = np.full(C, np.nan)
+    dz2, dgamma2 = residual.residual_backward(r, z, gamma, keep, dbias)
+    np.testing.assert_array_equal(dz2, dz)
+    np.testing.assert_array_equal(dgamma2, dgamma)
+    np.testing.assert_allclose(dbias, dz.reshape(-1, C).sum(axis=0), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
