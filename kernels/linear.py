@@ -200,24 +200,46 @@ def _region_job(a: np.ndarray, b: np.ndarray, out: np.ndarray, own: bool) -> _Jo
         return None
     a_flat, sa, sk = strided(a)
     b_flat, sb, sn = strided(b)
-    layout = np.array([sa, sk, sb, sn, depth, cols], dtype=np.int64)
     by_columns = cols > rows
-    return _Job(a_flat, b_flat, out.reshape(-1), layout, rows, cols, by_columns,
-                _cut_step(own, by_columns, out.itemsize))
+    return _Job(a_flat, b_flat, out.reshape(-1), _remembered(_layouts, (sa, sk, sb, sn, depth, cols)),
+                rows, cols, by_columns, _cut_step(own, by_columns, out.itemsize))
+
+
+# The int64 arrays of layouts and task tables seen so far, by their values: a training step
+# asks for the same few dozen every time, and building them took a third of the ~20 us of
+# Python around each product (atto: ~0.5 ms a step; bench/NOTES.md round 13). Never written
+# to once made; dropped all at once if a stream of new shapes fills them.
+_layouts: dict[tuple, np.ndarray] = {}
+_tables: dict[tuple, np.ndarray] = {}
+_REMEMBER = 4096
+
+
+def _remembered(store: dict[tuple, np.ndarray], values: tuple,
+                rows: list[tuple] | None = None) -> np.ndarray:
+    """The int64 array of `rows` (else of `values`), made once per `values`."""
+    array = store.get(values)
+    if array is None:
+        if len(store) >= _REMEMBER:
+            store.clear()
+        array = store[values] = np.array(values if rows is None else rows, dtype=np.int64)
+    return array
 
 
 def _run_region(own: bool, jobs: list[tuple[_Job, int]]) -> None:
     """Compute one or two products, each cut into the number of blocks given, in one parallel
     loop of `kernels.split`."""
-    tasks = []
-    for which, (job, parts) in enumerate(jobs):
-        for lo, hi in _spans(job.cols if job.by_columns else job.rows, parts, job.step):
-            tasks.append((which, 0, job.rows, lo, hi) if job.by_columns
-                         else (which, lo, hi, 0, job.cols))
+    key = tuple((job.rows, job.cols, job.by_columns, job.step, parts) for job, parts in jobs)
+    table = _tables.get(key)
+    if table is None:
+        tasks = []
+        for which, (job, parts) in enumerate(jobs):
+            for lo, hi in _spans(job.cols if job.by_columns else job.rows, parts, job.step):
+                tasks.append((which, 0, job.rows, lo, hi) if job.by_columns
+                             else (which, lo, hi, 0, job.cols))
+        table = _remembered(_tables, key, tasks)
     operands = [(job.a, job.b, job.out, job.layout) for job, _ in jobs]
     if len(operands) == 1:  # the loop takes two products; the second is then never read
         operands.append(operands[0])
-    table = np.array(tasks, dtype=np.int64)
     if own:
         own_products(table, *operands[0], *operands[1])
     else:

@@ -363,3 +363,29 @@ def test_blas_address_only_for_an_openblas_it_can_read(monkeypatch):
         assert linear.blas_gemm_address(np.int32)[0] == 0
     finally:
         linear.blas_gemm_address.cache_clear()
+
+
+def test_region_tables_are_made_once_per_shape_and_stay_bounded(gemm_choice, monkeypatch):
+    """The layouts and task tables the region reuses between calls: one array per distinct
+    value, the same products whichever call made it, and the store dropped when full."""
+    gemm_choice("blas")
+    monkeypatch.setattr(linear, "_layouts", {})
+    monkeypatch.setattr(linear, "_tables", {})
+    rng = np.random.default_rng(0)
+    outs = []
+    for rows in (300, 301, 300):
+        a = rng.standard_normal((rows, 200)).astype(np.float32)
+        b = rng.standard_normal((200, 128)).astype(np.float32)  # split: >= 8 MFLOP
+        with linear.split_matmuls(2, region=True):
+            outs.append(linear.matmul(a, b))
+        np.testing.assert_allclose(outs[-1], a @ b, rtol=1e-4, atol=1e-3)
+    assert len(linear._tables) == 2 and len(linear._layouts) == 1
+    first = next(iter(linear._tables.values()))
+    assert first.dtype == np.int64 and first[:, 2].max() == 300  # rows 0..300, two blocks
+    monkeypatch.setattr(linear, "_REMEMBER", 2)
+    store: dict = {}
+    kept = linear._remembered(store, (1, 2))
+    assert linear._remembered(store, (1, 2)) is kept
+    linear._remembered(store, (3, 4))
+    linear._remembered(store, (5, 6), [(5, 6), (7, 8)])
+    assert list(store) == [(5, 6)] and store[(5, 6)].tolist() == [[5, 6], [7, 8]]
