@@ -36,7 +36,7 @@ import numpy as np
 
 from kernels.block import SMALL_ROWS, matmul_rows
 from kernels.gemm import TILE_ROWS, gemm_block, strided
-from kernels.simd import vector_bytes
+from kernels.simd import compile_cpu, vector_bytes
 from kernels.split import blas_products, own_products
 
 # products below this many FLOPs are not split across threads (a hand-off costs ~20-50 us)
@@ -82,15 +82,28 @@ def uses_own_gemm() -> bool:
     """Whether big products go to `kernels.gemm` rather than BLAS. "auto" takes ours where the
     kernels are compiled for AVX-512 (16 float32 lanes) and NumPy's BLAS is an OpenBLAS running
     older kernels (`OPENBLAS_CORETYPE=Haswell`, or a build without AVX-512 ones): there ours ran
-    1.4-1.7x its speed in the model. Against OpenBLAS's AVX-512 kernels it runs at parity
-    (0.9-1.1x in the model), and on AVX2 0.6-1.05x, so BLAS keeps the work there, as with any
-    other BLAS (bench/NOTES.md rounds 10-11)."""
+    1.4-1.7x its speed in the model. Against OpenBLAS's AVX-512 kernels it runs at parity on
+    Intel's Xeon (round 8) and ahead of them on AMD's Zen 5 (training 1.01-1.06x, batch 256
+    1.01-1.09x, round 13), so it takes those CPUs too (`OWN_OVER_AVX512_OPENBLAS`); on AVX2 it
+    ran 0.6-1.05x, so BLAS keeps the work there, as with any other BLAS (bench/NOTES.md
+    rounds 10-13)."""
     if _gemm_choice != "auto":
         return _gemm_choice == "own"
-    return vector_bytes() == 64 and _blas_below_avx512()
+    return vector_bytes() == 64 and (_blas_below_avx512() or (
+        _blas_is_openblas() and compile_cpu() in OWN_OVER_AVX512_OPENBLAS))
 
 
 _AVX512_OPENBLAS = ("skylakex", "cooperlake", "sapphirerapids")  # its AVX-512 kernel families
+# CPUs (LLVM's names) where our GEMM measured faster in the model than OpenBLAS's AVX-512
+# kernels; on others with AVX-512 they stay with OpenBLAS until measured
+OWN_OVER_AVX512_OPENBLAS = ("znver5",)
+
+
+@functools.cache
+def _blas_is_openblas() -> bool:
+    """True if every BLAS NumPy calls is an OpenBLAS."""
+    infos = [library.info() for library in numpy_blas()]
+    return bool(infos) and all(info["internal_api"] == "openblas" for info in infos)
 
 
 @functools.cache

@@ -77,6 +77,18 @@ def vector_bytes() -> int:
     return 64 if features and "+avx512f" in features.split(",") else 32
 
 
+@functools.cache
+def compile_cpu() -> str:
+    """LLVM's name of the CPU Numba compiles for (`NUMBA_CPU_NAME` if set, else the host's:
+    "znver5", "sapphirerapids", "haswell", ...)."""
+    name = numba.config.CPU_NAME
+    if name in (None, "host"):
+        from llvmlite import binding
+
+        name = binding.get_host_cpu_name()
+    return str(name)
+
+
 class Vector(types.Type):
     """An LLVM vector <lanes x dtype> held in registers (a value, like a scalar)."""
 

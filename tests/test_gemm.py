@@ -186,7 +186,7 @@ def test_matmul_outside_a_split_block_is_numpys(gemm_choice, monkeypatch):
     ([("mkl", None)], False),
     ([], False),
 ])
-def test_auto_takes_our_gemm_only_over_an_openblas_without_avx512_kernels(
+def test_auto_takes_our_gemm_over_an_openblas_without_avx512_kernels_or_on_zen5(
         gemm_choice, monkeypatch, blas, expected):
     class Library:
         def __init__(self, api, architecture):
@@ -196,14 +196,23 @@ def test_auto_takes_our_gemm_only_over_an_openblas_without_avx512_kernels(
             return self._info
 
     monkeypatch.setattr(linear, "numpy_blas", lambda: [Library(*entry) for entry in blas])
+    monkeypatch.setattr(linear, "compile_cpu", lambda: "sapphirerapids")
     linear._blas_below_avx512.cache_clear()
+    linear._blas_is_openblas.cache_clear()
     try:
         assert linear._blas_below_avx512() is expected
         for vector_bytes in (32, 64):
             monkeypatch.setattr(linear, "vector_bytes", lambda vector_bytes=vector_bytes: vector_bytes)
             assert linear.uses_own_gemm() is (expected and vector_bytes == 64)
+        # on a CPU where ours measured faster than OpenBLAS's AVX-512 kernels: any OpenBLAS
+        monkeypatch.setattr(linear, "compile_cpu", lambda: "znver5")
+        openblas = bool(blas) and all(api == "openblas" for api, _ in blas)
+        assert linear.uses_own_gemm() is openblas  # vector_bytes is 64 here
+        monkeypatch.setattr(linear, "vector_bytes", lambda: 32)
+        assert not linear.uses_own_gemm()
     finally:
         linear._blas_below_avx512.cache_clear()
+        linear._blas_is_openblas.cache_clear()
     with pytest.raises(ValueError, match="'auto', 'own' or 'blas'"):
         gemm_choice("mine")
 

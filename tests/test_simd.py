@@ -345,3 +345,15 @@ LAYERNORM_BITS = (
     "            digest.update(np.ascontiguousarray(array).tobytes())\n"
     "digest = digest.hexdigest()\n"
 )
+
+
+def test_compile_cpu_names_the_cpu_numba_compiles_for():
+    import numba
+    from llvmlite import binding
+
+    from kernels.simd import compile_cpu
+
+    expected = numba.config.CPU_NAME
+    if expected in (None, "host"):
+        expected = binding.get_host_cpu_name()
+    assert compile_cpu() == expected and compile_cpu()
