@@ -248,7 +248,10 @@ class SplitChooser:
     idle machine (1.3-1.5x with a bridging wait) and loses when another process holds a core
     (0.45-0.75x: a thread spins on the core the other process needs; bench/NOTES.md round 9).
     Each way keeps its last 3 times; the one with the lower median is taken, and every
-    `EXPLORE`-th call takes the other so that a change of load is noticed. One per model
+    `EXPLORE` calls the other is taken twice so that a change of load is noticed. The first
+    call after a change of way is not timed: after serial calls the pool's threads have gone
+    to sleep, and waking them made that split call 45-80 us slower than the next (atto,
+    bench/NOTES.md round 13), which biased every look at splitting against it. One per model
     (unsynchronised: calls from several Python threads at most perturb the times kept)."""
 
     EXPLORE = 32
@@ -257,18 +260,25 @@ class SplitChooser:
     def __init__(self) -> None:
         self._times: tuple[list[float], list[float]] = ([], [])  # split, serial
         self._calls = 0
+        self._last: bool | None = None  # the way of the last call recorded
 
     def split(self) -> bool:
-        """Whether the next call should split (the first calls time each way in turn)."""
+        """Whether the next call should split (the first calls time splitting, then not)."""
         self._calls += 1
         split, serial = self._times
-        if len(split) < self.KEEP or len(serial) < self.KEEP:
-            return len(split) <= len(serial)
+        if len(split) < self.KEEP:
+            return True
+        if len(serial) < self.KEEP:
+            return False
         faster = sorted(split)[self.KEEP // 2] <= sorted(serial)[self.KEEP // 2]
-        return faster != (self._calls % self.EXPLORE == 0)
+        return faster != (self._calls % self.EXPLORE in (0, 1))
 
     def record(self, split: bool, seconds: float) -> None:
-        """A call's time, the way `split` said."""
+        """A call's time, the way `split` said (not kept if the call before went the other
+        way)."""
+        changed, self._last = split != self._last, split
+        if changed:
+            return
         times = self._times[0 if split else 1]
         times.append(seconds)
         del times[:-self.KEEP]

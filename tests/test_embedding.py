@@ -203,27 +203,38 @@ def test_batch1_blocks_all_split_only_when_the_pool_stays_awake_between_loops(mo
 
 def test_split_chooser_takes_the_faster_way_and_tries_the_other_now_and_then():
     chooser = threads.SplitChooser()
+    explore = threads.SplitChooser.EXPLORE
     seconds = {True: 1e-3, False: 2e-3}  # splitting faster (an idle machine)
     taken = []
-    for _ in range(64):
+    for _ in range(96):
         split = chooser.split()
         taken.append(split)
         chooser.record(split, seconds[split])
-    assert taken[:6] == [True, False] * 3  # each way timed three times first
-    explore = threads.SplitChooser.EXPLORE
-    # then splitting, but for every EXPLORE-th call
+    # each way timed three times first (the first call of each not timed)
+    assert taken[:8] == [True] * 4 + [False] * 4
+    # then splitting, but for two calls in every EXPLORE
     serial_calls = [k + 1 for k, split in enumerate(taken) if not split]
-    assert serial_calls[3:] == [k for k in range(7, 65) if k % explore == 0]
+    assert serial_calls[4:] == [k for k in range(9, 97) if k % explore in (0, 1)]
     seconds = {True: 4e-3, False: 2e-3}  # then another process takes a core
     taken = []
-    for _ in range(64):
+    for _ in range(96):
         split = chooser.split()
         taken.append(split)
         chooser.record(split, seconds[split])
-    assert taken[:3] == [True, True, False]  # two slow splits move the median
-    # then split only to try
-    split_calls = [65 + k for k, split in enumerate(taken) if split]
-    assert split_calls[2:] == [k for k in range(67, 129) if k % explore == 0]
+    # (call 97 ends a look at serial) the first split after it is not timed, then two slow
+    # splits move the median
+    assert taken[:5] == [False, True, True, True, False]
+    split_calls = [97 + k for k, split in enumerate(taken) if split]
+    assert split_calls[3:] == [k for k in range(101, 193) if k % explore in (0, 1)]
+
+
+def test_split_chooser_does_not_time_the_first_call_after_a_change_of_way():
+    chooser = threads.SplitChooser()
+    for split, seconds, kept in [(True, 9.0, ([], [])), (True, 1.0, ([1.0], [])),
+                                 (False, 9.0, ([1.0], [])), (False, 2.0, ([1.0], [2.0])),
+                                 (True, 9.0, ([1.0], [2.0])), (True, 3.0, ([1.0, 3.0], [2.0]))]:
+        chooser.record(split, seconds)
+        assert chooser._times == kept
 
 
 def test_batch1_predict_gives_the_same_bits_split_or_not(monkeypatch):
@@ -236,7 +247,8 @@ def test_batch1_predict_gives_the_same_bits_split_or_not(monkeypatch):
     monkeypatch.setattr(threads, "_openmp_wait", "bridging")  # every block may split
     try:
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        got = [model.predict(x) for _ in range(6)]  # the chooser times each way three times
+        # the chooser times each way three times (after one untimed call each)
+        got = [model.predict(x) for _ in range(8)]
         assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
     finally:
         numba.set_num_threads(saved)
