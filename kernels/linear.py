@@ -109,10 +109,9 @@ def _blas_is_openblas() -> bool:
 @functools.cache
 def _blas_below_avx512() -> bool:
     """True if every BLAS NumPy calls is an OpenBLAS whose kernels are not AVX-512 ones."""
-    infos = [library.info() for library in numpy_blas()]
-    return bool(infos) and all(
-        info["internal_api"] == "openblas"
-        and str(info.get("architecture", "")).lower() not in _AVX512_OPENBLAS for info in infos)
+    return _blas_is_openblas() and all(
+        str(library.info().get("architecture", "")).lower() not in _AVX512_OPENBLAS
+        for library in numpy_blas())
 
 
 @functools.cache
