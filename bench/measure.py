@@ -50,6 +50,11 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
 
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+# variables that hold a framework's code below what the CPU has (an AVX2 run on an AVX-512 CPU):
+# Numba's compile target, PyTorch's ATen kernels, oneDNN, MKL. ONNX Runtime has none (MLAS
+# picks its kernels from CPUID), OPENBLAS_CORETYPE is recorded with NumPy's BLAS.
+ISA_LIMITS = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+              "MKL_ENABLE_INSTRUCTIONS")
 
 
 def machine_info() -> dict:
@@ -70,9 +75,27 @@ def machine_info() -> dict:
                     break
     except OSError:
         pass
-    return {"cpu": model, "isa": [flag for flag in ISA_FLAGS if flag in flags],
+    info = {"cpu": model, "isa": [flag for flag in ISA_FLAGS if flag in flags],
             "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version()}
+    limits = isa_limits()
+    if limits:
+        info["isa_limits"] = limits
+    return info
+
+
+def isa_limits() -> dict[str, str]:
+    """The variables of ISA_LIMITS set in this environment, with their values."""
+    return {name: os.environ[name] for name in ISA_LIMITS if os.environ.get(name)}
+
+
+def machine_key(info: dict) -> str:
+    """CPU model and ISA, and the limits its code ran under if any: one machine kind."""
+    key = f"{info['cpu']} ({'/'.join(info.get('isa', [])) or 'no AVX2'})"
+    limits = info.get("isa_limits")
+    if limits:
+        key += " with " + " ".join(f"{name}={value}" for name, value in limits.items())
+    return key
 
 
 def software_info() -> dict:
@@ -97,8 +120,7 @@ def software_info() -> dict:
 
 def machine_line(info: dict) -> str:
     """One line naming the machine, for printed results (with software_info's keys when given)."""
-    isa = "/".join(info["isa"]) or "no AVX2"
-    line = f"{info['cpu']} ({isa}), {info['cpu_count']} cores, Python {info['python']}"
+    line = f"{machine_key(info)}, {info['cpu_count']} cores, Python {info['python']}"
     blas = info.get("blas")
     if blas:
         forced = (f", set by OPENBLAS_CORETYPE={blas['coretype_env']}"

@@ -33,7 +33,9 @@ ROOT = HERE.parent
 USER_ENV = dict(os.environ)
 sys.path[:0] = [str(ROOT), str(HERE)]
 
-from cli import set_process_defaults  # noqa: E402 - after the path is set
+from measure import machine_key  # noqa: E402 - after the path is set
+
+from cli import set_process_defaults  # noqa: E402
 
 C_IN, T, CLASSES = 20, 256, 3
 BATCH_INFER, BATCH_TRAIN = 256, 32
@@ -419,8 +421,7 @@ def summary(paths: list[Path]) -> str:
         except (OSError, ValueError):
             continue
         machine = results.get("machine", {})
-        key = (f"{machine['cpu']} ({'/'.join(machine.get('isa', [])) or 'no AVX2'})"
-               if machine.get("cpu") else "CPU not recorded")
+        key = machine_key(machine) if machine.get("cpu") else "CPU not recorded"
         for variant, entry in results.get("variants", {}).items():
             q = entry.get("ratios") or {  # single-round results: ratios of the figures
                 "ort_over_ours_b1": ratio((entry.get("ort") or {}).get("b1_ms"),

@@ -93,9 +93,13 @@ def test_summary_groups_ratios_by_machine(tmp_path):
     old = {"threads": 1, "variants": {"atto": {"ours": {"b1_ms": 2.0, "train_samples_s": 30.0},
                                                 "ort": {"b1_ms": 3.0},
                                                 "torch": {"train_samples_s": 20.0}}}}
+    limited = {"machine": {"cpu": "AMD EPYC", "isa": ["avx2"],
+                           "isa_limits": {"NUMBA_CPU_NAME": "haswell"}}, "threads": 2,
+               "variants": {"atto": {"ours": {}, "ratios": {"ours_over_torch_train": 2.0}}}}
     (tmp_path / "a.json").write_text(json.dumps(amd))
     (tmp_path / "b.json").write_text(json.dumps(old))
-    text = bench.summary([tmp_path / "a.json", tmp_path / "b.json"])
+    (tmp_path / "c.json").write_text(json.dumps(limited))
+    text = bench.summary([tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"])
     lines = text.splitlines()
     assert lines[0] == "AMD EPYC (avx2)"
     assert ("pico: ORT/ours b1 0.50x, ORT/ours b1 bf16 1.10x, ours/torch train 1.20x, "
@@ -103,6 +107,23 @@ def test_summary_groups_ratios_by_machine(tmp_path):
     assert lines[2] == "CPU not recorded"  # ratios of a single-round result from its figures
     assert "atto: ORT/ours b1 1.50x, ours/torch train 1.50x" in lines[3]
     assert "bf16" not in lines[3]  # older results have no bfloat16 figure: not shown as "-"
+    # code held below the CPU is another machine kind, not mixed with the CPU's own runs
+    assert lines[4] == "AMD EPYC (avx2) with NUMBA_CPU_NAME=haswell"
+    assert "atto: ORT/ours b1 -x, ours/torch train 2.00x" in lines[5]
+
+
+def test_machine_info_records_the_variables_that_limit_the_isa(monkeypatch):
+    from measure import machine_info, machine_line
+
+    for name in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "ATEN_CPU_CAPABILITY",
+                 "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    assert "isa_limits" not in machine_info()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("NUMBA_CPU_NAME", "haswell")
+    info = machine_info()
+    assert info["isa_limits"] == {"NUMBA_CPU_NAME": "haswell", "ATEN_CPU_CAPABILITY": "avx2"}
+    assert "with NUMBA_CPU_NAME=haswell ATEN_CPU_CAPABILITY=avx2, " in machine_line(info)
 
 
 def test_bf16_accuracy_compares_decisions_of_a_checkpoint(tmp_path):
