@@ -92,7 +92,10 @@ def isa_limits() -> dict[str, str]:
 def machine_key(info: dict) -> str:
     """CPU model and ISA, and the limits its code ran under if any: one machine kind."""
     key = f"{info['cpu']} ({'/'.join(info.get('isa', [])) or 'no AVX2'})"
-    limits = info.get("isa_limits")
+    limits = dict(info.get("isa_limits") or {})
+    if "NUMBA_CPU_FEATURES" in limits:  # a long list: only whether AVX-512 is in it
+        avx512 = "+avx512f" in limits["NUMBA_CPU_FEATURES"].split(",")
+        limits["NUMBA_CPU_FEATURES"] = "<AVX-512 on>" if avx512 else "<no AVX-512>"
     if limits:
         key += " with " + " ".join(f"{name}={value}" for name, value in limits.items())
     return key

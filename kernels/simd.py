@@ -50,8 +50,8 @@ in float64, lane j summing the elements j mod 8, the order of eight scalar sums)
                         lane by lane, each rounded once as the scalar operation is (no fusing)
     vlane(v, j)         lane j of v as a scalar
 
-The width is read from the CPU Numba compiles for (`NUMBA_CPU_NAME`/`NUMBA_CPU_FEATURES` if set,
-else the host) when a kernel is compiled, not at import; Numba's cache is keyed by that CPU too.
+The width is read from the features Numba compiles for (`NUMBA_CPU_FEATURES` if set, else the
+host's) when a kernel is compiled, not at import; Numba's cache is keyed by them too.
 """
 
 from __future__ import annotations
@@ -68,13 +68,32 @@ from numba.extending import intrinsic, models, register_model
 
 @functools.cache
 def vector_bytes() -> int:
-    """64 if the compile target has AVX-512 F, else 32."""
+    """64 if the compile target has AVX-512 F, else 32. Numba's JIT compiles for the features
+    of `NUMBA_CPU_FEATURES` if set, else for the host's, whatever CPU `NUMBA_CPU_NAME` names
+    (numba.core.codegen.JITCPUCodegen); so does this."""
     features = numba.config.CPU_FEATURES
-    if features is None and numba.config.CPU_NAME in (None, "host"):
+    if features is None:
         from llvmlite import binding
 
         features = binding.get_host_cpu_features().flatten()
-    return 64 if features and "+avx512f" in features.split(",") else 32
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+# LLVM feature names of the vector extensions past AVX2 (AVX-512 and its EVEX encodings, AVX10,
+# AMX)
+_PAST_AVX2 = ("avx512", "evex512", "avx10", "amx")
+
+
+def features_without_avx512() -> str:
+    """This host's LLVM feature string with AVX-512, AVX10 and AMX turned off. With
+    `NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=<this>` Numba compiles the kernels as for an AVX2
+    CPU (the name alone keeps the host's features), e.g. to test or time the AVX2 code on an
+    AVX-512 machine (bench/README.md shows the command)."""
+    from llvmlite import binding
+
+    features = binding.get_host_cpu_features()
+    return ",".join(("-" if name.startswith(_PAST_AVX2) else "+" if on else "-") + name
+                    for name, on in sorted(features.items()))
 
 
 @functools.cache

@@ -124,6 +124,8 @@ def test_machine_info_records_the_variables_that_limit_the_isa(monkeypatch):
     info = machine_info()
     assert info["isa_limits"] == {"NUMBA_CPU_NAME": "haswell", "ATEN_CPU_CAPABILITY": "avx2"}
     assert "with NUMBA_CPU_NAME=haswell ATEN_CPU_CAPABILITY=avx2, " in machine_line(info)
+    monkeypatch.setenv("NUMBA_CPU_FEATURES", "+avx2,+fma,-avx512f,-avx512bw")
+    assert "NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=<no AVX-512> ATEN" in machine_line(machine_info())
 
 
 def test_bf16_accuracy_compares_decisions_of_a_checkpoint(tmp_path):

@@ -17,6 +17,7 @@ from numba.core.errors import TypingError
 
 from kernels.block import _matmul_cols, matmul_rows
 from kernels.simd import (
+    features_without_avx512,
     lanes,
     vadd,
     vector_bytes,
@@ -317,9 +318,9 @@ def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
         + LAYERNORM_BITS +
         "print('ok', digest)\n"
     )
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CACHE_DIR=str(tmp_path),
-               PYTHONPATH=str(ROOT))
-    env.pop("NUMBA_CPU_FEATURES", None)
+    # the name alone would keep the host's features (AVX-512 where it has them)
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=features_without_avx512(),
+               NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=str(ROOT))
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -345,6 +346,26 @@ LAYERNORM_BITS = (
     "            digest.update(np.ascontiguousarray(array).tobytes())\n"
     "digest = digest.hexdigest()\n"
 )
+
+
+def test_vector_bytes_reads_the_features_numba_compiles_for(monkeypatch):
+    import numba
+    from llvmlite import binding
+
+    host = binding.get_host_cpu_features()
+    monkeypatch.setattr(numba.config, "CPU_NAME", "haswell")
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    # Numba's JIT keeps the host's features whatever CPU is named
+    assert vector_bytes.__wrapped__() == (64 if host.get("avx512f") else 32)
+    without = features_without_avx512()
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", without)
+    assert vector_bytes.__wrapped__() == 32
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", "+avx2,+fma,+avx512f")
+    assert vector_bytes.__wrapped__() == 64
+    turned_on = {name[1:] for name in without.split(",") if name.startswith("+")}
+    assert not any(name.startswith(("avx512", "amx", "avx10")) for name in turned_on)
+    assert ("avx2" in turned_on) is bool(host.get("avx2")) and ("fma" in turned_on) is bool(
+        host.get("fma"))
 
 
 def test_compile_cpu_names_the_cpu_numba_compiles_for():
