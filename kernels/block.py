@@ -59,13 +59,16 @@ def block_parts(rows: int, channels: int, threads: int, min_work: int = SPLIT_WO
 @njit(cache=True)
 def _matmul_cols(x, w, out, n0, n1):
     """out[:, n0:n1] = x[M, K] @ w[n0:n1, K].T, as dot products of explicit SIMD vectors
-    (kernels/simd.py): tiles of 4 rows x 4 output columns (16 vector accumulators, 8 vector
-    loads per 16 FMAs), the rows past a multiple of 4 one at a time against 4 columns, the
-    n1 - n0 % 4 tail columns one by one. Every out[m, n] is the same sequence of operations
-    whichever tile computes it (lane-wise FMAs over the full vectors of K, then the partial
-    vector by a masked load, then the fixed pairwise `vsum`; a full tile's 16 sums are reduced
-    together by `vstore_sums`, in the same order), so the bits do not depend on M, on the split
-    of the columns or on the thread count.
+    (kernels/simd.py): tiles of 4 output columns by 4 rows with 64-byte vectors (16 vector
+    accumulators, 8 vector loads per 16 FMAs; AVX-512 has 32 registers) or by 2 rows with
+    32-byte ones (8 accumulators: AVX2's 16 registers do not hold 16 sums and 4 weight vectors;
+    whole batch-1 predict 1.06-1.26x faster compiled for AVX2, bench/NOTES.md round 14); the
+    rows past a multiple of that one at a time against 4 columns, the n1 - n0 % 4 tail columns
+    one by one. Every out[m, n] is the same sequence of operations whichever tile computes it
+    (lane-wise FMAs over the full vectors of K, then the partial vector by a masked load, then
+    the fixed pairwise `vsum`; a tile's sums are reduced together by `vstore_sums`, in the same
+    order), so the bits do not depend on M, on the split of the columns, on the thread count or
+    on the tile.
 
     A tile's 4 weight rows are one contiguous run of 4K elements, read once from memory and
     then from L1 by the other row tiles. So that the memory does not idle while those compute,
@@ -80,6 +83,8 @@ def _matmul_cols(x, w, out, n0, n1):
     rest = K - KL
     n4 = n0 + (n1 - n0) - (n1 - n0) % 4
     m4 = M - M % 4
+    m2 = M - M % 2
+    wide = L * xf.itemsize >= 64  # 4-row tiles: 16 accumulators need AVX-512's 32 registers
     line = 64 // wf.itemsize  # elements per cache line
     last = wf.size - 1
     for n in range(n0, n4, 4):
@@ -89,70 +94,111 @@ def _matmul_cols(x, w, out, n0, n1):
         w3 = w2 + K
         ahead = w3 + K  # the next tile's rows, up to `stop`
         stop = min(ahead + 4 * K, last)
-        for m in range(0, m4, 4):
-            x0 = m * K
-            x1 = x0 + K
-            x2 = x1 + K
-            x3 = x2 + K
-            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = vzero(xf)
-            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = vzero(xf)
-            for k in range(0, KL, L):
-                if ahead < stop:
-                    vprefetch(wf, ahead)
-                    vprefetch(wf, min(ahead + line, stop))
-                    ahead += 2 * line
-                v0 = vload(wf, w0 + k)
-                v1 = vload(wf, w1 + k)
-                v2 = vload(wf, w2 + k)
-                v3 = vload(wf, w3 + k)
-                u = vload(xf, x0 + k)
-                a00 = vfma(a00, u, v0)
-                a01 = vfma(a01, u, v1)
-                a02 = vfma(a02, u, v2)
-                a03 = vfma(a03, u, v3)
-                u = vload(xf, x1 + k)
-                a10 = vfma(a10, u, v0)
-                a11 = vfma(a11, u, v1)
-                a12 = vfma(a12, u, v2)
-                a13 = vfma(a13, u, v3)
-                u = vload(xf, x2 + k)
-                a20 = vfma(a20, u, v0)
-                a21 = vfma(a21, u, v1)
-                a22 = vfma(a22, u, v2)
-                a23 = vfma(a23, u, v3)
-                u = vload(xf, x3 + k)
-                a30 = vfma(a30, u, v0)
-                a31 = vfma(a31, u, v1)
-                a32 = vfma(a32, u, v2)
-                a33 = vfma(a33, u, v3)
-            if rest:
-                v0 = vload_head(wf, w0 + KL, rest)
-                v1 = vload_head(wf, w1 + KL, rest)
-                v2 = vload_head(wf, w2 + KL, rest)
-                v3 = vload_head(wf, w3 + KL, rest)
-                u = vload_head(xf, x0 + KL, rest)
-                a00 = vfma(a00, u, v0)
-                a01 = vfma(a01, u, v1)
-                a02 = vfma(a02, u, v2)
-                a03 = vfma(a03, u, v3)
-                u = vload_head(xf, x1 + KL, rest)
-                a10 = vfma(a10, u, v0)
-                a11 = vfma(a11, u, v1)
-                a12 = vfma(a12, u, v2)
-                a13 = vfma(a13, u, v3)
-                u = vload_head(xf, x2 + KL, rest)
-                a20 = vfma(a20, u, v0)
-                a21 = vfma(a21, u, v1)
-                a22 = vfma(a22, u, v2)
-                a23 = vfma(a23, u, v3)
-                u = vload_head(xf, x3 + KL, rest)
-                a30 = vfma(a30, u, v0)
-                a31 = vfma(a31, u, v1)
-                a32 = vfma(a32, u, v2)
-                a33 = vfma(a33, u, v3)
-            vstore_sums(out, m, n, (a00, a01, a02, a03, a10, a11, a12, a13,
-                                    a20, a21, a22, a23, a30, a31, a32, a33))
-        for m in range(m4, M):
+        if wide:
+            for m in range(0, m4, 4):
+                x0 = m * K
+                x1 = x0 + K
+                x2 = x1 + K
+                x3 = x2 + K
+                a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = vzero(xf)
+                a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = vzero(xf)
+                for k in range(0, KL, L):
+                    if ahead < stop:
+                        vprefetch(wf, ahead)
+                        vprefetch(wf, min(ahead + line, stop))
+                        ahead += 2 * line
+                    v0 = vload(wf, w0 + k)
+                    v1 = vload(wf, w1 + k)
+                    v2 = vload(wf, w2 + k)
+                    v3 = vload(wf, w3 + k)
+                    u = vload(xf, x0 + k)
+                    a00 = vfma(a00, u, v0)
+                    a01 = vfma(a01, u, v1)
+                    a02 = vfma(a02, u, v2)
+                    a03 = vfma(a03, u, v3)
+                    u = vload(xf, x1 + k)
+                    a10 = vfma(a10, u, v0)
+                    a11 = vfma(a11, u, v1)
+                    a12 = vfma(a12, u, v2)
+                    a13 = vfma(a13, u, v3)
+                    u = vload(xf, x2 + k)
+                    a20 = vfma(a20, u, v0)
+                    a21 = vfma(a21, u, v1)
+                    a22 = vfma(a22, u, v2)
+                    a23 = vfma(a23, u, v3)
+                    u = vload(xf, x3 + k)
+                    a30 = vfma(a30, u, v0)
+                    a31 = vfma(a31, u, v1)
+                    a32 = vfma(a32, u, v2)
+                    a33 = vfma(a33, u, v3)
+                if rest:
+                    v0 = vload_head(wf, w0 + KL, rest)
+                    v1 = vload_head(wf, w1 + KL, rest)
+                    v2 = vload_head(wf, w2 + KL, rest)
+                    v3 = vload_head(wf, w3 + KL, rest)
+                    u = vload_head(xf, x0 + KL, rest)
+                    a00 = vfma(a00, u, v0)
+                    a01 = vfma(a01, u, v1)
+                    a02 = vfma(a02, u, v2)
+                    a03 = vfma(a03, u, v3)
+                    u = vload_head(xf, x1 + KL, rest)
+                    a10 = vfma(a10, u, v0)
+                    a11 = vfma(a11, u, v1)
+                    a12 = vfma(a12, u, v2)
+                    a13 = vfma(a13, u, v3)
+                    u = vload_head(xf, x2 + KL, rest)
+                    a20 = vfma(a20, u, v0)
+                    a21 = vfma(a21, u, v1)
+                    a22 = vfma(a22, u, v2)
+                    a23 = vfma(a23, u, v3)
+                    u = vload_head(xf, x3 + KL, rest)
+                    a30 = vfma(a30, u, v0)
+                    a31 = vfma(a31, u, v1)
+                    a32 = vfma(a32, u, v2)
+                    a33 = vfma(a33, u, v3)
+                vstore_sums(out, m, n, (a00, a01, a02, a03, a10, a11, a12, a13,
+                                        a20, a21, a22, a23, a30, a31, a32, a33))
+        else:
+            for m in range(0, m2, 2):
+                x0 = m * K
+                x1 = x0 + K
+                a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = vzero(xf)
+                for k in range(0, KL, L):
+                    if ahead < stop:
+                        vprefetch(wf, ahead)
+                        vprefetch(wf, min(ahead + line, stop))
+                        ahead += 2 * line
+                    v0 = vload(wf, w0 + k)
+                    v1 = vload(wf, w1 + k)
+                    v2 = vload(wf, w2 + k)
+                    v3 = vload(wf, w3 + k)
+                    u = vload(xf, x0 + k)
+                    a00 = vfma(a00, u, v0)
+                    a01 = vfma(a01, u, v1)
+                    a02 = vfma(a02, u, v2)
+                    a03 = vfma(a03, u, v3)
+                    u = vload(xf, x1 + k)
+                    a10 = vfma(a10, u, v0)
+                    a11 = vfma(a11, u, v1)
+                    a12 = vfma(a12, u, v2)
+                    a13 = vfma(a13, u, v3)
+                if rest:
+                    v0 = vload_head(wf, w0 + KL, rest)
+                    v1 = vload_head(wf, w1 + KL, rest)
+                    v2 = vload_head(wf, w2 + KL, rest)
+                    v3 = vload_head(wf, w3 + KL, rest)
+                    u = vload_head(xf, x0 + KL, rest)
+                    a00 = vfma(a00, u, v0)
+                    a01 = vfma(a01, u, v1)
+                    a02 = vfma(a02, u, v2)
+                    a03 = vfma(a03, u, v3)
+                    u = vload_head(xf, x1 + KL, rest)
+                    a10 = vfma(a10, u, v0)
+                    a11 = vfma(a11, u, v1)
+                    a12 = vfma(a12, u, v2)
+                    a13 = vfma(a13, u, v3)
+                vstore_sums(out, m, n, (a00, a01, a02, a03, a10, a11, a12, a13))
+        for m in range(m4 if wide else m2, M):
             x0 = m * K
             a00 = a01 = a02 = a03 = vzero(xf)
             for k in range(0, KL, L):

@@ -413,23 +413,28 @@ def _halve_together(builder, first, second, width):
 
 @intrinsic
 def vstore_sums(typingctx, out, m, n, sums):
-    """out[m + r, n + c] = vsum(sums[4r + c]) for r, c < 4 (out 2-D C-contiguous).
+    """out[m + r, n + c] = vsum(sums[4r + c]) for c < 4 and r < 4 (16 sums) or r < 2 (8 sums);
+    out 2-D C-contiguous.
 
     Sixteen `vsum`s spend most of their instructions on half-empty vectors; here each level of
     the tree works on two sums' vectors at once (`_halve_together`), so a level costs 2
     shuffles and 1 add per pair of vectors, and the sums come out in order, four to a row of
     out. Every sum is the same additions in the same order as its `vsum`: the same bits."""
     if not (isinstance(out, types.Array) and out.ndim == 2 and out.layout == "C"
-            and isinstance(sums, types.UniTuple) and len(sums) == 16
-            and isinstance(sums.dtype, Vector) and sums.dtype.dtype == out.dtype
+            and isinstance(sums, types.UniTuple) and isinstance(sums.dtype, Vector)
+            and len(sums) in (8, 16)
+            and sums.dtype.dtype == out.dtype
             and isinstance(m, types.Integer) and isinstance(n, types.Integer)):
         return None
     lanes_ = sums.dtype.lanes
+    count = len(sums)
 
     def codegen(context, builder, signature, args):
-        vectors = [builder.extract_value(args[3], i) for i in range(16)]
+        vectors = [builder.extract_value(args[3], i) for i in range(count)]
         width = lanes_
         while width > 1:  # each vector: lanes_ / width sums in progress, in order
+            if len(vectors) == 1:  # more lanes than sums: the second half repeats the first
+                vectors = vectors * 2
             vectors = [_halve_together(builder, vectors[i], vectors[i + 1], width)
                        for i in range(0, len(vectors), 2)]
             width //= 2
@@ -438,7 +443,7 @@ def vstore_sums(typingctx, out, m, n, sums):
         row_type = ir.VectorType(context.get_value_type(out.dtype), 4)
         m_, n_ = (context.cast(builder, v, t, types.intp)
                   for v, t in zip(args[1:3], signature.args[1:3], strict=True))
-        for r in range(4):
+        for r in range(count // 4):
             first = 4 * r
             vector = vectors[first // lanes_]
             lane = first % lanes_

@@ -121,6 +121,30 @@ def test_tile_sums_have_the_bits_of_single_sums_and_touch_only_the_tile(dtype, s
 
 
 @njit(cache=True)
+def _tile_sums_two_rows(rows, out, m, n):
+    """`_tile_sums` for a tile of 2 x 4 sums (vectors of at most 8 lanes)."""
+    v0, v1, v2, v3 = vload(rows[0], 0), vload(rows[1], 0), vload(rows[2], 0), vload(rows[3], 0)
+    v4, v5, v6, v7 = vload(rows[4], 0), vload(rows[5], 0), vload(rows[6], 0), vload(rows[7], 0)
+    vstore_sums(out, m, n, (v0, v1, v2, v3, v4, v5, v6, v7))
+    return np.array([[vsum(v0), vsum(v1), vsum(v2), vsum(v3)],
+                     [vsum(v4), vsum(v5), vsum(v6), vsum(v7)]], dtype=out.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(seed=st.integers(0, 2**16), m=st.integers(0, 3), n=st.integers(0, 5))
+@SETTINGS
+def test_two_row_tile_sums_have_the_bits_of_single_sums(dtype, seed, m, n):
+    rng = np.random.default_rng(seed)
+    rows = (rng.standard_normal((8, 16)) * 10.0 ** rng.integers(-6, 7, (8, 16))).astype(dtype)
+    out = np.full((m + 3, n + 6), -7.0, dtype)
+    expected = _tile_sums_two_rows(rows, out, m, n)
+    np.testing.assert_array_equal(out[m:m + 2, n:n + 4], expected)
+    outside = np.ones(out.shape, bool)
+    outside[m:m + 2, n:n + 4] = False
+    assert (out[outside] == -7.0).all()
+
+
+@njit(cache=True)
 def _gather(x, i, stride, out):
     vstore(out, 0, vgather(x, i, stride))
 
@@ -304,7 +328,7 @@ def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
         "        w = rng.standard_normal((n, k)).astype(dtype)\n"
         "        out = matmul_rows(x, w, np.empty((m, n), dtype))\n"
         "        np.testing.assert_allclose(out, x @ w.T, rtol=tol, atol=tol)\n"
-        "        for row in range(m):  # 4-row tiles (tree sums) = a row alone (vsum)\n"
+        "        for row in range(m):  # 2-row tiles (tree sums) = a row alone (vsum)\n"
         "            alone = matmul_rows(x[row:row + 1].copy(), w, np.empty((1, n), dtype))\n"
         "            np.testing.assert_array_equal(alone[0], out[row])\n"
         "from kernels.gemm import gemm\n"
