@@ -70,7 +70,7 @@ from numba.extending import intrinsic, models, register_model
 def vector_bytes() -> int:
     """64 if the compile target has AVX-512 F, else 32. Numba's JIT compiles for the features
     of `NUMBA_CPU_FEATURES` if set, else for the host's, whatever CPU `NUMBA_CPU_NAME` names
-    (numba.core.codegen.JITCPUCodegen); so does this."""
+    (none for `generic`: numba.core.config); so does this."""
     features = numba.config.CPU_FEATURES
     if features is None:
         from llvmlite import binding
