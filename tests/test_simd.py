@@ -105,24 +105,9 @@ def _tile_sums(rows, out, m, n):
                      [vsum(v12), vsum(v13), vsum(v14), vsum(v15)]], dtype=out.dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@given(seed=st.integers(0, 2**16), m=st.integers(0, 3), n=st.integers(0, 5))
-@SETTINGS
-def test_tile_sums_have_the_bits_of_single_sums_and_touch_only_the_tile(dtype, seed, m, n):
-    rng = np.random.default_rng(seed)
-    # wide exponent range, so a different order of additions would show in the bits
-    rows = (rng.standard_normal((16, 16)) * 10.0 ** rng.integers(-6, 7, (16, 16))).astype(dtype)
-    out = np.full((m + 5, n + 6), -7.0, dtype)
-    expected = _tile_sums(rows, out, m, n)
-    np.testing.assert_array_equal(out[m:m + 4, n:n + 4], expected)
-    outside = np.ones(out.shape, bool)
-    outside[m:m + 4, n:n + 4] = False
-    assert (out[outside] == -7.0).all()
-
-
 @njit(cache=True)
 def _tile_sums_two_rows(rows, out, m, n):
-    """`_tile_sums` for a tile of 2 x 4 sums (vectors of at most 8 lanes)."""
+    """`_tile_sums` for a tile of 2 x 4 sums (the first 8 rows)."""
     v0, v1, v2, v3 = vload(rows[0], 0), vload(rows[1], 0), vload(rows[2], 0), vload(rows[3], 0)
     v4, v5, v6, v7 = vload(rows[4], 0), vload(rows[5], 0), vload(rows[6], 0), vload(rows[7], 0)
     vstore_sums(out, m, n, (v0, v1, v2, v3, v4, v5, v6, v7))
@@ -131,16 +116,19 @@ def _tile_sums_two_rows(rows, out, m, n):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tile_rows", [4, 2])
 @given(seed=st.integers(0, 2**16), m=st.integers(0, 3), n=st.integers(0, 5))
 @SETTINGS
-def test_two_row_tile_sums_have_the_bits_of_single_sums(dtype, seed, m, n):
+def test_tile_sums_have_the_bits_of_single_sums_and_touch_only_the_tile(dtype, tile_rows, seed,
+                                                                         m, n):
     rng = np.random.default_rng(seed)
-    rows = (rng.standard_normal((8, 16)) * 10.0 ** rng.integers(-6, 7, (8, 16))).astype(dtype)
-    out = np.full((m + 3, n + 6), -7.0, dtype)
-    expected = _tile_sums_two_rows(rows, out, m, n)
-    np.testing.assert_array_equal(out[m:m + 2, n:n + 4], expected)
+    # wide exponent range, so a different order of additions would show in the bits
+    rows = (rng.standard_normal((16, 16)) * 10.0 ** rng.integers(-6, 7, (16, 16))).astype(dtype)
+    out = np.full((m + 5, n + 6), -7.0, dtype)
+    expected = (_tile_sums if tile_rows == 4 else _tile_sums_two_rows)(rows, out, m, n)
+    np.testing.assert_array_equal(out[m:m + tile_rows, n:n + 4], expected)
     outside = np.ones(out.shape, bool)
-    outside[m:m + 2, n:n + 4] = False
+    outside[m:m + tile_rows, n:n + 4] = False
     assert (out[outside] == -7.0).all()
 
 
