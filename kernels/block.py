@@ -84,7 +84,9 @@ def _matmul_cols(x, w, out, n0, n1):
     n4 = n0 + (n1 - n0) - (n1 - n0) % 4
     m4 = M - M % 4
     m2 = M - M % 2
-    wide = L * xf.itemsize >= 64  # 4-row tiles: 16 accumulators need AVX-512's 32 registers
+    # 4-row tiles: 16 accumulators need AVX-512's 32 registers. Both tiles are written out here:
+    # as called functions, even inlined by Numba, they ran 1.1-4x slower (NOTES.md round 14)
+    wide = L * xf.itemsize >= 64
     line = 64 // wf.itemsize  # elements per cache line
     last = wf.size - 1
     for n in range(n0, n4, 4):
