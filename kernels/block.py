@@ -82,11 +82,10 @@ def _matmul_cols(x, w, out, n0, n1):
     KL = K - K % L
     rest = K - KL
     n4 = n0 + (n1 - n0) - (n1 - n0) % 4
-    m4 = M - M % 4
-    m2 = M - M % 2
     # 4-row tiles: 16 accumulators need AVX-512's 32 registers. Both tiles are written out here:
     # as called functions, even inlined by Numba, they ran 1.1-4x slower (NOTES.md round 14)
     wide = L * xf.itemsize >= 64
+    tiled = M - M % (4 if wide else 2)  # rows in whole tiles
     line = 64 // wf.itemsize  # elements per cache line
     last = wf.size - 1
     for n in range(n0, n4, 4):
@@ -97,7 +96,7 @@ def _matmul_cols(x, w, out, n0, n1):
         ahead = w3 + K  # the next tile's rows, up to `stop`
         stop = min(ahead + 4 * K, last)
         if wide:
-            for m in range(0, m4, 4):
+            for m in range(0, tiled, 4):
                 x0 = m * K
                 x1 = x0 + K
                 x2 = x1 + K
@@ -161,7 +160,7 @@ def _matmul_cols(x, w, out, n0, n1):
                 vstore_sums(out, m, n, (a00, a01, a02, a03, a10, a11, a12, a13,
                                         a20, a21, a22, a23, a30, a31, a32, a33))
         else:
-            for m in range(0, m2, 2):
+            for m in range(0, tiled, 2):
                 x0 = m * K
                 x1 = x0 + K
                 a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = vzero(xf)
@@ -200,7 +199,7 @@ def _matmul_cols(x, w, out, n0, n1):
                     a12 = vfma(a12, u, v2)
                     a13 = vfma(a13, u, v3)
                 vstore_sums(out, m, n, (a00, a01, a02, a03, a10, a11, a12, a13))
-        for m in range(m4 if wide else m2, M):
+        for m in range(tiled, M):
             x0 = m * K
             a00 = a01 = a02 = a03 = vzero(xf)
             for k in range(0, KL, L):
