@@ -20,7 +20,35 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.echo(f"warning: {message}", err=True)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """click's group, with a usage error (bad option value, unknown option or command) as one
+    line, `Error: ... See 'cli.py train --help'.`, instead of click's usage, hint, blank line
+    and error (exit code 2 either way)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        import sys
+
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as error:  # bare `cli.py`: the help
+            error.show()
+            sys.exit(error.exit_code)
+        except click.UsageError as error:
+            hint = f" See '{error.ctx.command_path} --help'." if error.ctx is not None else ""
+            click.echo(f"Error: {error.format_message()}{hint}", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """ConvNeXt for 1D market data: fetch candles, train, backtest, run live signals."""
     import warnings

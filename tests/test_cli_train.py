@@ -85,6 +85,9 @@ def test_data_file_in_the_spec_form_and_resume(tmp_path):
     (["--resume", "no/such/last.npz"], "no such checkpoint"),
     (["--config", "missing.toml"], "cannot read config file"),
     (["--interval", "7m", "--source", "synthetic"], "7m"),
+    # click's own usage errors, one line too (with where to look)
+    (["--epochs", "-1"], "-1 is not in the range x>=1. See 'cli.py train --help'."),
+    (["--no-such-option"], "No such option '--no-such-option'"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", *args, "--out",
@@ -92,3 +95,13 @@ def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_unknown_command_is_one_line_and_bare_cli_prints_the_help():
+    runner = CliRunner()
+    unknown = runner.invoke(main, ["trian"])
+    assert unknown.exit_code == 2
+    assert unknown.output.strip().splitlines() == [
+        "Error: No such command 'trian'. Did you mean 'train'? See 'main --help'."]
+    bare = runner.invoke(main, [])
+    assert bare.exit_code == 2 and "Commands:" in bare.output and "Error" not in bare.output
