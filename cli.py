@@ -552,8 +552,9 @@ def _precision_option(effect: str):
 
 
 def _model_at(precision: str, model):
-    """The loaded model, or its bfloat16 copy for inference (`--precision`)."""
-    return model.frozen("bfloat16") if precision == "bfloat16" else model
+    """The loaded model's read-only copy for inference (`model.frozen`), its pointwise weights
+    in bfloat16 with `--precision bfloat16` (float32 arithmetic either way)."""
+    return model.frozen("bfloat16" if precision == "bfloat16" else model.dtype.name)
 
 
 def _check_funding_rate(category: str, funding_rate: float | None) -> None:

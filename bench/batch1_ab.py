@@ -9,7 +9,8 @@ reporting the median. Printed: per configuration the median over rounds, and the
 the per-round ratios first/this (> 1: this one is faster), which cancels a load that drifts
 between rounds. A configuration is environment variables (e.g. `spin:GOMP_SPINCOUNT=300`) and/or
 a source tree (`--root`, e.g. a `git worktree` of the commit before a change);
-`BENCH_PRECISION=bfloat16` in a configuration times `model.frozen("bfloat16")` instead. `--busy` keeps
+`BENCH_PRECISION=float32` (or `bfloat16`) in a configuration times `model.frozen(...)` instead, the
+copy `live` runs (packed pointwise weights on AVX-512; bench/run.py times it). `--busy` keeps
 one core busy with another process meanwhile (a loaded machine). OpenBLAS runs on one thread,
 Numba on all cores, as in bench/run.py.
 """

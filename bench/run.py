@@ -62,9 +62,10 @@ def child_ours(task: str, variant: str, quick: bool, threads: int) -> dict:
     rng = np.random.default_rng(0)
     model = ConvNeXt1D.from_config(variant, C_IN, CLASSES)
     if task in ("b1", "b1bf16", "infer"):  # b1: the batch-1 figure only
-        model.eval()
-        if task == "b1bf16":  # the bfloat16 pointwise weights of model.frozen("bfloat16")
-            model = model.frozen("bfloat16")
+        # the read-only copy for inference that `live` runs (from round 15; before, the model
+        # itself: the same but for the packed pointwise weights of the batch-1 network on
+        # AVX-512); b1bf16: its pointwise weights in bfloat16
+        model = model.frozen("bfloat16" if task == "b1bf16" else "float32")
         x1 = rng.standard_normal((1, C_IN, T)).astype(np.float32)
         b1 = median_seconds(lambda: model.predict(x1), reps["b1"], 5, reps["min_seconds"])
         if task != "infer":

@@ -32,7 +32,20 @@ from kernels.dwconv import _conv_row
 from kernels.gelu import gelu_scalar
 from kernels.layernorm import _normalize_row
 from kernels.pointer import call_matmul_cols, native_address
-from kernels.simd import lanes, vfma, vload, vload_head, vprefetch, vstore_sums, vsum, vzero
+from kernels.simd import (
+    lanes,
+    vector_bytes,
+    vfma,
+    vload,
+    vload_head,
+    vprefetch,
+    vsplat,
+    vstore,
+    vstore_head,
+    vstore_sums,
+    vsum,
+    vzero,
+)
 
 # rows at or below which `linear_forward` (stem, downsample, head) takes `matmul_rows`
 SMALL_ROWS = 32
@@ -231,6 +244,132 @@ def _matmul_cols(x, w, out, n0, n1):
     return out
 
 
+
+@njit(cache=True)
+def _matmul_cols_packed(x, wp, out, n0, n1):
+    """out[:, n0:n1] = x[M, K] @ w[n0:n1, K].T with w packed by `pack_columns` (wp holds its
+    K * N elements; shaped [K, N] here for the sizes only): w.T's columns in panels of 2L
+    (the last one narrower), each panel's K rows after each other, so that a panel streams
+    from memory as one run.
+
+    Outer products: each k adds x[m, k] (broadcast) times the panel's row k (2 vectors) to the
+    sums of out[m, panel], a tile of 8 rows x 2 vectors in 16 registers (AVX-512 has 32), with
+    no sum across lanes at the end (`_matmul_cols`'s dot products end in one per output, as
+    much work as the multiply-adds when K is a few vectors: atto's batch-1 products 1.3x
+    faster this way on Zen 5, bench/NOTES.md round 15). Part-panels (a narrower last panel, or
+    n0, n1 inside a panel) take masked vectors, rows past a multiple of 8 one at a time.
+
+    Every out[m, n] is one chain of fused multiply-adds from zero, k ascending, whichever tile
+    computes it: the bits do not depend on M, on the split of the columns or on the thread
+    count. wp holds float32/float64, or bfloat16 bits (uint16, widened as loaded)."""
+    M, K = x.shape
+    N = wp.shape[1]
+    xf = x.reshape(M * K)
+    wf = wp.reshape(K * N)
+    L = lanes(x)
+    W = 2 * L
+    tiled = M - M % 8  # rows in whole tiles
+    for q in range(n0 // W, (n1 + W - 1) // W):
+        lo = max(n0, q * W)  # columns lo .. hi - 1 of panel q
+        hi = min(n1, q * W + W)
+        width = min(W, N - q * W)  # of the panel: its rows are this far apart
+        base = q * W * K + lo - q * W  # wf[base + k * width] = w[lo, k]
+        if hi - lo == W:
+            for m in range(0, tiled, 8):
+                x0 = m * K
+                c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = vzero(xf)
+                c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = vzero(xf)
+                for k in range(K):
+                    b0 = vload(wf, base + k * W)
+                    b1 = vload(wf, base + k * W + L)
+                    a = vsplat(xf, x0 + k)
+                    c00 = vfma(c00, a, b0)
+                    c01 = vfma(c01, a, b1)
+                    a = vsplat(xf, x0 + 1 * K + k)
+                    c10 = vfma(c10, a, b0)
+                    c11 = vfma(c11, a, b1)
+                    a = vsplat(xf, x0 + 2 * K + k)
+                    c20 = vfma(c20, a, b0)
+                    c21 = vfma(c21, a, b1)
+                    a = vsplat(xf, x0 + 3 * K + k)
+                    c30 = vfma(c30, a, b0)
+                    c31 = vfma(c31, a, b1)
+                    a = vsplat(xf, x0 + 4 * K + k)
+                    c40 = vfma(c40, a, b0)
+                    c41 = vfma(c41, a, b1)
+                    a = vsplat(xf, x0 + 5 * K + k)
+                    c50 = vfma(c50, a, b0)
+                    c51 = vfma(c51, a, b1)
+                    a = vsplat(xf, x0 + 6 * K + k)
+                    c60 = vfma(c60, a, b0)
+                    c61 = vfma(c61, a, b1)
+                    a = vsplat(xf, x0 + 7 * K + k)
+                    c70 = vfma(c70, a, b0)
+                    c71 = vfma(c71, a, b1)
+                vstore(out[m + 0], lo, c00)
+                vstore(out[m + 0], lo + L, c01)
+                vstore(out[m + 1], lo, c10)
+                vstore(out[m + 1], lo + L, c11)
+                vstore(out[m + 2], lo, c20)
+                vstore(out[m + 2], lo + L, c21)
+                vstore(out[m + 3], lo, c30)
+                vstore(out[m + 3], lo + L, c31)
+                vstore(out[m + 4], lo, c40)
+                vstore(out[m + 4], lo + L, c41)
+                vstore(out[m + 5], lo, c50)
+                vstore(out[m + 5], lo + L, c51)
+                vstore(out[m + 6], lo, c60)
+                vstore(out[m + 6], lo + L, c61)
+                vstore(out[m + 7], lo, c70)
+                vstore(out[m + 7], lo + L, c71)
+            for m in range(tiled, M):
+                c00 = c01 = vzero(xf)
+                for k in range(K):
+                    a = vsplat(xf, m * K + k)
+                    c00 = vfma(c00, a, vload(wf, base + k * W))
+                    c01 = vfma(c01, a, vload(wf, base + k * W + L))
+                vstore(out[m], lo, c00)
+                vstore(out[m], lo + L, c01)
+            continue
+        for s in range(lo, hi, L):
+            count = min(L, hi - s)
+            at = base + s - lo
+            for m in range(0, tiled, 8):
+                x0 = m * K
+                c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = vzero(xf)
+                for k in range(K):
+                    b0 = vload_head(wf, at + k * width, count)
+                    c0 = vfma(c0, vsplat(xf, x0 + k), b0)
+                    c1 = vfma(c1, vsplat(xf, x0 + 1 * K + k), b0)
+                    c2 = vfma(c2, vsplat(xf, x0 + 2 * K + k), b0)
+                    c3 = vfma(c3, vsplat(xf, x0 + 3 * K + k), b0)
+                    c4 = vfma(c4, vsplat(xf, x0 + 4 * K + k), b0)
+                    c5 = vfma(c5, vsplat(xf, x0 + 5 * K + k), b0)
+                    c6 = vfma(c6, vsplat(xf, x0 + 6 * K + k), b0)
+                    c7 = vfma(c7, vsplat(xf, x0 + 7 * K + k), b0)
+                vstore_head(out[m + 0], s, count, c0)
+                vstore_head(out[m + 1], s, count, c1)
+                vstore_head(out[m + 2], s, count, c2)
+                vstore_head(out[m + 3], s, count, c3)
+                vstore_head(out[m + 4], s, count, c4)
+                vstore_head(out[m + 5], s, count, c5)
+                vstore_head(out[m + 6], s, count, c6)
+                vstore_head(out[m + 7], s, count, c7)
+            for m in range(tiled, M):
+                c0 = vzero(xf)
+                for k in range(K):
+                    c0 = vfma(c0, vsplat(xf, m * K + k), vload_head(wf, at + k * width, count))
+                vstore_head(out[m], s, count, c0)
+    return out
+
+
+def pack_columns(w: np.ndarray, width: int) -> np.ndarray:
+    """w [N, K] as `_matmul_cols_packed` reads it: for each panel of `width` columns of w.T (the
+    last one N % width wide, if not 0), its K rows after each other. Flat, N * K elements."""
+    wt = w.T
+    return np.concatenate([wt[:, n:n + width].reshape(-1) for n in range(0, w.shape[0], width)])
+
+
 @njit(cache=True)
 def _split(n, parts, p):
     """Start of part p of range(n) cut into `parts` pieces at multiples of 4."""
@@ -257,7 +396,8 @@ def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, 
 
         z = LN(dwconv(x)); a = GELU(z W1^T + b1); out = x + keep * gamma * (a W2^T + b2)
 
-    `matmul` is `matmul_cols_address(x.dtype, w1.dtype)`: the matmul runs through it.
+    `matmul` is `matmul_cols_address(x.dtype, w1.dtype)`: the matmul runs through it; or
+    `matmul_cols_packed_address(...)` with w1, w2 packed (`pack_columns`).
     Each matmul is split by output columns into `parts` pieces (cut at multiples of 4, so the
     bits do not depend on `parts`), one `prange` iteration each, with GELU resp. the residual
     done by the same iteration on its columns: two fork/joins per block in all (each piece
@@ -335,6 +475,27 @@ def block_rows_signature(dtype, pointwise) -> tuple[types.Type, ...]:
 def matmul_cols_address(dtype, weights) -> int:
     """Address of `_matmul_cols` for these dtypes (kernels/pointer.py), compiled if needed."""
     return native_address(_matmul_cols, matmul_cols_signature(dtype, weights))
+
+
+@functools.cache
+def matmul_cols_packed_address(dtype, weights) -> int:
+    """Address of `_matmul_cols_packed` for these dtypes (the types of `matmul_cols_signature`),
+    compiled if needed."""
+    return native_address(_matmul_cols_packed, matmul_cols_signature(dtype, weights))
+
+
+def panel_columns(dtype) -> int:
+    """Columns per panel of `pack_columns` for `_matmul_cols_packed` with activations of this
+    float dtype, as compiled here: 2 vectors."""
+    return 2 * vector_bytes() // np.dtype(dtype).itemsize
+
+
+def packed_panel(dtype) -> int:
+    """`panel_columns(dtype)` where a frozen model packs its pointwise weights for the batch-1
+    network, else 0: where the kernels compile for 64-byte vectors (AVX-512). With AVX2's 16
+    registers the 8 x 2 tile spills, and 4 rows ran at par with `_matmul_cols`'s dot products
+    (1.02x), which read the weights as they are (bench/NOTES.md round 15)."""
+    return panel_columns(dtype) if vector_bytes() == 64 else 0
 
 
 @functools.cache

@@ -35,19 +35,27 @@ import functools
 import numpy as np
 from numba import njit
 
-from kernels.block import block_parts, block_rows_address, matmul_cols_address
+from kernels.block import (
+    block_parts,
+    block_rows_address,
+    matmul_cols_address,
+    matmul_cols_packed_address,
+)
 from kernels.layernorm import layernorm_forward_serial
 from kernels.pointer import call_block_rows, call_matmul_cols, call_set_threads, thread_setter_address
 
 
 @functools.cache  # per predict it costs a dictionary lookup
-def addresses(dtype, pointwise) -> np.ndarray:
+def addresses(dtype, pointwise, packed: bool = False) -> np.ndarray:
     """The functions `network_forward_rows` calls, for `dtype` activations and `pointwise`
-    weights (dtype, or uint16 bfloat16 bits): int64 [block, matmul of the activations'
-    dtype, matmul with the pointwise weights, Numba's thread-count setter (0: none)];
+    weights (dtype, or uint16 bfloat16 bits), stored as in the state dict or `packed`
+    (`kernels.block.pack_columns`): int64 [block, matmul of the activations' dtype, matmul
+    with the pointwise weights, Numba's thread-count setter (0: none), 1 if packed else 0];
     compiled if needed. Read-only."""
+    pointwise_matmul = (matmul_cols_packed_address if packed else matmul_cols_address)(
+        dtype, pointwise)
     found = np.array([block_rows_address(dtype, pointwise), matmul_cols_address(dtype, dtype),
-                      matmul_cols_address(dtype, pointwise), thread_setter_address()],
+                      pointwise_matmul, thread_setter_address(), int(packed)],
                      dtype=np.int64)
     found.flags.writeable = False
     return found
@@ -95,12 +103,15 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, threa
     `threads` = the calling thread's Numba thread count, set again before returning. The
     blocks' pointwise weights (pwconv1, pwconv2: nearly all the bytes) are read from
     `pointwise` at the same spans: `flat` itself, or the bfloat16 bits of `flat` (uint16,
-    `kernels.simd.bfloat16_bits`; widened to float32 as they are loaded).
-    `functions` = `addresses(x.dtype, pointwise.dtype)`."""
+    `kernels.simd.bfloat16_bits`; widened to float32 as they are loaded), each weight there
+    packed by `kernels.block.pack_columns` if functions[4] is 1 (`_matmul_cols_packed` reads
+    it; its array then has the shape [in, out], for the sizes only).
+    `functions` = `addresses(x.dtype, pointwise.dtype, packed)`."""
     B, T, C_in = x.shape
     dt = x.dtype
     block, matmul, pointwise_matmul = functions[0], functions[1], functions[2]
     set_threads = functions[3]
+    packed = functions[4] == 1
     d = dims[0]
     steps = T // 4
     stem = np.empty((B * steps, d), dtype=dt)
@@ -134,12 +145,17 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, threa
             for c in range(d):
                 for j in range(kernel):
                     taps[j, c] = w_dw[c, j]
+            w1 = _param(pointwise, spans, k + 4)
+            w2 = _param(pointwise, spans, k + 6)
+            if packed:  # sized [in, out]: [C, 4C] and [4C, C]
+                w1, w2 = w1.reshape((d, 4 * d)), w2.reshape((4 * d, d))
+            else:
+                w1, w2 = w1.reshape((4 * d, d)), w2.reshape((d, 4 * d))
             call_block_rows(
                 block, act, taps, _param(flat, spans, k + 1), _param(flat, spans, k + 2),
-                _param(flat, spans, k + 3), eps,
-                _param(pointwise, spans, k + 4).reshape((4 * d, d)), _param(flat, spans, k + 5),
-                _param(pointwise, spans, k + 6).reshape((d, 4 * d)), _param(flat, spans, k + 7),
-                _param(flat, spans, k + 8), keep, z, a, other, parts[i], pointwise_matmul,
+                _param(flat, spans, k + 3), eps, w1, _param(flat, spans, k + 5), w2,
+                _param(flat, spans, k + 7), _param(flat, spans, k + 8), keep, z, a, other,
+                parts[i], pointwise_matmul,
             )
             act, other = other, act
             block_param += 9

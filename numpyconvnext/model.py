@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kernels.block import BLOCK_ROWS
+from kernels.block import BLOCK_ROWS, pack_columns, packed_panel
 from kernels.network import addresses, network_forward_rows, stage_parts
 from kernels.simd import bfloat16_bits, bfloat16_values
 from numpyconvnext.layers import (
@@ -173,6 +173,7 @@ class ConvNeXt1D:
         # what the one-call inference reads the blocks' pointwise weights from: flat_params, or
         # their bfloat16 bits (`frozen("bfloat16")`)
         self._pointwise: np.ndarray = self.flat_params
+        self._pointwise_packed = False  # in panels there (`frozen` on AVX-512)
 
     @classmethod
     def from_config(cls, name: str, in_channels: int, num_classes: int, **options) -> ConvNeXt1D:
@@ -311,6 +312,11 @@ class ConvNeXt1D:
         model afterwards do not reach the copy. README "Speed" gives the measured effect on
         the decisions of trained models. Temperature and checkpoint metadata are copied;
         `train()` on the copy raises.
+
+        Where the kernels compile for AVX-512, the copy also keeps the pointwise weights
+        transposed, in column panels, for its batch-1 predict (outer products instead of dot
+        products, bench/NOTES.md round 15; a float32 copy then holds them twice). That predict
+        differs from this model's in rounding only (another order of the sums).
         """
         if precision not in ("float32", "float64", "bfloat16"):
             raise ValueError(f"precision must be float32, float64 or bfloat16, got {precision!r}")
@@ -324,15 +330,25 @@ class ConvNeXt1D:
         copy.temperature = self.temperature
         if hasattr(self, "metadata"):
             copy.metadata = self.metadata
-        if precision == "bfloat16":
-            bits = np.zeros(copy.flat_params.size, dtype=np.uint16)  # read at pointwise spans only
-            for (start, end), name in zip(copy._spans, copy._params, strict=True):
+        panel = packed_panel(copy.dtype)
+        if precision == "bfloat16" or panel:
+            # what the batch-1 network reads the pointwise weights from, at their spans only
+            pointwise = np.zeros(copy.flat_params.size,
+                                 dtype=np.uint16 if precision == "bfloat16" else copy.dtype)
+            for (start, end), (name, param) in zip(copy._spans, copy._params.items(),
+                                                   strict=True):
                 if name.endswith((".pwconv1.weight", ".pwconv2.weight")):
-                    bits[start:end] = bfloat16_bits(copy.flat_params[start:end])
-                    copy.flat_params[start:end] = bfloat16_values(bits[start:end])
-            copy._pointwise = bits
-        for array in [copy.flat_params, *copy._params.values()]:  # the layers hold these views
-            array.flags.writeable = False
+                    weight = copy.flat_params[start:end]
+                    if precision == "bfloat16":
+                        weight = bfloat16_bits(weight)
+                        copy.flat_params[start:end] = bfloat16_values(weight)
+                    weight = weight.reshape(param.shape)
+                    pointwise[start:end] = (pack_columns(weight, panel) if panel
+                                            else weight.reshape(-1))
+            copy._pointwise = pointwise
+            copy._pointwise_packed = bool(panel)
+        for array in [copy.flat_params, *copy._params.values(), copy._pointwise]:
+            array.flags.writeable = False  # the layers hold views of flat_params
         copy.precision = precision
         copy.training = False
         return copy
@@ -409,7 +425,8 @@ class ConvNeXt1D:
                     np.array(config["dims"], dtype=np.int64),
                     np.array(config["depths"], dtype=np.int64), config["kernel_size"],
                     config["layernorm_eps"], parts if split else np.ones_like(parts), threads,
-                    self._pointwise, addresses(self.dtype, self._pointwise.dtype),
+                    self._pointwise, addresses(self.dtype, self._pointwise.dtype,
+                                               self._pointwise_packed),
                 )
                 if choice:
                     self._split_chooser.record(split, time.perf_counter() - start)

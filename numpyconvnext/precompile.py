@@ -100,19 +100,24 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
 
 
 def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
-    """A batch-1 predict of a float32 model: the one-call network (and, within its compile, the
-    stem, downsample and head kernels) and the few-row matmul it and the blocks call, but not
-    the blocks, which `ready_for_batch1` compiles in this process meanwhile (each is called
+    """A batch-1 predict of a frozen float32 model (the copy `live` runs): the one-call network
+    (and, within its compile, the stem, downsample and head kernels) and the few-row matmuls it
+    and the blocks call (that of the packed pointwise weights too, where they are packed), but
+    not the blocks, which `ready_for_batch1` compiles in this process meanwhile (each is called
     through its address, kernels/pointer.py)."""
-    from kernels.block import _matmul_cols, matmul_cols_signature
+    from kernels.block import _matmul_cols, _matmul_cols_packed, matmul_cols_signature, packed_panel
     from kernels.network import network_forward_rows
 
-    a1, a3 = types.Array(types.float32, 1, "C"), types.Array(types.float32, 3, "C")
+    a3 = types.Array(types.float32, 3, "C")
     i1, i2 = types.Array(types.int64, 1, "C"), types.Array(types.int64, 2, "C")
     functions = types.Array(types.int64, 1, "C", readonly=True)  # kernels.network.addresses
     count, real = types.int64, types.float64
     # x, flat, spans, dims, depths, kernel, eps, parts, threads, pointwise, functions
-    return [(network_forward_rows, (a3, a1, i2, i1, i1, count, real, i1, count, a1, functions)),
+    packed = [(_matmul_cols_packed, matmul_cols_signature(np.float32, np.float32))]
+    frozen = types.Array(types.float32, 1, "C", readonly=True)  # its flat_params, _pointwise
+    return [(network_forward_rows, (a3, frozen, i2, i1, i1, count, real, i1, count, frozen,
+                                    functions)),
+            *(packed if packed_panel(np.float32) else []),
             (_matmul_cols, matmul_cols_signature(np.float32, np.float32))]
 
 

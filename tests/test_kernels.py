@@ -3,6 +3,8 @@ differences (float64) on hypothesis-drawn shapes and values."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -386,12 +388,15 @@ def test_block_forward_rows_split_by_columns_has_same_bits(dtype, shape, seed):
 @given(dims=st.lists(st.integers(1, 12), min_size=4, max_size=4),
        depths=st.lists(st.integers(0, 2), min_size=4, max_size=4), c_in=st.integers(1, 5),
        classes=st.integers(1, 4), batch_steps=st.sampled_from([(1, 32), (1, 64), (2, 64), (1, 256)]),
-       seed=st.integers(0, 2**16))
+       packed=st.booleans(), seed=st.integers(0, 2**16))
 @SETTINGS
 def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, classes, batch_steps,
-                                                seed):
+                                                packed, seed):
+    """Pointwise weights as stored, or packed as a frozen model packs them on AVX-512 (here on
+    any CPU: the kernel runs on every ISA, AVX2 just does not choose it)."""
     import numba
 
+    from kernels.block import panel_columns
     from kernels.network import addresses, network_forward_rows
     from numpyconvnext import ConvNeXt1D
 
@@ -400,11 +405,13 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
     B, T = batch_steps
     x = np.random.default_rng(seed + 1).standard_normal((B, T, c_in)).astype(dtype)
     expected = reference.convnext_forward(model.state_dict(), depths, x)
+    with mock.patch("numpyconvnext.model.packed_panel", panel_columns if packed else lambda _: 0):
+        pointwise = model.frozen(np.dtype(dtype).name)._pointwise
 
     def run(parts, threads):
         return network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
                                     np.array(depths), 7, 1e-6, np.array(parts, dtype=np.int64),
-                                    threads, model.flat_params, addresses(dtype, dtype))
+                                    threads, pointwise, addresses(dtype, dtype, packed))
 
     saved = numba.get_num_threads()
     threads = min(2, numba.config.NUMBA_NUM_THREADS)
@@ -455,24 +462,28 @@ def test_stage_parts_split_only_the_stages_with_enough_work():
 
 @given(dims=st.lists(st.integers(1, 12), min_size=4, max_size=4),
        depths=st.lists(st.integers(0, 2), min_size=4, max_size=4), c_in=st.integers(1, 5),
-       seed=st.integers(0, 2**16))
+       packed=st.booleans(), seed=st.integers(0, 2**16))
 @SETTINGS
-def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in, seed):
-    """With the pointwise weights given as bfloat16 bits the network computes the reference
-    model whose pointwise weights are those bfloat16 values (widening is exact)."""
+def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in, packed, seed):
+    """With the pointwise weights given as bfloat16 bits (as stored, or packed) the network
+    computes the reference model whose pointwise weights are those bfloat16 values (widening
+    is exact)."""
     import numba
 
+    from kernels.block import panel_columns
     from kernels.network import addresses, network_forward_rows
     from numpyconvnext import ConvNeXt1D
 
     # frozen("bfloat16") holds the bits (`_pointwise`) and their values (its state dict); its
     # rounding itself is checked in tests/test_model.py
-    model = randomised(ConvNeXt1D(dims, depths, c_in, 3), seed).frozen("bfloat16")
+    with mock.patch("numpyconvnext.model.packed_panel", panel_columns if packed else lambda _: 0):
+        model = randomised(ConvNeXt1D(dims, depths, c_in, 3), seed).frozen("bfloat16")
+    assert model._pointwise_packed == packed
     x = np.random.default_rng(seed + 1).standard_normal((1, 64, c_in)).astype(np.float32)
     got = network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
                                np.array(depths), 7, 1e-6, np.ones(4, dtype=np.int64),
                                numba.get_num_threads(), model._pointwise,
-                               addresses(np.float32, np.uint16))
+                               addresses(np.float32, np.uint16, packed))
     expected = reference.convnext_forward(model.state_dict(), depths, x)
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)
 
@@ -554,3 +565,45 @@ def test_bfloat16_rounding_is_nearest_even(values):
         bfloat16_bits(np.array([np.nan], np.float32))
     with pytest.raises(ValueError, match="beyond"):
         bfloat16_bits(np.array([3.4e38], np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 80),
+       cuts=st.lists(st.integers(0, 80), max_size=3), seed=st.integers(0, 2**16))
+@SETTINGS
+def test_matmul_cols_packed_matches_reference_with_the_same_bits_however_split(dtype, m, k, n,
+                                                                              cuts, seed):
+    from kernels.block import _matmul_cols_packed, pack_columns, panel_columns
+
+    x, w = arrays(seed, (m, k), (n, k), dtype=dtype)
+    packed = pack_columns(w, panel_columns(dtype)).reshape(k, n)
+    whole = _matmul_cols_packed(x, packed, np.full((m, n), np.nan, dtype), 0, n)
+    np.testing.assert_allclose(whole, reference.linear_forward(x, w, np.zeros(n, dtype)),
+                               rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
+    bounds = sorted({0, n, *(min(c, n) for c in cuts)})  # columns cut anywhere, not just panels
+    parts = np.full((m, n), np.nan, dtype)
+    for n0, n1 in zip(bounds[:-1], bounds[1:], strict=True):
+        _matmul_cols_packed(x, packed, parts, n0, n1)
+    np.testing.assert_array_equal(parts, whole)
+    rows = np.ascontiguousarray(x[m // 2:])  # and whatever the rows around it
+    np.testing.assert_array_equal(
+        _matmul_cols_packed(rows, packed, np.empty((len(rows), n), dtype), 0, n), whole[m // 2:])
+
+
+def test_pack_columns_keeps_each_panel_as_one_run():
+    from kernels.block import pack_columns
+
+    w = np.arange(5 * 3).reshape(5, 3)  # [N=5, K=3]: panels of 2 columns of w.T, then 1
+    assert pack_columns(w, 2).tolist() == [0, 3, 1, 4, 2, 5, 6, 9, 7, 10, 8, 11, 12, 13, 14]
+
+
+def test_matmul_cols_packed_reads_bfloat16_bits():
+    from kernels.block import _matmul_cols_packed, pack_columns, panel_columns
+    from kernels.simd import bfloat16_bits, bfloat16_values
+
+    x, w = arrays(5, (9, 70), (45, 70), dtype=np.float32)
+    bits = bfloat16_bits(w).reshape(w.shape)
+    got = _matmul_cols_packed(x, pack_columns(bits, panel_columns(np.float32)).reshape(70, 45),
+                              np.empty((9, 45), np.float32), 0, 45)
+    np.testing.assert_allclose(got, x @ bfloat16_values(bits.reshape(-1)).reshape(w.shape).T,
+                               rtol=1e-5, atol=1e-4)

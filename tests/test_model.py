@@ -287,13 +287,27 @@ def _trained_like(seed: int = 0) -> ConvNeXt1D:
     return randomised(ConvNeXt1D((8, 16, 24, 32), (1, 1, 2, 1), 5, 3), seed).eval()
 
 
-def test_frozen_float32_is_the_same_model_read_only():
+@pytest.mark.parametrize("packed", [False, True])
+def test_frozen_float32_is_the_same_model_read_only(packed, monkeypatch):
+    """Packed (AVX-512's choice; forced here on any CPU) the batch-1 products sum in another
+    order: the same model to rounding; as stored, the same bits. Batches: the same path."""
+    from kernels.block import panel_columns
+
+    monkeypatch.setattr("numpyconvnext.model.packed_panel",
+                        panel_columns if packed else lambda _: 0)
     model = _trained_like()
     model.temperature = 1.7
     model.metadata = {"symbol": "BTCUSDT"}
     frozen = model.frozen()
+    assert frozen._pointwise_packed == packed
     x = np.random.default_rng(1).standard_normal((1, 5, 64)).astype(np.float32)
-    np.testing.assert_array_equal(frozen.predict(x), model.predict(x))
+    if packed:
+        np.testing.assert_allclose(frozen.predict(x), model.predict(x), rtol=1e-5, atol=1e-6)
+        assert frozen._pointwise is not frozen.flat_params
+    else:
+        np.testing.assert_array_equal(frozen.predict(x), model.predict(x))
+    batch = np.random.default_rng(2).standard_normal((9, 5, 64)).astype(np.float32)
+    np.testing.assert_array_equal(frozen.predict(batch), model.predict(batch))
     assert frozen.temperature == 1.7 and frozen.metadata == {"symbol": "BTCUSDT"}
     assert frozen.precision == "float32" and not frozen.training
     with pytest.raises(ValueError, match="read-only"):
@@ -320,9 +334,15 @@ def test_frozen_bfloat16_rounds_only_the_pointwise_weights():
             np.testing.assert_array_equal(value, original)
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("batch", [1, 2, 9])
-def test_frozen_bfloat16_predicts_alike_one_call_and_layer_by_layer(batch):
-    """Batch 1 streams the bfloat16 bits, a batch multiplies their float32 values: same math."""
+def test_frozen_bfloat16_predicts_alike_one_call_and_layer_by_layer(batch, packed, monkeypatch):
+    """Batch 1 streams the bfloat16 bits (packed or not), a batch multiplies their float32
+    values: same math."""
+    from kernels.block import panel_columns
+
+    monkeypatch.setattr("numpyconvnext.model.packed_panel",
+                        panel_columns if packed else lambda _: 0)
     model = _trained_like(3)
     frozen = model.frozen("bfloat16")
     x = np.random.default_rng(2).standard_normal((batch, 5, 64)).astype(np.float32)

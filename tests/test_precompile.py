@@ -112,7 +112,7 @@ PREDICT = COMPILED + """
 from kernels.block import block_rows_address
 from numpyconvnext import ConvNeXt1D
 
-model = ConvNeXt1D.from_config("atto", 20, 3).eval()
+model = ConvNeXt1D.from_config("atto", 20, 3).frozen()  # what `live` predicts with
 x = np.zeros((1, 20, 256), np.float32)
 if sys.argv[1] == "plan-first":
     compile_plan("predict")
@@ -140,7 +140,7 @@ from kernels.network import network_forward_rows
 from numpyconvnext import ConvNeXt1D
 from numpyconvnext.precompile import ready_for_batch1
 
-model = ConvNeXt1D.from_config("atto", 20, 3).eval()
+model = ConvNeXt1D.from_config("atto", 20, 3).frozen()
 ready_for_batch1(model)
 model.predict(np.zeros((1, 20, 256), np.float32))
 # the network and the matmul were compiled by the helper and loaded here, the block compiled here
