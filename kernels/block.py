@@ -269,6 +269,9 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
     L = lanes(x)
     W = 2 * L
     tiled = M - M % 8  # rows in whole tiles
+    line = 64 // wf.itemsize
+    last = wf.size - 1
+    bits = wf.itemsize == 2
     for q in range(n0 // W, (n1 + W - 1) // W):
         lo = max(n0, q * W)  # columns lo .. hi - 1 of panel q
         hi = min(n1, q * W + W)
@@ -280,6 +283,8 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
                 c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = vzero(xf)
                 c40 = c41 = c50 = c51 = c60 = c61 = c70 = c71 = vzero(xf)
                 for k in range(K):
+                    if bits:  # bfloat16: 16 rows ahead (float32 ran 0.83-0.90x with it)
+                        vprefetch(wf, min(base + k * W + 16 * line, last))
                     b0 = vload(wf, base + k * W)
                     b1 = vload(wf, base + k * W + L)
                     a = vsplat(xf, x0 + k)
