@@ -11,7 +11,8 @@ read each weight row once for several rows of x:
 
 The dot products are reassociated (per-lane partial sums of explicit SIMD vectors, fused
 multiply-adds, a fixed pairwise lane sum; no fastmath flags), so results match BLAS to rounding,
-not bit for bit.
+not bit for bit. On AVX-512 a frozen model's blocks take `_matmul_cols_packed` instead: the
+same products as outer products over its weights packed in column panels (`pack_columns`).
 
 The block calls its matmul, and the batch-1 network its blocks, through their addresses
 (`matmul_cols_address`, `block_rows_address`, kernels/pointer.py), so that each compiles on
@@ -244,7 +245,6 @@ def _matmul_cols(x, w, out, n0, n1):
     return out
 
 
-
 @njit(cache=True)
 def _matmul_cols_packed(x, wp, out, n0, n1):
     """out[:, n0:n1] = x[M, K] @ w[n0:n1, K].T with w packed by `pack_columns` (wp holds its
@@ -255,9 +255,10 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
     Outer products: each k adds x[m, k] (broadcast) times the panel's row k (2 vectors) to the
     sums of out[m, panel], a tile of 8 rows x 2 vectors in 16 registers (AVX-512 has 32), with
     no sum across lanes at the end (`_matmul_cols`'s dot products end in one per output, as
-    much work as the multiply-adds when K is a few vectors: atto's batch-1 products 1.3x
-    faster this way on Zen 5, bench/NOTES.md round 15). Part-panels (a narrower last panel, or
-    n0, n1 inside a panel) take masked vectors, rows past a multiple of 8 one at a time.
+    much work as the multiply-adds when K is a few vectors: the batch-1 products of atto, pico
+    and tiny 1.6x faster alone, their predicts 1.13-1.20x, on Zen 5; bench/NOTES.md round 15).
+    The two tiles are written out, as in `_matmul_cols`. Part-panels (a narrower last panel,
+    or n0, n1 inside a panel) take masked vectors, rows past a multiple of 8 one at a time.
 
     Every out[m, n] is one chain of fused multiply-adds from zero, k ascending, whichever tile
     computes it: the bits do not depend on M, on the split of the columns or on the thread
@@ -290,7 +291,7 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
                     a = vsplat(xf, x0 + k)
                     c00 = vfma(c00, a, b0)
                     c01 = vfma(c01, a, b1)
-                    a = vsplat(xf, x0 + 1 * K + k)
+                    a = vsplat(xf, x0 + K + k)
                     c10 = vfma(c10, a, b0)
                     c11 = vfma(c11, a, b1)
                     a = vsplat(xf, x0 + 2 * K + k)
@@ -311,8 +312,8 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
                     a = vsplat(xf, x0 + 7 * K + k)
                     c70 = vfma(c70, a, b0)
                     c71 = vfma(c71, a, b1)
-                vstore(out[m + 0], lo, c00)
-                vstore(out[m + 0], lo + L, c01)
+                vstore(out[m], lo, c00)
+                vstore(out[m], lo + L, c01)
                 vstore(out[m + 1], lo, c10)
                 vstore(out[m + 1], lo + L, c11)
                 vstore(out[m + 2], lo, c20)
@@ -345,14 +346,14 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
                 for k in range(K):
                     b0 = vload_head(wf, at + k * width, count)
                     c0 = vfma(c0, vsplat(xf, x0 + k), b0)
-                    c1 = vfma(c1, vsplat(xf, x0 + 1 * K + k), b0)
+                    c1 = vfma(c1, vsplat(xf, x0 + K + k), b0)
                     c2 = vfma(c2, vsplat(xf, x0 + 2 * K + k), b0)
                     c3 = vfma(c3, vsplat(xf, x0 + 3 * K + k), b0)
                     c4 = vfma(c4, vsplat(xf, x0 + 4 * K + k), b0)
                     c5 = vfma(c5, vsplat(xf, x0 + 5 * K + k), b0)
                     c6 = vfma(c6, vsplat(xf, x0 + 6 * K + k), b0)
                     c7 = vfma(c7, vsplat(xf, x0 + 7 * K + k), b0)
-                vstore_head(out[m + 0], s, count, c0)
+                vstore_head(out[m], s, count, c0)
                 vstore_head(out[m + 1], s, count, c1)
                 vstore_head(out[m + 2], s, count, c2)
                 vstore_head(out[m + 3], s, count, c3)
