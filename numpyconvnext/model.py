@@ -171,9 +171,9 @@ class ConvNeXt1D:
         self._keep: list[np.ndarray] = []
         self.precision = self.dtype.name
         # what the one-call inference reads the blocks' pointwise weights from: flat_params, or
-        # their bfloat16 bits (`frozen("bfloat16")`)
+        # a frozen copy's own buffer (bfloat16 bits, and/or packed in panels on AVX-512)
         self._pointwise: np.ndarray = self.flat_params
-        self._pointwise_packed = False  # in panels there (`frozen` on AVX-512)
+        self._pointwise_packed = False
 
     @classmethod
     def from_config(cls, name: str, in_channels: int, num_classes: int, **options) -> ConvNeXt1D:
