@@ -101,11 +101,11 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
 
 def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     """A batch-1 predict of a frozen float32 model (the copy `live` runs): the one-call network
-    (and, within its compile, the stem, downsample and head kernels) and the few-row matmuls it
-    and the blocks call (that of the packed pointwise weights too, where they are packed), but
-    not the blocks, which `ready_for_batch1` compiles in this process meanwhile (each is called
-    through its address, kernels/pointer.py)."""
-    from kernels.block import _matmul_cols, _matmul_cols_packed, matmul_cols_signature, packed_panel
+    (and, within its compile, the stem, downsample and head kernels) and the few-row matmul it
+    and the blocks call, but not the blocks nor the matmul of packed pointwise weights, which
+    `ready_for_batch1` compiles in this process meanwhile (each is called through its address,
+    kernels/pointer.py)."""
+    from kernels.block import _matmul_cols, matmul_cols_signature
     from kernels.network import network_forward_rows
 
     a3 = types.Array(types.float32, 3, "C")
@@ -113,11 +113,9 @@ def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     functions = types.Array(types.int64, 1, "C", readonly=True)  # kernels.network.addresses
     count, real = types.int64, types.float64
     # x, flat, spans, dims, depths, kernel, eps, parts, threads, pointwise, functions
-    packed = [(_matmul_cols_packed, matmul_cols_signature(np.float32, np.float32))]
     frozen = types.Array(types.float32, 1, "C", readonly=True)  # its flat_params, _pointwise
     return [(network_forward_rows, (a3, frozen, i2, i1, i1, count, real, i1, count, frozen,
                                     functions)),
-            *(packed if packed_panel(np.float32) else []),
             (_matmul_cols, matmul_cols_signature(np.float32, np.float32))]
 
 
@@ -185,15 +183,18 @@ def compiling_beside(name: str) -> Iterator[subprocess.Popen | None]:
 
 
 def ready_for_batch1(model) -> None:
-    """Compile what a batch-1 `model.predict` needs, if it is not in the cache: the blocks here
-    and, beside them, the rest of the one-call network in a helper process (plan "predict";
-    waited for, so that this process loads it instead of compiling it too)."""
-    from kernels.block import block_rows_address
+    """Compile what a batch-1 `model.predict` needs, if it is not in the cache: the blocks (and
+    the matmul of packed pointwise weights, if the model has them) here and, beside them, the
+    rest of the one-call network in a helper process (plan "predict"; waited for, so that this
+    process loads it instead of compiling it too)."""
+    from kernels.block import block_rows_address, matmul_cols_packed_address
 
     pointwise = model._pointwise.dtype
     planned = model.dtype == pointwise == np.float32  # the plan is the float32 network's
     with compiling_beside("predict") if planned else nullcontext() as helper:
         block_rows_address(model.dtype, pointwise)
+        if model._pointwise_packed:
+            matmul_cols_packed_address(model.dtype, pointwise)
         if helper is not None:
             helper.wait()
 

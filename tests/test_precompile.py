@@ -109,14 +109,14 @@ def test_unknown_plan_and_usage():
 
 
 PREDICT = COMPILED + """
-from kernels.block import block_rows_address
 from numpyconvnext import ConvNeXt1D
+from numpyconvnext.precompile import ready_for_batch1
 
 model = ConvNeXt1D.from_config("atto", 20, 3).frozen()  # what `live` predicts with
 x = np.zeros((1, 20, 256), np.float32)
 if sys.argv[1] == "plan-first":
     compile_plan("predict")
-    block_rows_address(np.float32, np.float32)
+    ready_for_batch1(model)  # what it compiles in this process (no helper: none is needed)
     assert not missing("predict")
     before = compiled()
     model.predict(x)
