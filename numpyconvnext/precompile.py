@@ -6,8 +6,8 @@ CLI's `train` starts a helper process beside it (`compiling_beside("train")`) th
 the same kernels, last needed first, into Numba's on-disk cache; each kernel the command
 reaches and finds there it loads (milliseconds) instead of compiling. The two meet in the
 middle, so on two cores the wait is about halved. Before its first batch-1 predict, `live`
-calls `ready_for_batch1`: the blocks compile here while a helper compiles the rest of the
-one-call network (plan "predict"; the network calls its blocks, and they their matmul,
+calls `ready_for_batch1`: the blocks (and the matmul of a frozen model's packed weights)
+compile here while a helper compiles the rest of the one-call network (plan "predict"; the network calls its blocks, and they their matmul,
 through addresses, kernels/pointer.py, so none waits for another).
 
 A helper is started only when a kernel of its plan is missing from the cache and the process
@@ -43,7 +43,8 @@ def plan(name: str) -> list[tuple[object, tuple[types.Type, ...]]]:
     `kernels.linear.uses_own_gemm()`, as in the command's process), then what the
     evaluation of the validation and test windows adds (batched inference, its head on few rows)
     and the backtest of their trades.
-    "predict": the batch-1 network of a float32 model without its blocks (`ready_for_batch1`).
+    "predict": the batch-1 network of a frozen float32 model (what `live` runs) without its
+    blocks and packed matmul (`ready_for_batch1`).
     """
     plans = {"train": _train_plan, "predict": _predict_plan}
     if name not in plans:
