@@ -7,8 +7,9 @@ the same kernels, last needed first, into Numba's on-disk cache; each kernel the
 reaches and finds there it loads (milliseconds) instead of compiling. The two meet in the
 middle, so on two cores the wait is about halved. Before its first batch-1 predict, `live`
 calls `ready_for_batch1`: the blocks (and the matmul of a frozen model's packed weights)
-compile here while a helper compiles the rest of the one-call network (plan "predict"; the network calls its blocks, and they their matmul,
-through addresses, kernels/pointer.py, so none waits for another).
+compile here while a helper compiles the rest of the one-call network (plan "predict"; the
+network calls its blocks, and they their matmul, through addresses, kernels/pointer.py, so
+none waits for another).
 
 A helper is started only when a kernel of its plan is missing from the cache and the process
 may use two cores; it writes nothing but Numba's cache (each file written whole, then
