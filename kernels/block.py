@@ -258,7 +258,8 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
     much work as the multiply-adds when K is a few vectors: the batch-1 products of atto, pico
     and tiny 1.6x faster alone, their predicts 1.13-1.20x, on Zen 5; bench/NOTES.md round 15).
     The two tiles are written out, as in `_matmul_cols`. Part-panels (a narrower last panel,
-    or n0, n1 inside a panel) take masked vectors, rows past a multiple of 8 one at a time.
+    or n0, n1 inside a panel) take masked vectors, rows past a multiple of 8 one at a time
+    (masked too).
 
     Every out[m, n] is one chain of fused multiply-adds from zero, k ascending, whichever tile
     computes it: the bits do not depend on M, on the split of the columns or on the thread
@@ -278,7 +279,8 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
         hi = min(n1, q * W + W)
         width = min(W, N - q * W)  # of the panel: its rows are this far apart
         base = q * W * K + lo - q * W  # wf[base + k * width] = w[lo, k]
-        if hi - lo == W:
+        whole = hi - lo == W  # the panel's rows in whole tiles of 8 x 2 vectors
+        if whole:
             for m in range(0, tiled, 8):
                 x0 = m * K
                 c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = vzero(xf)
@@ -328,19 +330,10 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
                 vstore(out[m + 6], lo + L, c61)
                 vstore(out[m + 7], lo, c70)
                 vstore(out[m + 7], lo + L, c71)
-            for m in range(tiled, M):
-                c00 = c01 = vzero(xf)
-                for k in range(K):
-                    a = vsplat(xf, m * K + k)
-                    c00 = vfma(c00, a, vload(wf, base + k * W))
-                    c01 = vfma(c01, a, vload(wf, base + k * W + L))
-                vstore(out[m], lo, c00)
-                vstore(out[m], lo + L, c01)
-            continue
-        for s in range(lo, hi, L):
+        for s in range(lo, hi, L):  # part-panels, and the rows past the whole tiles
             count = min(L, hi - s)
             at = base + s - lo
-            for m in range(0, tiled, 8):
+            for m in range(0, 0 if whole else tiled, 8):
                 x0 = m * K
                 c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = vzero(xf)
                 for k in range(K):
