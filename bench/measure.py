@@ -63,25 +63,41 @@ def machine_info() -> dict:
     Every benchmark records this beside its figures: the same cloud machine type may be AVX2
     one day and AVX-512 the next.
     """
-    model, flags = platform.processor() or platform.machine(), set()
+    model, flags, numbers = platform.processor() or platform.machine(), set(), {}
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name":
+                key = key.strip()
+                if key == "model name":
                     model = value.strip()
-                elif key.strip() == "flags":
+                elif key in ("cpu family", "model"):
+                    numbers[key.replace(" ", "_")] = int(value)
+                elif key == "flags":
                     flags = set(value.split())
                     break
-    except OSError:
+    except (OSError, ValueError):
         pass
     info = {"cpu": model, "isa": [flag for flag in ISA_FLAGS if flag in flags],
             "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version()}
+            "python": platform.python_version(), **numbers}
+    # a cloud CPU may be named only "AMD EPYC": LLVM's name for the host tells Zen 4 from Zen 5
+    microarchitecture = host_microarchitecture()
+    if microarchitecture:
+        info["microarchitecture"] = microarchitecture
     limits = isa_limits()
     if limits:
         info["isa_limits"] = limits
     return info
+
+
+def host_microarchitecture() -> str | None:
+    """LLVM's name of this CPU ("znver4", "znver5", "sapphirerapids", ...), None without llvmlite."""
+    try:
+        from llvmlite import binding
+    except ImportError:
+        return None
+    return str(binding.get_host_cpu_name())
 
 
 def isa_limits() -> dict[str, str]:
@@ -91,7 +107,10 @@ def isa_limits() -> dict[str, str]:
 
 def machine_key(info: dict) -> str:
     """CPU model and ISA, and the limits its code ran under if any: one machine kind."""
-    key = f"{info['cpu']} ({'/'.join(info.get('isa', [])) or 'no AVX2'})"
+    name = info["cpu"]
+    if info.get("microarchitecture"):
+        name += f" [{info['microarchitecture']}]"
+    key = f"{name} ({'/'.join(info.get('isa', [])) or 'no AVX2'})"
     limits = dict(info.get("isa_limits") or {})
     if "NUMBA_CPU_FEATURES" in limits:  # a long list: only whether AVX-512 is in it
         avx512 = "+avx512f" in limits["NUMBA_CPU_FEATURES"].split(",")

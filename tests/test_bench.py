@@ -127,6 +127,18 @@ def test_machine_info_records_the_variables_that_limit_the_isa(monkeypatch):
     assert "NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=<no AVX-512> ATEN" in machine_line(machine_info())
 
 
+def test_machine_key_names_the_microarchitecture_of_a_generic_cpu_name():
+    from llvmlite import binding
+    from measure import machine_info, machine_key
+
+    info = machine_info()
+    assert info["microarchitecture"] == binding.get_host_cpu_name()
+    # two cloud CPUs both named "AMD EPYC" (Zen 4, Zen 5) are two machine kinds
+    zen4 = {"cpu": "AMD EPYC", "isa": ["avx2", "avx512f"], "microarchitecture": "znver4"}
+    assert machine_key(zen4) == "AMD EPYC [znver4] (avx2/avx512f)"
+    assert machine_key(dict(zen4, microarchitecture="znver5")) != machine_key(zen4)
+
+
 def test_bf16_accuracy_compares_decisions_of_a_checkpoint(tmp_path):
     from numpyconvnext.data.store import save_candles
     from tests.test_trading_cli import make_checkpoint
