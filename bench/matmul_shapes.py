@@ -25,7 +25,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # a benchmark owns its proce
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import machine_info, median_seconds  # noqa: E402
+from measure import machine_info, machine_key, median_seconds  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kernels.gemm import gemm  # noqa: E402
@@ -48,8 +48,7 @@ def main() -> None:
     except ImportError:
         raise SystemExit("matmul_shapes: needs torch (pip install -e .[bench])") from None
     torch.set_num_threads(1)
-    machine = machine_info()
-    print(f"{machine['cpu']} ({'/'.join(machine['isa'])}), NumPy {np.__version__} "
+    print(f"{machine_key(machine_info())}, NumPy {np.__version__} "
           f"(OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}), "
           f"torch {torch.__version__}, 1 thread each")
     rng = np.random.default_rng(0)
