@@ -380,13 +380,21 @@ def test_vector_bytes_reads_the_features_numba_compiles_for(monkeypatch):
         host.get("fma"))
 
 
-def test_compile_cpu_names_the_cpu_numba_compiles_for():
+def test_compile_cpu_names_the_cpu_numba_compiles_for(monkeypatch):
     import numba
     from llvmlite import binding
 
     from kernels.simd import compile_cpu
 
-    expected = numba.config.CPU_NAME
-    if expected in (None, "host"):
-        expected = binding.get_host_cpu_name()
-    assert compile_cpu() == expected and compile_cpu()
+    host = binding.get_host_cpu_name()
+    assert host  # e.g. "znver4": what the machine record and the GEMM rule read
+    # NUMBA_CPU_NAME (read into numba.config.CPU_NAME) wins; unset or "host" means this CPU
+    try:
+        for setting, expected in (("haswell", "haswell"), ("skylake-avx512", "skylake-avx512"),
+                                  (None, host), ("host", host)):
+            monkeypatch.setattr(numba.config, "CPU_NAME", setting)
+            compile_cpu.cache_clear()  # read once per process
+            assert compile_cpu() == expected
+    finally:
+        monkeypatch.undo()
+        compile_cpu.cache_clear()
