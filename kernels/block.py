@@ -385,6 +385,19 @@ def matmul_rows(x, w, out):
 
 
 @njit(cache=True, parallel=prange_only())
+def matmul_split(x, w, out, parts, matmul):
+    """out[M, N] = x[M, K] @ w[N, K].T for few rows M through the few-row matmul at address
+    `matmul` (`matmul_cols_address`), its output columns cut into `parts` pieces at multiples
+    of 4 (so the bits do not depend on `parts`), one `prange` iteration each: a product
+    outside the blocks (the downsamples of the batch-1 network) on `parts` threads. Call it
+    with Numba's thread count = parts. x, w, out C-contiguous; returns out."""
+    N = out.shape[1]
+    for p in prange(parts):
+        call_matmul_cols(matmul, x, w, out, _split(N, parts, p), _split(N, parts, p + 1))
+    return out
+
+
+@njit(cache=True, parallel=prange_only())
 def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, gamma, keep,
                        z, a, out, parts, matmul):
     """A whole block's inference in one call, for few rows.
@@ -474,6 +487,18 @@ def block_rows_signature(dtype, pointwise) -> tuple[types.Type, ...]:
 def matmul_cols_address(dtype, weights) -> int:
     """Address of `_matmul_cols` for these dtypes (kernels/pointer.py), compiled if needed."""
     return native_address(_matmul_cols, matmul_cols_signature(dtype, weights))
+
+
+def matmul_split_signature(dtype) -> tuple[types.Type, ...]:
+    """`matmul_split`'s argument types for float `dtype` operands."""
+    matrix = types.Array(numba.from_dtype(np.dtype(dtype)), 2, "C")
+    return matrix, matrix, matrix, types.int64, types.int64
+
+
+@functools.cache
+def matmul_split_address(dtype) -> int:
+    """Address of `matmul_split` for float `dtype` operands, compiled if needed."""
+    return native_address(matmul_split, matmul_split_signature(dtype))
 
 
 @functools.cache

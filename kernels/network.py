@@ -14,9 +14,10 @@ Here the same computation runs as one compiled function over the model's flat pa
 where patchify_s(x)[t] = b + sum_{c, j} w[:, c, j] x[s t + j, c] (Conv1d, kernel = stride = s),
 computed as one product of the patches, rearranged channel-major [rows, C*s], with w viewed as
 [C_out, C*s]; each block is `kernels.block.block_forward_rows`, its two matmuls split by output
-columns over `parts[i]` threads in stage i. A parallel loop costs a fork/join of the thread pool
-(10-40 us on 2-vCPU VMs, more than a small block's matmul), also when it has one piece, so the
-network sets the thread count to `parts[i]` before the blocks of stage i (through Numba's C
+columns over `parts[i]` threads in stage i, the downsample's product into stage i likewise
+over `parts[n + i]` (`kernels.block.matmul_split`; n stages). A parallel loop costs a
+fork/join of the thread pool (10-40 us on 2-vCPU VMs, more than a small block's matmul), also
+when it has one piece, so the network sets the thread count to those parts (through Numba's C
 setter: `set_num_threads` itself would bake an address into the code and defeat the disk
 cache) and back to `threads` before it returns. The blocks and the few-row matmuls of the
 stem, downsamples and head run through the addresses of their compiled code (`addresses`,
@@ -40,9 +41,16 @@ from kernels.block import (
     block_rows_address,
     matmul_cols_address,
     matmul_cols_packed_address,
+    matmul_split_address,
 )
 from kernels.layernorm import layernorm_forward_serial
-from kernels.pointer import call_block_rows, call_matmul_cols, call_set_threads, thread_setter_address
+from kernels.pointer import (
+    call_block_rows,
+    call_matmul_cols,
+    call_matmul_split,
+    call_set_threads,
+    thread_setter_address,
+)
 
 
 @functools.cache  # per predict it costs a dictionary lookup
@@ -50,12 +58,14 @@ def addresses(dtype, pointwise, packed: bool = False) -> np.ndarray:
     """The functions `network_forward_rows` calls, for `dtype` activations and `pointwise`
     weights (dtype, or uint16 bfloat16 bits), stored as in the state dict or `packed`
     (`kernels.block.pack_columns`): int64 [block, matmul of the activations' dtype, matmul
-    with the pointwise weights, Numba's thread-count setter (0: none), 1 if packed else 0];
-    compiled if needed. Read-only."""
+    with the pointwise weights, Numba's thread-count setter (0: none), 1 if packed else 0,
+    that matmul split over threads (`kernels.block.matmul_split`)]; compiled if needed.
+    Read-only."""
     pointwise_matmul = (matmul_cols_packed_address if packed else matmul_cols_address)(
         dtype, pointwise)
     found = np.array([block_rows_address(dtype, pointwise), matmul_cols_address(dtype, dtype),
-                      pointwise_matmul, thread_setter_address(), int(packed)],
+                      pointwise_matmul, thread_setter_address(), int(packed),
+                      matmul_split_address(dtype)],
                      dtype=np.int64)
     found.flags.writeable = False
     return found
@@ -63,9 +73,13 @@ def addresses(dtype, pointwise, packed: bool = False) -> np.ndarray:
 
 def stage_parts(rows: int, dims, threads: int, min_work: int) -> np.ndarray:
     """`network_forward_rows`'s `parts` for an input of `rows` = B*T/4 stem rows: per stage,
-    `kernels.block.block_parts` of its rows (halved by each downsample) and width."""
-    return np.array([block_parts(rows >> i, d, threads, min_work) for i, d in enumerate(dims)],
-                    dtype=np.int64)
+    `kernels.block.block_parts` of its rows (halved by each downsample) and width (its blocks'
+    threads); then per stage the downsample's into it by the same rule (its product, rows x
+    d x d, is a quarter of a pwconv's: the block rule at half the width), 1 for the stem."""
+    blocks = [block_parts(rows >> i, d, threads, min_work) for i, d in enumerate(dims)]
+    downsamples = [1] + [block_parts(rows >> i, d // 2, threads, min_work)
+                         for i, d in enumerate(dims) if i > 0]
+    return np.array(blocks + downsamples, dtype=np.int64)
 
 
 @njit(cache=True, inline="always")  # inlined: no specialisation per literal index
@@ -74,9 +88,10 @@ def _param(flat, spans, i):
 
 
 @njit(cache=True)
-def _patchify_rows(x, w, b, out, matmul):
+def _patchify_rows(x, w, b, out, matmul, split, parts):
     """out[B*T/s, C_out] = patchify_s(x) for x [B, T, C], w [C_out, C*s] (Conv1d weight
-    [C_out, C, s] flattened), b [C_out]; `matmul`: the few-row matmul's address."""
+    [C_out, C, s] flattened), b [C_out]; `matmul`: the few-row matmul's address, run on
+    `parts` threads through `split` (`kernels.block.matmul_split`'s address) if parts > 1."""
     B, T, C = x.shape
     s = w.shape[1] // C
     steps = T // s
@@ -89,7 +104,10 @@ def _patchify_rows(x, w, b, out, matmul):
             xs = x[bi, t0 + j]
             for c in range(C):
                 row[c * s + j] = xs[c]
-    call_matmul_cols(matmul, patches, w, out, 0, w.shape[0])
+    if parts > 1:
+        call_matmul_split(split, patches, w, out, parts, matmul)
+    else:
+        call_matmul_cols(matmul, patches, w, out, 0, w.shape[0])
     out += b
     return out
 
@@ -98,8 +116,9 @@ def _patchify_rows(x, w, b, out, matmul):
 def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, threads, pointwise,
                          functions):
     """Logits [B, classes] of the ConvNeXt whose parameters `flat`/`spans` hold, for x
-    [B, T, C_in] (channels-last); dims, depths, parts int64 [4]; kernel = dwconv taps; parts[i]
-    = threads for the matmuls of each block of stage i (1 <= parts[i] <= NUMBA_NUM_THREADS),
+    [B, T, C_in] (channels-last); dims, depths int64 [n], parts int64 [2n]; kernel = dwconv
+    taps; parts[i] = threads for the matmuls of each block of stage i, parts[n + i] for the
+    product of the downsample into stage i (1 <= parts <= NUMBA_NUM_THREADS; `stage_parts`),
     `threads` = the calling thread's Numba thread count, set again before returning. The
     blocks' pointwise weights (pwconv1, pwconv2: nearly all the bytes) are read from
     `pointwise` at the same spans: `flat` itself, or the bfloat16 bits of `flat` (uint16,
@@ -112,16 +131,18 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, threa
     block, matmul, pointwise_matmul = functions[0], functions[1], functions[2]
     set_threads = functions[3]
     packed = functions[4] == 1
+    split = functions[5]
+    n = dims.shape[0]
     d = dims[0]
     steps = T // 4
     stem = np.empty((B * steps, d), dtype=dt)
     _patchify_rows(x, _param(flat, spans, 0).reshape((d, C_in * 4)), _param(flat, spans, 1), stem,
-                   matmul)
+                   matmul, split, 1)
     act = layernorm_forward_serial(stem, _param(flat, spans, 2), _param(flat, spans, 3),
                                    eps)[0].reshape((B, steps, d))
     keep = np.ones(B, dtype=dt)
-    block_param = 4 + 4 * (dims.shape[0] - 1)  # first block parameter after all downsamples
-    for i in range(dims.shape[0]):
+    block_param = 4 + 4 * (n - 1)  # first block parameter after all downsamples
+    for i in range(n):
         if i > 0:
             first = 4 + 4 * (i - 1)
             normed = layernorm_forward_serial(act.reshape((B * steps, d)), _param(flat, spans, first),
@@ -129,9 +150,11 @@ def network_forward_rows(x, flat, spans, dims, depths, kernel, eps, parts, threa
             c_prev = d
             d = dims[i]
             act = np.empty((B, steps // 2, d), dtype=dt)
+            call_set_threads(set_threads, parts[n + i])
             _patchify_rows(normed.reshape((B, steps, c_prev)),
                            _param(flat, spans, first + 2).reshape((d, c_prev * 2)),
-                           _param(flat, spans, first + 3), act.reshape((B * (steps // 2), d)), matmul)
+                           _param(flat, spans, first + 3), act.reshape((B * (steps // 2), d)), matmul,
+                           split, parts[n + i])
             steps //= 2
         rows = B * steps
         taps = np.empty((kernel, d), dtype=dt)

@@ -14,6 +14,9 @@ address would not survive Numba's disk cache).
                           needed; valid as long as the kernel's overload (the process)
     call_matmul_cols(address, x, w, out, n0, n1)
                           calls kernels.block._matmul_cols (kernels.block.matmul_cols_address)
+    call_matmul_split(address, x, w, out, parts, matmul)
+                          calls kernels.block.matmul_split (kernels.block.matmul_split_address;
+                          the argument types of call_matmul_cols, so the same intrinsic)
     call_block_rows(address, x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, gamma,
                     keep, z, a, out, parts, matmul)
                           calls kernels.block.block_forward_rows (kernels.block.block_rows_address)
@@ -112,6 +115,8 @@ def call_matmul_cols(typingctx, address, x, w, out, n0, n1):
     # the scalars as the kernel is compiled for them (the call casts them)
     return out(types.int64, x, w, out, types.int64, types.int64), _emit_call
 
+
+call_matmul_split = call_matmul_cols
 
 # call_block_rows's arrays (name: rank) and the arrays holding the pointwise weights
 _BLOCK_ARRAYS = dict(x=3, w_taps=2, dw_bias=1, norm_w=1, norm_b=1, w1=2, b1=1, w2=2, b2=1,

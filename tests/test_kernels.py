@@ -417,9 +417,10 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
     threads = min(2, numba.config.NUMBA_NUM_THREADS)
     try:
         numba.set_num_threads(threads)
-        split = run([threads, 1, threads, threads], threads)
+        # blocks of stages 0, 2, 3 split, the downsamples into stages 1 and 3
+        split = run([threads, 1, threads, threads, 1, threads, 1, threads], threads)
         assert numba.get_num_threads() == threads  # set back after the serial stage
-        whole = run([1, 1, 1, 1], 1)
+        whole = run([1] * 8, 1)
         assert numba.get_num_threads() == 1  # the network's setter works
     finally:
         numba.set_num_threads(saved)
@@ -452,11 +453,15 @@ def test_stage_parts_split_only_the_stages_with_enough_work():
     from kernels.network import stage_parts
 
     # one window of 256 bars: 64, 32, 16, 8 rows per stage
-    assert stage_parts(64, (40, 80, 160, 320), 2, SPLIT_WORK).tolist() == [1, 1, 1, 1]  # atto
-    assert stage_parts(64, (64, 128, 256, 512), 2, SPLIT_WORK).tolist() == [1, 1, 2, 2]  # pico
-    assert stage_parts(64, (64, 128, 256, 512), 1, SPLIT_WORK).tolist() == [1, 1, 1, 1]
-    assert stage_parts(128, (40, 80, 160, 320), 2, SPLIT_WORK).tolist() == [1, 1, 1, 2]
-    assert stage_parts(64, (40, 80, 160, 320), 2, 0).tolist() == [2, 2, 2, 2]  # threads awake
+    # the blocks' threads per stage, then the downsamples' (a quarter of a pwconv's work;
+    # the stem's product never splits)
+    assert stage_parts(64, (40, 80, 160, 320), 2, SPLIT_WORK).tolist() == [1] * 8  # atto
+    assert stage_parts(64, (64, 128, 256, 512), 2, SPLIT_WORK).tolist() == [1, 1, 2, 2] + [1] * 4
+    assert stage_parts(64, (96, 192, 384, 768), 2, SPLIT_WORK).tolist() == [1, 2, 2, 2,
+                                                                             1, 1, 1, 2]  # tiny
+    assert stage_parts(64, (64, 128, 256, 512), 1, SPLIT_WORK).tolist() == [1] * 8
+    assert stage_parts(128, (40, 80, 160, 320), 2, SPLIT_WORK).tolist() == [1, 1, 1, 2] + [1] * 4
+    assert stage_parts(64, (40, 80, 160, 320), 2, 0).tolist() == [2, 2, 2, 2, 1, 2, 2, 2]  # awake
     assert block_parts(SPLIT_WORK // 4, 1, 3) == 3 and block_parts(SPLIT_WORK // 4 - 1, 1, 3) == 1
 
 
@@ -481,7 +486,7 @@ def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in
     assert model._pointwise_packed == packed
     x = np.random.default_rng(seed + 1).standard_normal((1, 64, c_in)).astype(np.float32)
     got = network_forward_rows(x, model.flat_params, model._spans, np.array(dims),
-                               np.array(depths), 7, 1e-6, np.ones(4, dtype=np.int64),
+                               np.array(depths), 7, 1e-6, np.ones(8, dtype=np.int64),
                                numba.get_num_threads(), model._pointwise,
                                addresses(np.float32, np.uint16, packed))
     expected = reference.convnext_forward(model.state_dict(), depths, x)
@@ -588,6 +593,29 @@ def test_matmul_cols_packed_matches_reference_with_the_same_bits_however_split(d
     rows = np.ascontiguousarray(x[m // 2:])  # and whatever the rows around it
     np.testing.assert_array_equal(
         _matmul_cols_packed(rows, packed, np.empty((len(rows), n), dtype), 0, n), whole[m // 2:])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 80), parts=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+@SETTINGS
+def test_matmul_split_gives_the_bits_of_one_call(dtype, m, k, n, parts, seed):
+    import numba
+
+    from kernels.block import matmul_cols_address, matmul_rows, matmul_split
+
+    x, w = arrays(seed, (m, k), (n, k), dtype=dtype)
+    whole = matmul_rows(x, w, np.full((m, n), np.nan, dtype))
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(parts, numba.config.NUMBA_NUM_THREADS))
+        split = matmul_split(x, w, np.full((m, n), np.nan, dtype), parts,
+                             matmul_cols_address(dtype, dtype))
+    finally:
+        numba.set_num_threads(saved)
+    np.testing.assert_array_equal(split, whole)
+    np.testing.assert_allclose(whole, reference.linear_forward(x, w, np.zeros(n, dtype)),
+                               rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
 
 
 def test_pack_columns_keeps_each_panel_as_one_run():
