@@ -726,6 +726,9 @@ def _training_report(result) -> str:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Folder for trades.csv, equity.csv, signals.csv, monthly_returns.csv, "
                    "summary.json, equity.png. [default: backtest_<time> next to the model]")
+@click.option("--cache-dir", default="data", show_default=True, type=click.Path(file_okay=False),
+              help="Candle cache for --symbol (as `fetch` writes it): only the candles it "
+                   "lacks are fetched.")
 @click.option("--base-url", default=None,
               help="Bybit URL for --symbol (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
 @click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
@@ -733,14 +736,16 @@ def _training_report(result) -> str:
 @_precision_option("trades what `live --precision bfloat16` would decide")
 def backtest(model_path, data_path, symbol, interval, days, category, confidence, sizing, stop_loss,
              take_profit, max_risk, max_exposure, fee_rate, slippage, no_calibration, funding_rate,
-             allow_in_sample, equity, out_dir, base_url, retry_time_s, precision) -> None:
+             allow_in_sample, equity, out_dir, cache_dir, base_url, retry_time_s,
+             precision) -> None:
     """Backtest the strategy beside buy-and-hold, after fees, slippage and funding.
 
     The strategy is the one live and evaluate trade: calibrated probabilities, the confidence
     threshold and payoff ratio chosen on the validation block, half-Kelly risk sizing, ATR
     stops. By default on the held-out test period recorded in the checkpoint; with --data on
-    that whole file (after the indicator warm-up); with --symbol on fresh Bybit candles after
-    the model's validation period. Bars the model was trained or validated on are flagged
+    that whole file (after the indicator warm-up); with --symbol on the last --days of Bybit
+    candles (the cache in --cache-dir brought up to date) after the model's validation
+    period. Bars the model was trained or validated on are flagged
     IN-SAMPLE. Decisions at a bar's close are filled at the next bar's open.
     """
     from datetime import datetime, timezone
@@ -765,7 +770,7 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
     metadata = model.metadata
     try:
         data = _backtest_data(metadata, prep, data_path, symbol, interval, days, category,
-                              funding_rate, allow_in_sample, base_url, retry_time_s)
+                              funding_rate, allow_in_sample, cache_dir, base_url, retry_time_s)
         strategy = _strategy(data.category, confidence, sizing, stop_loss, take_profit, max_risk,
                              max_exposure, fee_rate, slippage, no_calibration)
         _check_funding_rate(strategy.category, funding_rate)
@@ -902,7 +907,7 @@ class _BacktestData:
 
 
 def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, funding_rate,
-                   allow_in_sample, base_url, retry_time_s) -> _BacktestData:
+                   allow_in_sample, cache_dir, base_url, retry_time_s) -> _BacktestData:
     """Candles, decision bars and funding for `backtest`'s three data modes."""
     from pathlib import Path
 
@@ -911,10 +916,10 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
 
     from numpyconvnext.data.intervals import normalize_interval
     from numpyconvnext.data.source import (
-        choose_funding,
         file_market,
         funding_for_source,
         load_source,
+        resolve_candles,
     )
     from numpyconvnext.data.store import load_candles
     from numpyconvnext.trading.inference import valid_decision_indices
@@ -929,25 +934,16 @@ def _backtest_data(metadata, prep, data_path, symbol, interval, days, category, 
         what = f"{Path(data_path).name} ({category}), all bars after warm-up"
         end_index = None
     elif symbol:
-        from numpyconvnext.data.bybit import BybitClient, BybitError
-
         category = category or model_category or "linear"
         interval = normalize_interval(interval or model_interval or "1h")
         days = 90.0 if days is None else days
-        client = BybitClient(base_url, category, max_retry_time_s=retry_time_s)
-        end = pd.Timestamp.now(tz="UTC")
-        try:
-            candles = client.get_klines(symbol, interval, end - pd.Timedelta(days=days), end)
-            series = None
-            if category == "linear" and len(candles):
-                series = client.get_funding_history(symbol, candles["timestamp"].iloc[0], end)
-        except BybitError as error:
-            raise ValueError(f"cannot fetch {symbol} {interval}: {str(error).splitlines()[0]}") from None
-        if not len(candles):
-            raise ValueError(f"Bybit has no {symbol} {interval} candles in the last {days:g} days")
-        settled = 0 if series is None else len(series)
-        funding, note = choose_funding(category, series, f"{settled} settlements from Bybit",
-                                       candles, funding_rate)
+        # the cache `fetch` and `train` keep, brought up to date (only what it lacks is
+        # fetched; written as it arrives); Bybit unreachable is an error here, not stale data
+        candles, description = resolve_candles(
+            "bybit", symbol=symbol, interval=interval, days=days, cache_dir=cache_dir,
+            base_url=base_url, retry_time_s=retry_time_s, category=category,
+            notice=lambda line: click.echo(line, err=True))
+        funding, note = funding_for_source(description, candles, funding_rate)
         data_symbol = symbol.upper()
         what = f"Bybit {symbol.upper()} {interval} {category} last {days:g} days, after warm-up"
         end_index = None

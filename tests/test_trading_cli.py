@@ -317,20 +317,36 @@ def test_backtest_cli_on_bybit_candles(checkpoint, tmp_path):
     from numpyconvnext.data import synthetic_candles
 
     start = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=799)).floor("h")
+    cache = tmp_path / "cache"
     with FakeBybit(synthetic_candles(800, "1h", seed=5, start=start)) as fake:
         result = run_cli("backtest", "--model", checkpoint[0], "--symbol", "BTCUSDT", "--days", "15",
-                         "--base-url", fake.url, "--out", tmp_path / "bt")
+                         "--base-url", fake.url, "--cache-dir", cache, "--out", tmp_path / "bt")
+        first_requests = len(fake.requests)
+        again = run_cli("backtest", "--model", checkpoint[0], "--symbol", "BTCUSDT", "--days", "15",
+                        "--base-url", fake.url, "--cache-dir", cache, "--out", tmp_path / "bt2")
+        again_requests = len(fake.requests) - first_requests
         bad = run_cli("backtest", "--model", checkpoint[0], "--symbol", "NOPEUSDT", "--days", "15",
-                      "--base-url", fake.url)
+                      "--base-url", fake.url, "--cache-dir", cache)
     assert result.exit_code == 0, result.output
     assert "Bybit BTCUSDT 1h linear last 15 days" in result.stdout
-    assert "settlements from Bybit" in result.stdout
+    assert "settlements from BTCUSDT_linear_funding.csv" in result.stdout
+    # the candles and funding went into the cache `fetch` and `train` use; a second run reads
+    # them from there and asks Bybit only for what closed since (none, or a page; not 15 days)
+    assert (cache / "BTCUSDT_linear_1h.csv").exists() and (cache / "BTCUSDT_linear_funding.csv").exists()
+    assert again.exit_code == 0, again.output
+    assert again_requests < first_requests and again_requests <= 2
+    assert (pd.read_csv(tmp_path / "bt2" / "equity.csv")["equity"].to_numpy()
+            == pd.read_csv(tmp_path / "bt" / "equity.csv")["equity"].to_numpy()).all()
     equity = pd.read_csv(tmp_path / "bt" / "equity.csv", parse_dates=["timestamp"])
     # 15 days of closed 1h candles minus warm-up and window (230 bars); the newest is closed
     assert 15 * 24 - 232 <= len(equity) <= 15 * 24 - 230
     assert equity["timestamp"].iloc[-1] == pd.Timestamp(fake.now_ms, unit="ms", tz="UTC").floor("h") \
         - pd.Timedelta(hours=1)
-    assert_one_line_error(bad, "Symbol Invalid")
+    # as `train --symbol`: the "fetching ..." notice, then one error line
+    assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
+    errors = [line for line in bad.output.splitlines() if line.startswith("Error: ")]
+    assert errors == ["Error: Bybit rejected NOPEUSDT 1h: params error: Symbol Invalid"], bad.output
+    assert not (cache / "NOPEUSDT_linear_1h.csv").exists()
 
 
 def test_backtest_cli_errors_are_one_line(checkpoint, tmp_path):
@@ -423,7 +439,7 @@ def test_backtest_symbol_starts_after_the_validation_end(model, tmp_path):
     first_free = candles["timestamp"].iloc[599 + HORIZON + 1]
     with FakeBybit(candles) as fake:
         args = ["backtest", "--model", path, "--symbol", "BTCUSDT", "--days", "36", "--base-url",
-                fake.url]
+                fake.url, "--cache-dir", tmp_path / "cache"]
         default = run_cli(*args, "--out", tmp_path / "a")
         everything = run_cli(*args, "--allow-in-sample", "--out", tmp_path / "b")
     assert default.exit_code == 0, default.output
