@@ -428,6 +428,20 @@ def _model_trained_on(model, candles, path, train, val):
     return path
 
 
+def test_backtest_symbol_on_a_stale_cache_with_bybit_down_is_an_error(checkpoint, tmp_path):
+    """Not a backtest of "the last 15 days" on candles that end days ago."""
+    from numpyconvnext.data import synthetic_candles
+    from numpyconvnext.data.store import save_candles
+
+    start = (pd.Timestamp.now(tz="UTC") - pd.Timedelta(hours=799)).floor("h")
+    save_candles(synthetic_candles(700, "1h", seed=5, start=start), tmp_path / "BTCUSDT_linear_1h.csv")
+    result = run_cli("backtest", "--model", checkpoint[0], "--symbol", "BTCUSDT", "--days", "15",
+                     "--base-url", "http://127.0.0.1:9", "--cache-dir", tmp_path, "--retry-time", "0")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].startswith("Error: cannot fetch BTCUSDT 1h from Bybit")
+
+
 def test_backtest_symbol_starts_after_the_validation_end(model, tmp_path):
     from bybit_server import FakeBybit
 
