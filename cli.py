@@ -472,7 +472,9 @@ def _apply_options(options):
 def _bybit_options(command):
     """--cache-dir, --base-url and --retry-time, for commands that may fetch from Bybit."""
     for option in reversed([
-        click.option("--cache-dir", default="data", show_default=True, type=click.Path(file_okay=False)),
+        click.option("--cache-dir", default="data", show_default=True, type=click.Path(file_okay=False),
+                     help="Candle cache (as `fetch` writes it): only the candles it lacks are "
+                          "fetched."),
         click.option("--base-url", default=None,
                      help="Bybit URL (default $NUMPYCONVNEXT_BYBIT_URL or mainnet)."),
         click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
@@ -726,13 +728,7 @@ def _training_report(result) -> str:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Folder for trades.csv, equity.csv, signals.csv, monthly_returns.csv, "
                    "summary.json, equity.png. [default: backtest_<time> next to the model]")
-@click.option("--cache-dir", default="data", show_default=True, type=click.Path(file_okay=False),
-              help="Candle cache for --symbol (as `fetch` writes it): only the candles it "
-                   "lacks are fetched.")
-@click.option("--base-url", default=None,
-              help="Bybit URL for --symbol (default $NUMPYCONVNEXT_BYBIT_URL or mainnet).")
-@click.option("--retry-time", "retry_time_s", type=click.FloatRange(min=0), default=20.0,
-              show_default=True, help="Seconds to keep retrying Bybit before giving up.")
+@_bybit_options  # used with --symbol
 @_precision_option("trades what `live --precision bfloat16` would decide")
 def backtest(model_path, data_path, symbol, interval, days, category, confidence, sizing, stop_loss,
              take_profit, max_risk, max_exposure, fee_rate, slippage, no_calibration, funding_rate,
@@ -744,9 +740,9 @@ def backtest(model_path, data_path, symbol, interval, days, category, confidence
     threshold and payoff ratio chosen on the validation block, half-Kelly risk sizing, ATR
     stops. By default on the held-out test period recorded in the checkpoint; with --data on
     that whole file (after the indicator warm-up); with --symbol on the last --days of Bybit
-    candles (the cache in --cache-dir brought up to date) after the model's validation
-    period. Bars the model was trained or validated on are flagged
-    IN-SAMPLE. Decisions at a bar's close are filled at the next bar's open.
+    candles (the cache in --cache-dir brought up to date) after the model's validation period.
+    Bars the model was trained or validated on are flagged IN-SAMPLE. Decisions at a bar's
+    close are filled at the next bar's open.
     """
     from datetime import datetime, timezone
     from pathlib import Path

@@ -489,16 +489,11 @@ def matmul_cols_address(dtype, weights) -> int:
     return native_address(_matmul_cols, matmul_cols_signature(dtype, weights))
 
 
-def matmul_split_signature(dtype) -> tuple[types.Type, ...]:
-    """`matmul_split`'s argument types for float `dtype` operands."""
-    matrix = types.Array(numba.from_dtype(np.dtype(dtype)), 2, "C")
-    return matrix, matrix, matrix, types.int64, types.int64
-
-
 @functools.cache
 def matmul_split_address(dtype) -> int:
-    """Address of `matmul_split` for float `dtype` operands, compiled if needed."""
-    return native_address(matmul_split, matmul_split_signature(dtype))
+    """Address of `matmul_split` for float `dtype` operands, compiled if needed (its argument
+    types are `_matmul_cols`'s with `dtype` weights)."""
+    return native_address(matmul_split, matmul_cols_signature(dtype, dtype))
 
 
 @functools.cache

@@ -105,10 +105,9 @@ def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     """A batch-1 predict of a frozen float32 model (the copy `live` runs): the one-call network
     (and, within its compile, the stem, downsample and head kernels), the few-row matmul it
     and the blocks call and its split over threads (the downsamples'), but not the blocks nor
-    the matmul of packed pointwise weights, which
-    `ready_for_batch1` compiles in this process meanwhile (each is called through its address,
-    kernels/pointer.py)."""
-    from kernels.block import _matmul_cols, matmul_cols_signature, matmul_split, matmul_split_signature
+    the matmul of packed pointwise weights, which `ready_for_batch1` compiles in this process
+    meanwhile (each is called through its address, kernels/pointer.py)."""
+    from kernels.block import _matmul_cols, matmul_cols_signature, matmul_split
     from kernels.network import network_forward_rows
 
     a3 = types.Array(types.float32, 3, "C")
@@ -120,7 +119,7 @@ def _predict_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     return [(network_forward_rows, (a3, frozen, i2, i1, i1, count, real, i1, count, frozen,
                                     functions)),
             (_matmul_cols, matmul_cols_signature(np.float32, np.float32)),
-            (matmul_split, matmul_split_signature(np.float32))]
+            (matmul_split, matmul_cols_signature(np.float32, np.float32))]  # the same types
 
 
 def _cached(kernel, argument_types: tuple) -> bool:
