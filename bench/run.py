@@ -180,10 +180,13 @@ def child_kernels(quick: bool, threads: int) -> dict:
 
 def child_matmul(threads: int) -> dict:
     """The BLAS ceiling as our children run it: the machine's sgemm rate at `threads` threads
-    (OpenBLAS's own threads, a large square product), and the machine and software it ran on."""
+    (OpenBLAS's own threads, a large square product), the cores' float32 FMA peak on as many
+    threads (bench/fma_peak.py: what no product can pass), and the machine and software."""
+    from fma_peak import fma_peak_gflops
     from measure import machine_info, matmul_gflops, software_info
 
-    return {"matmul_gflops": matmul_gflops(), "machine": {**machine_info(), **software_info()}}
+    return {"matmul_gflops": matmul_gflops(), "fma_peak_gflops": fma_peak_gflops(threads),
+            "machine": {**machine_info(), **software_info()}}
 
 
 COLD_CHILD = """
@@ -378,11 +381,14 @@ def markdown(results: dict) -> str:
                  f"bfloat16 (accuracy: README \"Speed\").")
     ceiling = results.get("matmul_gflops")
     if ceiling:
-        shares = [f"{v} {fmt(r['ours'].get('gflops_b256', 0) / ceiling * 100, 0)} % / "
-                  f"{fmt(r['ours'].get('gflops_train', 0) / ceiling * 100, 0)} %"
-                  for v, r in results["variants"].items()]
         lines.append(f"Share of the machine's sgemm rate (b256 forward / training): "
-                     f"{', '.join(shares)}.")
+                     f"{shares_text(results, ceiling)}.")
+    peak = results.get("fma_peak_gflops")
+    if peak:
+        sgemm = f"; sgemm {fmt(ceiling / peak * 100, 0)} % of it" if ceiling else ""
+        lines.append(f"float32 FMA peak on {results['threads']} threads (bench/fma_peak.py): "
+                     f"{fmt(peak, 0)} GFLOP/s{sgemm}; shares of it: "
+                     f"{shares_text(results, peak)}.")
     cold = results.get("cold_compile")
     if cold:
         lines.append(f"Empty Numba cache (as after a fresh install), new process to the first "
@@ -403,6 +409,22 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | {k['numba_us']:.0f} | {k['numpy_us']:.0f} | "
                          f"{k['speedup']:.1f}x |")
     return "\n".join(lines)
+
+
+def shares_text(results: dict, rate: float) -> str:
+    """Per variant, ours (and PyTorch's, when measured) b256 forward / training GFLOP/s as
+    percentages of `rate`."""
+    parts = []
+    for variant, entry in results["variants"].items():
+        flops = entry.get("forward_gflop_per_sample")
+        text = (f"{variant} {fmt(entry['ours'].get('gflops_b256', 0) / rate * 100, 0)} % / "
+                f"{fmt(entry['ours'].get('gflops_train', 0) / rate * 100, 0)} %")
+        torch_figures = entry.get("torch") or {}
+        if flops and torch_figures.get("b256_samples_s") and torch_figures.get("train_samples_s"):
+            text += (f" (PyTorch {fmt(torch_figures['b256_samples_s'] * flops / rate * 100, 0)} % "
+                     f"/ {fmt(torch_figures['train_samples_s'] * 3 * flops / rate * 100, 0)} %)")
+        parts.append(text)
+    return ", ".join(parts)
 
 
 # ratios that results before 2026-12-03 (round 2) do not have: left out there, not shown as "-"
@@ -499,6 +521,7 @@ def main() -> None:
     quick = ["--quick"] if args.quick else []
     ceiling = run_child(["matmul", *quick], args.threads) or {}
     results["matmul_gflops"] = ceiling.get("matmul_gflops")
+    results["fma_peak_gflops"] = ceiling.get("fma_peak_gflops")
     results["machine"].update(ceiling.get("machine", {}))
     for variant in args.variants.split(","):
         print(f"{variant}...", file=sys.stderr, flush=True)

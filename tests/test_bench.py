@@ -33,6 +33,7 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     assert {"cpu", "isa", "cpu_count", "blas", "numba", "numba_threading_layer"} <= set(machine)
     assert {"internal_api", "architecture"} <= set(machine["blas"])
     assert "Machine: " in proc.stdout and "sgemm rate" in proc.stdout
+    assert results["fma_peak_gflops"] > 0 and "FMA peak on 1 threads" in proc.stdout
 
 
 def test_rounds_combine_to_medians_and_per_round_ratios():
@@ -110,6 +111,47 @@ def test_summary_groups_ratios_by_machine(tmp_path):
     # code held below the CPU is another machine kind, not mixed with the CPU's own runs
     assert lines[4] == "AMD EPYC (avx2) with NUMBA_CPU_NAME=haswell"
     assert "atto: ORT/ours b1 -x, ours/torch train 2.00x" in lines[5]
+
+
+def _load_bench(name: str):
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fma_peak_kernel_does_the_multiply_adds_it_counts():
+    """The peak is FLOPs counted / time: the kernel must do CHAINS chains of `steps` fused
+    multiply-adds on every lane, acc <- acc * m + b from seed[c], and nothing less."""
+    import numpy as np
+
+    peak = _load_bench("fma_peak")
+    seed = np.linspace(0.5, 0.6, 16, dtype=np.float32)
+    seed[10], seed[11] = 0.75, 0.125
+    lanes = peak.lanes_of_float32()
+    for steps in (0, 1, 7):
+        chains = seed[:peak.CHAINS].astype(np.float64)
+        for _ in range(steps):
+            chains = chains * 0.75 + 0.125
+        expected = lanes * chains.sum()
+        assert abs(peak._chains(seed, steps) - expected) <= 1e-5 * abs(expected)
+        assert abs(peak._chains_on_threads(seed, steps, 2) - 2 * expected) <= 2e-5 * abs(expected)
+    assert peak.fma_peak_gflops(1, seconds=0.01, repeat=1) > 0
+
+
+def test_shares_put_ours_and_pytorch_against_a_rate():
+    bench = _load_bench("run")
+    results = {"variants": {
+        "atto": {"forward_gflop_per_sample": 0.5, "ours": {"gflops_b256": 100.0,
+                                                            "gflops_train": 50.0},
+                 "torch": {"b256_samples_s": 100.0, "train_samples_s": 20.0}},
+        "pico": {"forward_gflop_per_sample": 1.0, "ours": {"gflops_b256": 150.0}}}}
+    # PyTorch: 100 samples/s x 0.5 GFLOP = 50 GFLOP/s, training 20 x 3 x 0.5 = 30
+    assert bench.shares_text(results, 200.0) == (
+        "atto 50 % / 25 % (PyTorch 25 % / 15 %), pico 75 % / 0 %")
 
 
 def test_machine_info_records_the_variables_that_limit_the_isa(monkeypatch):
