@@ -94,14 +94,11 @@ def lanes_of_float32() -> int:
 
 def main(argv: list[str] | None = None) -> None:
     import numba
-
-    from measure import machine_line, matmul_gflops
+    from measure import machine_info, machine_line, matmul_gflops
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=numba.config.NUMBA_NUM_THREADS)
     args = parser.parse_args(argv)
-    from measure import machine_info
-
     print(machine_line(machine_info()))
     one = fma_peak_gflops(1)
     many = fma_peak_gflops(args.threads) if args.threads > 1 else one
