@@ -10,19 +10,25 @@ chooses between the two (`kernels.linear.uses_own_gemm`).
 
 How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products need):
 
-- b is cut into passes of `DEPTH` (256) rows k and, within a pass, into panels of `2 * lanes`
+- b is cut into passes of `DEPTH` (512) rows k and, within a pass, into panels of `2 * lanes`
   columns (32 float32 with AVX-512), each copied ("packed") into one contiguous run, row k
   after row k, so that the tile reads a panel's row as two vector loads and the panel stays in
-  L1 (`_pack_b`: vector copies for a C-order b, L x L blocks transposed in registers for
+  L2 (`_pack_b`: vector copies for a C-order b, L x L blocks transposed in registers for
   `W.T`; zeros past the last column). Read in place instead, a b's rows a power of two apart
-  would share a few L1 sets and evict each other; the copy costs ~0.2 ns per element.
+  would share a few L1 sets and evict each other; the copy costs ~0.2 ns per element. Two
+  panel loads feed 16 multiply-adds, which L2 keeps up with; a pass costs a trip of out
+  through memory and back, so passes are deep (512 rows, not the 256 that fit in L1).
 - a is read where it lies, C or Fortran order, one a[i, k] at a time broadcast to a vector,
   `BLOCK_ROWS` rows at a time (a block stays in L2 while every panel passes over it). The
   last rows short of a whole tile are copied into a tile of 8 rows with zeros after them.
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
-  the panel's row once and does 16 fused multiply-adds (`_tile`). The last columns, when
-  fewer than 2L, take one or two vectors of 8 rows with masked loads and stores
-  (`_half_tile`); the last rows, when fewer than 8, a scratch tile copied in and out.
+  the panel's row once and does 16 fused multiply-adds (`_tile`). Before its loop it asks for
+  the 16 lines of out of the next tile (`vprefetch_write`): they arrive, owned, while this
+  tile computes, instead of the stores (or the next pass's loads) waiting on memory. Deeper
+  passes and this prefetch took our products from 0.95x OpenBLAS's speed to 1.01-1.05x on a
+  Zen 4 core (bench/NOTES.md, round 17). The last columns, when fewer than 2L, take one or
+  two vectors of 8 rows with masked loads and stores (`_half_tile`); the last rows, when
+  fewer than 8, a scratch tile copied in and out.
 - Passes add into out: the first starts from zero, each later one from the sums so far.
 
 Every out[i, j] is the same fused multiply-adds in the same order (k ascending, passes of
@@ -41,6 +47,7 @@ from kernels.simd import (
     vgather,
     vload,
     vload_head,
+    vprefetch_write,
     vsplat,
     vstore,
     vstore_head,
@@ -49,16 +56,20 @@ from kernels.simd import (
 )
 
 TILE_ROWS = 8
-DEPTH = 256  # rows of b per pass: a panel of 256 x 32 float32 is 32 KB, it stays in L1
-BLOCK_ROWS = 96  # rows of a per block: 96 x 256 float32 (96 KB) stay in L2
+DEPTH = 512  # rows of b per pass: a panel of 512 x 32 float32 is 64 KB, it stays in L2
+BLOCK_ROWS = 96  # rows of a per block: 96 x 512 float32 (192 KB) stay in L2
 
 
 @njit(nogil=True, cache=True)
-def _tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first):
+def _tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
     """out[o0 + r*ldo + j] (+)= sum_{k < depth} a[a0 + r*sa + k*sk] * panel[p0 + k*2L + j]
     for r < 8 and j < 2L (L = lanes; a packed panel's rows are 2L long); `first` starts from
-    zero instead of out. All 1-D contiguous; out's rows are ldo apart."""
+    zero instead of out. All 1-D contiguous; out's rows are ldo apart. `ahead`: where in out
+    the next tile starts (its lines are prefetched; any value is safe)."""
     L = lanes(panel)
+    for r in range(8):
+        vprefetch_write(out, ahead + r * ldo)
+        vprefetch_write(out, ahead + r * ldo + L)
     if first:
         c00 = vzero(panel)
         c01, c10, c11, c20, c21, c30, c31 = c00, c00, c00, c00, c00, c00, c00
@@ -191,8 +202,11 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                 for i in range(i0, i1, TILE_ROWS):
                     start = i * sa + k0 * sk
                     if i + TILE_ROWS <= i1 and used == width:
+                        # the next tile: 8 rows down, or the block's first in the next panel
+                        ahead = ((i + TILE_ROWS) * ldo + j0 if i + 2 * TILE_ROWS <= i1
+                                 else i0 * ldo + j0 + width)
                         _tile(a, start, sa, sk, packed, p0, pass_depth, out, i * ldo + j0, ldo,
-                              first)
+                              first, ahead)
                     elif i + TILE_ROWS <= i1:  # the last columns: one or two masked vectors
                         o0 = i * ldo + j0
                         _half_tile(a, start, sa, sk, packed, p0, pass_depth, out, o0, ldo, first,
@@ -204,7 +218,7 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                         for r in range(count):
                             for j in range(used):
                                 tile[r * width + j] = out[(i + r) * ldo + j0 + j]
-                        _tile(last, 0, 1, TILE_ROWS, packed, p0, pass_depth, tile, 0, width, first)
+                        _tile(last, 0, 1, TILE_ROWS, packed, p0, pass_depth, tile, 0, width, first, 0)
                         for r in range(count):
                             for j in range(used):
                                 out[(i + r) * ldo + j0 + j] = tile[r * width + j]

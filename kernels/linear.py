@@ -84,9 +84,9 @@ def uses_own_gemm() -> bool:
     older kernels (`OPENBLAS_CORETYPE=Haswell`, or a build without AVX-512 ones): there ours ran
     1.4-1.7x its speed in the model. Against OpenBLAS's AVX-512 kernels it runs at parity on
     Intel's Xeon (round 8) and ahead of them on AMD's Zen 5 (training 1.01-1.06x, batch 256
-    1.01-1.09x, round 13), so it takes those CPUs too (`OWN_OVER_AVX512_OPENBLAS`); on AVX2 it
-    ran 0.6-1.05x, so BLAS keeps the work there, as with any other BLAS (bench/NOTES.md
-    rounds 10-13)."""
+    1.01-1.09x, round 13) and Zen 4 (training 1.04-1.07x, batch 256 1.03-1.08x, round 17), so
+    it takes those CPUs too (`OWN_OVER_AVX512_OPENBLAS`); on AVX2 it ran 0.6-1.05x, so BLAS
+    keeps the work there, as with any other BLAS (bench/NOTES.md rounds 10-13, 17)."""
     if _gemm_choice != "auto":
         return _gemm_choice == "own"
     return vector_bytes() == 64 and (_blas_below_avx512() or (
@@ -96,7 +96,7 @@ def uses_own_gemm() -> bool:
 _AVX512_OPENBLAS = ("skylakex", "cooperlake", "sapphirerapids")  # its AVX-512 kernel families
 # CPUs (LLVM's names) where our GEMM measured faster in the model than OpenBLAS's AVX-512
 # kernels; on others with AVX-512 they stay with OpenBLAS until measured
-OWN_OVER_AVX512_OPENBLAS = ("znver5",)
+OWN_OVER_AVX512_OPENBLAS = ("znver4", "znver5")
 
 
 @functools.cache

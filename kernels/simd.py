@@ -34,6 +34,9 @@ LLVM splits them into SSE halves, still correct).
                         tile), the same bits as 16 vsums, reduced together (below)
     vprefetch(row, i)   a hint to bring the cache line holding row[i] into the caches (x86
                         `prefetcht0`; never faults, changes no value: it only moves the wait)
+    vprefetch_write(row, i)
+                        the same for a line about to be written (x86 `prefetchw` where the CPU
+                        has it: the line arrives owned, so the store does not wait for it)
     lanes(array)        how many elements of the array a vector holds (a compile-time constant)
 
 Eight float64 lanes whatever the ISA (an `OCTET`: the eight running sums of a row reduction
@@ -459,24 +462,35 @@ def vstore_sums(typingctx, out, m, n, sums):
     return types.none(out, m, n, sums), codegen
 
 
-@intrinsic
-def vprefetch(typingctx, row, i):
-    if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
-            and isinstance(i, types.Integer)):
-        return None
+def _prefetch(write: bool):
+    """The intrinsic (row, i) -> None that prefetches the cache line of row[i], for reading or
+    (write) with the intent to write it."""
 
-    def codegen(context, builder, signature, args):
-        byte_pointer = ir.IntType(8).as_pointer()
-        pointer = _element_pointer(context, builder, signature, args, ir.IntType(8))
-        prefetch = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(ir.VoidType(), [byte_pointer] + [ir.IntType(32)] * 3),
-            "llvm.prefetch.p0")
-        # read (0), keep in all cache levels (3), data cache (1)
-        builder.call(prefetch, [pointer] + [ir.Constant(ir.IntType(32), v) for v in (0, 3, 1)])
-        return context.get_dummy_value()
+    def typer(typingctx, row, i):
+        if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
+                and isinstance(i, types.Integer)):
+            return None
 
-    return types.none(row, i), codegen
+        def codegen(context, builder, signature, args):
+            byte_pointer = ir.IntType(8).as_pointer()
+            pointer = _element_pointer(context, builder, signature, args, ir.IntType(8))
+            prefetch = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [byte_pointer] + [ir.IntType(32)] * 3),
+                "llvm.prefetch.p0")
+            # read (0) or write (1), keep in all cache levels (3), data cache (1)
+            flags = (int(write), 3, 1)
+            builder.call(prefetch, [pointer] + [ir.Constant(ir.IntType(32), v) for v in flags])
+            return context.get_dummy_value()
+
+        return types.none(row, i), codegen
+
+    typer.__name__ = typer.__qualname__ = "vprefetch_write" if write else "vprefetch"
+    return intrinsic(typer)
+
+
+vprefetch = _prefetch(write=False)
+vprefetch_write = _prefetch(write=True)
 
 
 def bfloat16_bits(x: np.ndarray) -> np.ndarray:

@@ -205,11 +205,13 @@ def test_auto_takes_our_gemm_over_an_openblas_without_avx512_kernels_or_on_zen5(
             monkeypatch.setattr(linear, "vector_bytes", lambda vector_bytes=vector_bytes: vector_bytes)
             assert linear.uses_own_gemm() is (expected and vector_bytes == 64)
         # on a CPU where ours measured faster than OpenBLAS's AVX-512 kernels: any OpenBLAS
-        monkeypatch.setattr(linear, "compile_cpu", lambda: "znver5")
         openblas = bool(blas) and all(api == "openblas" for api, _ in blas)
-        assert linear.uses_own_gemm() is openblas  # vector_bytes is 64 here
-        monkeypatch.setattr(linear, "vector_bytes", lambda: 32)
-        assert not linear.uses_own_gemm()
+        for cpu in ("znver4", "znver5"):
+            monkeypatch.setattr(linear, "compile_cpu", lambda cpu=cpu: cpu)
+            monkeypatch.setattr(linear, "vector_bytes", lambda: 64)
+            assert linear.uses_own_gemm() is openblas
+            monkeypatch.setattr(linear, "vector_bytes", lambda: 32)
+            assert not linear.uses_own_gemm()
     finally:
         linear._blas_below_avx512.cache_clear()
         linear._blas_is_openblas.cache_clear()

@@ -32,6 +32,7 @@ from kernels.simd import (
     voctet,
     voctet_splat,
     vprefetch,
+    vprefetch_write,
     vsplat,
     vstore,
     vstore_sums,
@@ -197,13 +198,25 @@ def _prefetched_sum(x, ahead):
     return total
 
 
+@njit(cache=True)
+def _prefetched_double(x, ahead):
+    for i in range(x.shape[0]):
+        vprefetch_write(x, i + ahead)  # also past the end, or before the start
+        x[i] *= 2
+    return x
+
+
 def test_prefetch_changes_no_value_and_takes_only_contiguous_rows():
     x = np.arange(100, dtype=np.float32)
     for ahead in (0, 16, 10**6):
         assert _prefetched_sum(x, ahead) == 4950.0
     assert _prefetched_sum(np.zeros(0, np.uint16), 5) == 0.0
+    for ahead in (0, 16, 10**6, -10**6):
+        np.testing.assert_array_equal(_prefetched_double(x.copy(), ahead), 2 * x)
     with pytest.raises(TypingError):
         _prefetched_sum(x[::2], 1)
+    with pytest.raises(TypingError):
+        _prefetched_double(x[::2], 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
