@@ -25,10 +25,11 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   the panel's row once and does 16 fused multiply-adds (`_tile`). Before its loop it asks for
   the 16 lines of out of the next tile (`vprefetch_write`): they arrive, owned, while this
   tile computes, instead of the stores (or the next pass's loads) waiting on memory. Deeper
-  passes and this prefetch took our products from 0.95x OpenBLAS's speed to 1.01-1.05x on a
-  Zen 4 core (bench/NOTES.md, round 17). The last columns, when fewer than 2L, take one or
-  two vectors of 8 rows with masked loads and stores (`_half_tile`); the last rows, when
-  fewer than 8, a scratch tile copied in and out.
+  passes and this prefetch took our products from 0.95x OpenBLAS's speed to 1.00-1.03x on a
+  Zen 4 core, and the model's training and batch 256 to 1.02-1.07x (bench/NOTES.md, round
+  17). The last columns, when fewer than 2L, take one or two vectors of 8 rows with masked
+  loads and stores (`_half_tile`); the last rows, when fewer than 8, a scratch tile copied in
+  and out.
 - Passes add into out: the first starts from zero, each later one from the sums so far.
 
 Every out[i, j] is the same fused multiply-adds in the same order (k ascending, passes of
