@@ -10,9 +10,21 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "bench") not in sys.path:  # the tests import bench/measure.py as `measure`
+    sys.path.insert(0, str(ROOT / "bench"))
 # a child may compile every kernel first (an empty Numba cache): about a minute on an idle
 # 2-core machine, several times that on a busy one
 CHILD_TIMEOUT_S = 900
+
+
+def _load_bench(name: str):
+    """bench/<name>.py as a module (bench/ is a folder of scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_bench_quick_runs_and_writes_json(tmp_path):
@@ -37,11 +49,7 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
 
 
 def test_rounds_combine_to_medians_and_per_round_ratios():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_bench("run")
     rounds = [
         {"ours": {"b1_ms": 2.0, "train_peak_rss_mb": 300.0}, "ort": {"b1_ms": 3.0}},
         {"ours": {"b1_ms": 4.0, "train_peak_rss_mb": 310.0}, "ort": {"b1_ms": 4.0}},
@@ -82,11 +90,7 @@ def test_cohabit_skips_cleanly_without_torch():
 
 
 def test_summary_groups_ratios_by_machine(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_bench("run")
     amd = {"machine": {"cpu": "AMD EPYC", "isa": ["avx2"]}, "threads": 2, "variants": {
         "pico": {"ours": {"b1_ms": 2.0}, "ratios": {"ort_over_ours_b1": 0.5,
                                                      "ort_over_ours_bf16_b1": 1.1,
@@ -111,16 +115,6 @@ def test_summary_groups_ratios_by_machine(tmp_path):
     # code held below the CPU is another machine kind, not mixed with the CPU's own runs
     assert lines[4] == "AMD EPYC (avx2) with NUMBA_CPU_NAME=haswell"
     assert "atto: ORT/ours b1 -x, ours/torch train 2.00x" in lines[5]
-
-
-def _load_bench(name: str):
-    import importlib.util
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_fma_peak_kernel_does_the_multiply_adds_it_counts():
