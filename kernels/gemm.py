@@ -18,9 +18,13 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   would share a few L1 sets and evict each other; the copy costs ~0.2 ns per element. Two
   panel loads feed 16 multiply-adds, which L2 keeps up with; a pass costs a trip of out
   through memory and back, so passes are deep (512 rows, not the 256 that fit in L1).
-- a is read where it lies, C or Fortran order, one a[i, k] at a time broadcast to a vector,
-  `BLOCK_ROWS` rows at a time (a block stays in L2 while every panel passes over it). The
-  last rows short of a whole tile are copied into a tile of 8 rows with zeros after them.
+- a is read where it lies, C or Fortran order, one a[i, k] at a time broadcast to a vector.
+  The tiles go row tile by row tile under a group of `GROUP_PANELS` (8) panels: a tile's 8
+  rows of a (16 KB) stay in L1 while the group's panels (512 KB, in L2) pass under them, so L1
+  misses only on the panels; rows come in blocks of `BLOCK_ROWS` (256), whose part of a is
+  still in cache for the next group. (Every panel under a block of 96 rows, the order before
+  round 18, read a's 8 rows from L2 for every panel: 1-3 % slower in the model.) The last
+  rows short of a whole tile are copied into a tile of 8 rows with zeros after them.
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
   the panel's row once and does 16 fused multiply-adds (`_tile`). Before its loop it asks for
   the 16 lines of out of the next tile (`vprefetch_write`): they arrive, owned, while this
@@ -58,7 +62,8 @@ from kernels.simd import (
 
 TILE_ROWS = 8
 DEPTH = 512  # rows of b per pass: a panel of 512 x 32 float32 is 64 KB, it stays in L2
-BLOCK_ROWS = 96  # rows of a per block: 96 x 512 float32 (192 KB) stay in L2
+GROUP_PANELS = 8  # panels per group: 8 x 64 KB stay in L2 while a's rows pass under them
+BLOCK_ROWS = 256  # rows of a per block: 256 x 512 float32 (512 KB), in cache for the next group
 
 
 @njit(nogil=True, cache=True)
@@ -180,49 +185,58 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
     width = 2 * L
     panels = (cols1 - cols0 + width - 1) // width
     packed = np.empty(DEPTH * width * panels, dtype=out.dtype)
-    # Rows of a per block. Not a compile-time constant on purpose: with BLOCK_ROWS folded into
-    # the loops LLVM compiled them into code 15-20 % slower (bench/NOTES.md round 11).
+    # Not compile-time constants on purpose: with BLOCK_ROWS folded into the loops LLVM
+    # compiled them into code 15-20 % slower (bench/NOTES.md round 11).
     block_rows = min(BLOCK_ROWS, (rows1 - rows0 + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS)
+    group = min(GROUP_PANELS, panels)
+    count = (rows1 - rows0) % TILE_ROWS
+    whole = rows1 - count  # the rows before `whole` fill tiles of 8
     last = np.zeros(DEPTH * TILE_ROWS, dtype=out.dtype)  # the last rows (fewer than 8): [k][8]
     tile = np.empty(TILE_ROWS * width, dtype=out.dtype)  # and their results
     for k0 in range(0, depth, DEPTH):
         pass_depth = min(DEPTH, depth - k0)
         first = k0 == 0
         _pack_b(b, sb, sn, k0, pass_depth, cols0, cols1, packed)
+        if count:  # the last rows, as a tile of 8 (zeros after them)
+            for k in range(pass_depth):
+                for r in range(count):
+                    last[k * TILE_ROWS + r] = a[(whole + r) * sa + (k0 + k) * sk]
         for i0 in range(rows0, rows1, block_rows):
             i1 = min(i0 + block_rows, rows1)
-            count = (i1 - i0) % TILE_ROWS
-            if count:  # the last rows, as a tile of 8 (zeros after them)
-                for k in range(pass_depth):
-                    for r in range(count):
-                        last[k * TILE_ROWS + r] = a[(i1 - count + r) * sa + (k0 + k) * sk]
-            for q in range(panels):
-                j0 = cols0 + q * width
-                used = min(width, cols1 - j0)
-                p0 = q * pass_depth * width
+            for g0 in range(0, panels, group):
+                g1 = min(g0 + group, panels)
                 for i in range(i0, i1, TILE_ROWS):
                     start = i * sa + k0 * sk
-                    if i + TILE_ROWS <= i1 and used == width:
-                        # the next tile: 8 rows down, or the block's first in the next panel
-                        ahead = ((i + TILE_ROWS) * ldo + j0 if i + 2 * TILE_ROWS <= i1
-                                 else i0 * ldo + j0 + width)
-                        _tile(a, start, sa, sk, packed, p0, pass_depth, out, i * ldo + j0, ldo,
-                              first, ahead)
-                    elif i + TILE_ROWS <= i1:  # the last columns: one or two masked vectors
-                        o0 = i * ldo + j0
-                        _half_tile(a, start, sa, sk, packed, p0, pass_depth, out, o0, ldo, first,
-                                   min(L, used))
-                        if used > L:
-                            _half_tile(a, start, sa, sk, packed, p0 + L, pass_depth, out, o0 + L,
-                                       ldo, first, used - L)
-                    else:  # the last rows: a scratch tile
-                        for r in range(count):
-                            for j in range(used):
-                                tile[r * width + j] = out[(i + r) * ldo + j0 + j]
-                        _tile(last, 0, 1, TILE_ROWS, packed, p0, pass_depth, tile, 0, width, first, 0)
-                        for r in range(count):
-                            for j in range(used):
-                                out[(i + r) * ldo + j0 + j] = tile[r * width + j]
+                    for q in range(g0, g1):
+                        j0 = cols0 + q * width
+                        used = min(width, cols1 - j0)
+                        p0 = q * pass_depth * width
+                        if i < whole and used == width:
+                            # the next tile: the next panel, 8 rows down, or the next group
+                            if q + 1 < g1:
+                                ahead = i * ldo + j0 + width
+                            elif i + TILE_ROWS < min(i1, whole):
+                                ahead = (i + TILE_ROWS) * ldo + cols0 + g0 * width
+                            else:
+                                ahead = i0 * ldo + cols0 + g1 * width
+                            _tile(a, start, sa, sk, packed, p0, pass_depth, out, i * ldo + j0,
+                                  ldo, first, ahead)
+                        elif i < whole:  # the last columns: one or two masked vectors
+                            o0 = i * ldo + j0
+                            _half_tile(a, start, sa, sk, packed, p0, pass_depth, out, o0, ldo,
+                                       first, min(L, used))
+                            if used > L:
+                                _half_tile(a, start, sa, sk, packed, p0 + L, pass_depth, out,
+                                           o0 + L, ldo, first, used - L)
+                        else:  # the last rows: a scratch tile
+                            for r in range(count):
+                                for j in range(used):
+                                    tile[r * width + j] = out[(i + r) * ldo + j0 + j]
+                            _tile(last, 0, 1, TILE_ROWS, packed, p0, pass_depth, tile, 0, width,
+                                  first, 0)
+                            for r in range(count):
+                                for j in range(used):
+                                    out[(i + r) * ldo + j0 + j] = tile[r * width + j]
 
 
 @njit(nogil=True, cache=True)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kernels import linear
-from kernels.gemm import DEPTH, gemm
+from kernels.gemm import BLOCK_ROWS, DEPTH, GROUP_PANELS, gemm
 from tests.test_kernels import SETTINGS
 
 
@@ -25,12 +25,16 @@ def _tolerance(a, b):
     return 2 * (a.shape[1] + 2) * eps * scale + np.finfo(a.dtype).tiny
 
 
-# rows past the 8-row tile and its 96-row block, columns past 2 vectors (32 float32 with
-# AVX-512, 16 with AVX2), depth past one pass of DEPTH rows of b
+# rows past the 8-row tile and a block of BLOCK_ROWS, columns past 2 vectors (32 float32 with
+# AVX-512, 16 with AVX2) and a group of GROUP_PANELS panels, depth past one pass of DEPTH rows of b
+ROWS = st.integers(1, BLOCK_ROWS + 20)
+COLUMNS = st.integers(1, GROUP_PANELS * 32 + 40)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@given(m=st.integers(1, 110), k=st.sampled_from([0, 1, 3, 17, DEPTH, DEPTH + 5, 2 * DEPTH + 1]),
-       n=st.integers(1, 75), orders=st.sampled_from(["CC", "CF", "FC", "FF"]),
-       seed=st.integers(0, 2**16))
+@given(m=ROWS, k=st.sampled_from([0, 1, 3, 17, DEPTH, DEPTH + 5, 2 * DEPTH + 1]), n=COLUMNS,
+       orders=st.sampled_from(["CC", "CF", "FC", "FF"]), seed=st.integers(0, 2**16))
+@example(m=BLOCK_ROWS + 13, k=DEPTH + 5, n=GROUP_PANELS * 32 + 33, orders="CF", seed=1)
 @SETTINGS
 def test_gemm_matches_the_exact_product(dtype, m, k, n, orders, seed):
     rng = np.random.default_rng(seed)
@@ -43,9 +47,10 @@ def test_gemm_matches_the_exact_product(dtype, m, k, n, orders, seed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@given(m=st.integers(1, 110), k=st.sampled_from([1, 40, DEPTH + 7]), n=st.integers(1, 75),
+@given(m=ROWS, k=st.sampled_from([1, 40, DEPTH + 7]), n=COLUMNS,
        orders=st.sampled_from(["CC", "CF", "FC", "FF"]), cut=st.floats(0, 1),
        seed=st.integers(0, 2**16))
+@example(m=BLOCK_ROWS + 13, k=DEPTH + 7, n=GROUP_PANELS * 32 + 33, orders="FC", cut=0.6, seed=1)
 @SETTINGS
 def test_gemm_bits_do_not_depend_on_the_block_computed(dtype, m, k, n, orders, cut, seed):
     """The module's promise: any split by rows or by columns gives the bits of one call, and a
