@@ -20,11 +20,12 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   through memory and back, so passes are deep (512 rows, not the 256 that fit in L1).
 - a is read where it lies, C or Fortran order, one a[i, k] at a time broadcast to a vector.
   The tiles go row tile by row tile under a group of `GROUP_PANELS` (8) panels: a tile's 8
-  rows of a (16 KB) stay in L1 while the group's panels (512 KB, in L2) pass under them, so L1
-  misses only on the panels; rows come in blocks of `BLOCK_ROWS` (256), whose part of a is
-  still in cache for the next group. (Every panel under a block of 96 rows, the order before
-  round 18, read a's 8 rows from L2 for every panel: 1-3 % slower in the model.) The last
-  rows short of a whole tile are copied into a tile of 8 rows with zeros after them.
+  rows of a (16 KB) stay in L1 while the group's panels (512 KB, in L2) pass under them, so
+  a is read from L2 once per group, not once per panel; rows come in blocks of `BLOCK_ROWS`
+  (256), whose part of a is still in cache for the next group. (Every panel under a block of
+  96 rows, the order before round 18, read a's 8 rows from L2 for every panel: 1-4 % slower
+  in the model.) The last rows short of a whole tile are copied into a tile of 8 rows with
+  zeros after them.
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
   the panel's row once and does 16 fused multiply-adds (`_tile`). Before its loop it asks for
   the 16 lines of out of the next tile (`vprefetch_write`): they arrive, owned, while this
