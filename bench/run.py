@@ -411,6 +411,18 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def achieved_gflops(figures: dict, gflop_per_sample: float) -> dict:
+    """GFLOP/s of the batch-256 forward and of training (a step does 3x the forward's FLOPs:
+    the forward and the backward's two products per layer) from a framework's samples/s, for
+    those of the two it has."""
+    rates = {}
+    if figures.get("b256_samples_s") is not None:
+        rates["gflops_b256"] = figures["b256_samples_s"] * gflop_per_sample
+    if figures.get("train_samples_s") is not None:
+        rates["gflops_train"] = figures["train_samples_s"] * 3 * gflop_per_sample
+    return rates
+
+
 def shares_text(results: dict, rate: float) -> str:
     """Per variant, ours (and PyTorch's, when measured) b256 forward / training GFLOP/s as
     percentages of `rate`."""
@@ -419,10 +431,10 @@ def shares_text(results: dict, rate: float) -> str:
         flops = entry.get("forward_gflop_per_sample")
         text = (f"{variant} {fmt(entry['ours'].get('gflops_b256', 0) / rate * 100, 0)} % / "
                 f"{fmt(entry['ours'].get('gflops_train', 0) / rate * 100, 0)} %")
-        torch_figures = entry.get("torch") or {}
-        if flops and torch_figures.get("b256_samples_s") and torch_figures.get("train_samples_s"):
-            text += (f" (PyTorch {fmt(torch_figures['b256_samples_s'] * flops / rate * 100, 0)} % "
-                     f"/ {fmt(torch_figures['train_samples_s'] * 3 * flops / rate * 100, 0)} %)")
+        torch_rates = achieved_gflops(entry.get("torch") or {}, flops) if flops else {}
+        if len(torch_rates) == 2 and all(torch_rates.values()):
+            text += (f" (PyTorch {fmt(torch_rates['gflops_b256'] / rate * 100, 0)} % "
+                     f"/ {fmt(torch_rates['gflops_train'] / rate * 100, 0)} %)")
         parts.append(text)
     return ", ".join(parts)
 
@@ -542,10 +554,7 @@ def main() -> None:
             rounds.append(row)
         entry = combine_rounds(rounds)
         ours = entry["ours"]
-        if "b256_samples_s" in ours:
-            ours["gflops_b256"] = ours["b256_samples_s"] * flops / 1e9
-        if "train_samples_s" in ours:
-            ours["gflops_train"] = ours["train_samples_s"] * 3 * flops / 1e9
+        ours.update(achieved_gflops(ours, flops / 1e9))
         entry["forward_gflop_per_sample"] = flops / 1e9
         results["variants"][variant] = entry
     if not args.no_kernels:
