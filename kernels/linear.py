@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import os
 import threading
 from collections.abc import Iterator
@@ -237,17 +238,23 @@ def _remembered(store: dict[tuple, np.ndarray], values: tuple,
     return array
 
 
-def _run_region(own: bool, jobs: list[tuple[_Job, int]]) -> None:
+def _run_region(own: bool, jobs: list[tuple[_Job, int]], interleave: bool = False) -> None:
     """Compute one or two products, each cut into the number of blocks given, in one parallel
-    loop of `kernels.split`."""
-    key = tuple((job.rows, job.cols, job.by_columns, job.step, parts) for job, parts in jobs)
+    loop of `kernels.split`. With `interleave` the tasks alternate between the products (block
+    0 of each, then block 1 of each, ...): the loop hands each thread a run of consecutive
+    tasks, so with each product cut into as many blocks as there are threads, thread t
+    computes block t of both."""
+    key = (interleave,) + tuple((job.rows, job.cols, job.by_columns, job.step, parts)
+                                for job, parts in jobs)
     table = _tables.get(key)
     if table is None:
-        tasks = []
-        for which, (job, parts) in enumerate(jobs):
-            for lo, hi in _spans(job.cols if job.by_columns else job.rows, parts, job.step):
-                tasks.append((which, 0, job.rows, lo, hi) if job.by_columns
-                             else (which, lo, hi, 0, job.cols))
+        blocks = [[(which, 0, job.rows, lo, hi) if job.by_columns else (which, lo, hi, 0, job.cols)
+                   for lo, hi in _spans(job.cols if job.by_columns else job.rows, parts, job.step)]
+                  for which, (job, parts) in enumerate(jobs)]
+        if interleave:
+            tasks = [task for tier in itertools.zip_longest(*blocks) for task in tier if task]
+        else:
+            tasks = [task for product in blocks for task in product]
         table = _remembered(_tables, key, tasks)
     operands = [(job.a, job.b, job.out, job.layout) for job, _ in jobs]
     if len(operands) == 1:  # the loop takes two products; the second is then never read
@@ -313,7 +320,14 @@ def matmul_pair(first: tuple, second: tuple) -> tuple[np.ndarray, np.ndarray]:
     run side by side, the first on a helper thread with n // 2 threads and the second here with
     the rest, instead of one after the other each split n ways: one hand-over for two products
     and blocks twice as big (atto's training step: bench/NOTES.md round 11). Each product is
-    computed as `matmul` computes it, so with our gemm the bits do not change."""
+    computed as `matmul` computes it, so with our gemm the bits do not change.
+
+    In one parallel region (`split_matmuls(n, region=True)`) with our gemm, each product is
+    cut n ways instead and thread t computes block t of both: every thread packs a share of
+    both b's (dx's b is a weight, from memory; dW's an activation, in cache), where one
+    product per thread left the thread packing the weight the last to finish (tiny's
+    training step 1.011-1.018x on a Zen 4; bench/NOTES.md round 19). With BLAS, whose bits
+    may depend on the block, each product stays whole on its share of the threads."""
     threads = getattr(_split, "threads", 0)
     sizes = [2 * a.shape[0] * a.shape[1] * b.shape[1] for a, b, *_ in (first, second)]
     if threads < 2 or min(sizes) < SPLIT_FLOPS:
@@ -325,7 +339,11 @@ def matmul_pair(first: tuple, second: tuple) -> tuple[np.ndarray, np.ndarray]:
         own = [_uses_own(*first), _uses_own(*second)]
         jobs = [_region_job(*first, own[0]), _region_job(*second, own[1])]
         if own[0] == own[1] and None not in jobs:
-            _run_region(own[0], [(jobs[0], helper_threads), (jobs[1], threads - helper_threads)])
+            if own[0]:
+                _run_region(True, [(jobs[0], threads), (jobs[1], threads)], interleave=True)
+            else:
+                _run_region(False, [(jobs[0], helper_threads),
+                                    (jobs[1], threads - helper_threads)])
             return first[2], second[2]
 
     def on_helper() -> np.ndarray:

@@ -288,6 +288,40 @@ def test_matmul_pair_in_one_parallel_region_gives_the_helper_threads_bits(
     np.testing.assert_allclose(dw, dy.T @ x, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_matmul_pair_with_our_gemm_gives_each_thread_a_block_of_both(gemm_choice, threads,
+                                                                      monkeypatch):
+    """In one region with our gemm each product is cut `threads` ways and the tasks alternate
+    between the products, so that the parallel loop's run of tasks for thread t is block t of
+    each (every thread packs a share of both b's); with BLAS each product stays whole."""
+    tables = []
+    for choice, runner in (("own", "own_products"), ("blas", "blas_products")):
+        gemm_choice(choice)
+        real = getattr(linear, runner)
+
+        def recording(*args, real=real, at=0 if choice == "own" else 2):  # tasks: 1st / 3rd
+            tables.append(np.array(args[at]))
+            return real(*args)
+
+        monkeypatch.setattr(linear, runner, recording)
+        rng = np.random.default_rng(threads)
+        dy = rng.standard_normal((512, 96)).astype(np.float32)
+        x = rng.standard_normal((512, 384)).astype(np.float32)
+        w = rng.standard_normal((96, 384)).astype(np.float32)
+        with linear.split_matmuls(threads, region=True):
+            dw, dx = linear.matmul_pair((dy.T, x), (dy, w))
+        np.testing.assert_allclose(dw, dy.T @ x, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(dx, dy @ w, rtol=1e-4, atol=1e-3)
+    own, blas = tables
+    assert own[:, 0].tolist() == [0, 1] * threads  # block t of product 0, then of product 1
+    # dW [96, 384] is cut by columns at whole panels, dx [512, 384] by rows at whole tiles
+    for which, (lo, hi, size, step) in ((0, (3, 4, 384, 16)), (1, (1, 2, 512, 8))):
+        blocks = own[own[:, 0] == which]
+        assert blocks[0, lo] == 0 and blocks[-1, hi] == size
+        assert (blocks[1:, lo] == blocks[:-1, hi]).all() and (blocks[:-1, hi] % step == 0).all()
+    assert blas[:, 0].tolist() == [0] * (threads // 2) + [1] * (threads - threads // 2)
+
+
 def test_the_region_leaves_what_it_does_not_take_to_the_helper_threads(gemm_choice, monkeypatch):
     """Mixed dtypes, an operand in neither order, a read-only or non-contiguous out, or no
     BLAS address: computed the Python way (and still right)."""
