@@ -11,8 +11,8 @@ read each weight row once for several rows of x:
 
 The dot products are reassociated (per-lane partial sums of explicit SIMD vectors, fused
 multiply-adds, a fixed pairwise lane sum; no fastmath flags), so results match BLAS to rounding,
-not bit for bit. On AVX-512 a frozen model's blocks take `_matmul_cols_packed` instead: the
-same products as outer products over its weights packed in column panels (`pack_columns`).
+not bit for bit. A frozen model's blocks take `_matmul_cols_packed` instead: the same products
+as outer products over its weights packed in column panels (`pack_columns`).
 
 The block calls its matmul, and the batch-1 network its blocks, through their addresses
 (`matmul_cols_address`, `block_rows_address`, kernels/pointer.py), so that each compiles on
@@ -253,13 +253,16 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
     from memory as one run.
 
     Outer products: each k adds x[m, k] (broadcast) times the panel's row k (2 vectors) to the
-    sums of out[m, panel], a tile of 8 rows x 2 vectors in 16 registers (AVX-512 has 32), with
-    no sum across lanes at the end (`_matmul_cols`'s dot products end in one per output, as
-    much work as the multiply-adds when K is a few vectors: the batch-1 products of atto, pico
-    and tiny 1.6x faster alone, their predicts 1.13-1.20x, on Zen 5; bench/NOTES.md round 15).
-    The two tiles are written out, as in `_matmul_cols`. Part-panels (a narrower last panel,
-    or n0, n1 inside a panel) take masked vectors, rows past a multiple of 8 one at a time
-    (masked too).
+    sums of out[m, panel], a tile of 8 rows x 2 vectors in 16 registers with AVX-512's 64-byte
+    vectors (it has 32), of 4 rows x 2 vectors in 8 with AVX2's 32-byte ones (it has 16: 8
+    rows would spill), with no sum across lanes at the end (`_matmul_cols`'s dot products end
+    in one per output, as much work as the multiply-adds when K is a few vectors: the batch-1
+    products of atto, pico and tiny 1.6x faster alone, their predicts 1.13-1.20x, on Zen 5;
+    bench/NOTES.md round 15). With AVX2 the packed panels stream from memory faster than the
+    dot products read four weight rows at once: predicts 1.06-1.18x, bfloat16 1.14-1.27x, AVX2
+    code on a Zen 4 (round 19). The tiles are written out, as in `_matmul_cols`. Part-panels
+    (a narrower last panel, or n0, n1 inside a panel) take tiles of 8 rows of one masked
+    vector, rows past the whole tiles one at a time (masked too).
 
     Every out[m, n] is one chain of fused multiply-adds from zero, k ascending, whichever tile
     computes it: the bits do not depend on M, on the split of the columns or on the thread
@@ -270,7 +273,9 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
     wf = wp.reshape(K * N)
     L = lanes(x)
     W = 2 * L
-    tiled = M - M % 8  # rows in whole tiles
+    wide = L * xf.itemsize >= 64
+    tiled = M - M % (8 if wide else 4)  # rows in whole tiles of a whole panel
+    eights = M - M % 8  # rows in the 8-row tiles of a part-panel
     line = 64 // wf.itemsize
     last = wf.size - 1
     bits = wf.itemsize == 2
@@ -280,7 +285,36 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
         width = min(W, N - q * W)  # of the panel: its rows are this far apart
         base = q * W * K + lo - q * W  # wf[base + k * width] = w[lo, k]
         whole = hi - lo == W  # the panel's rows in whole tiles of 8 x 2 vectors
-        if whole:
+        if whole and not wide:
+            for m in range(0, tiled, 4):
+                x0 = m * K
+                c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = vzero(xf)
+                for k in range(K):
+                    if bits:
+                        vprefetch(wf, min(base + k * W + 16 * line, last))
+                    b0 = vload(wf, base + k * W)
+                    b1 = vload(wf, base + k * W + L)
+                    a = vsplat(xf, x0 + k)
+                    c00 = vfma(c00, a, b0)
+                    c01 = vfma(c01, a, b1)
+                    a = vsplat(xf, x0 + K + k)
+                    c10 = vfma(c10, a, b0)
+                    c11 = vfma(c11, a, b1)
+                    a = vsplat(xf, x0 + 2 * K + k)
+                    c20 = vfma(c20, a, b0)
+                    c21 = vfma(c21, a, b1)
+                    a = vsplat(xf, x0 + 3 * K + k)
+                    c30 = vfma(c30, a, b0)
+                    c31 = vfma(c31, a, b1)
+                vstore(out[m], lo, c00)
+                vstore(out[m], lo + L, c01)
+                vstore(out[m + 1], lo, c10)
+                vstore(out[m + 1], lo + L, c11)
+                vstore(out[m + 2], lo, c20)
+                vstore(out[m + 2], lo + L, c21)
+                vstore(out[m + 3], lo, c30)
+                vstore(out[m + 3], lo + L, c31)
+        elif whole:
             for m in range(0, tiled, 8):
                 x0 = m * K
                 c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = vzero(xf)
@@ -333,7 +367,7 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
         for s in range(lo, hi, L):  # part-panels, and the rows past the whole tiles
             count = min(L, hi - s)
             at = base + s - lo
-            for m in range(0, 0 if whole else tiled, 8):
+            for m in range(0, 0 if whole else eights, 8):
                 x0 = m * K
                 c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = vzero(xf)
                 for k in range(K):
@@ -354,7 +388,7 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
                 vstore_head(out[m + 5], s, count, c5)
                 vstore_head(out[m + 6], s, count, c6)
                 vstore_head(out[m + 7], s, count, c7)
-            for m in range(tiled, M):
+            for m in range(tiled if whole else eights, M):
                 c0 = vzero(xf)
                 for k in range(K):
                     c0 = vfma(c0, vsplat(xf, m * K + k), vload_head(wf, at + k * width, count))
@@ -510,11 +544,12 @@ def panel_columns(dtype) -> int:
 
 
 def packed_panel(dtype) -> int:
-    """`panel_columns(dtype)` where a frozen model packs its pointwise weights for the batch-1
-    network, else 0: where the kernels compile for 64-byte vectors (AVX-512). With AVX2's 16
-    registers the 8 x 2 tile spills, and 4 rows ran at par with `_matmul_cols`'s dot products
-    (1.02x), which read the weights as they are (bench/NOTES.md round 15)."""
-    return panel_columns(dtype) if vector_bytes() == 64 else 0
+    """Columns per panel in which a frozen model packs its pointwise weights for the batch-1
+    network (0 would keep them as stored, for `_matmul_cols`): `panel_columns(dtype)` with
+    AVX-512 and with AVX2 alike. AVX2 took them from round 19: the 4-row tile over packed
+    panels ran its predicts 1.06-1.18x faster than the dot products (bfloat16 1.14-1.27x; AVX2
+    code on a Zen 4, bench/NOTES.md round 19; round 15 had found 4 rows at par on a Zen 5)."""
+    return panel_columns(dtype)
 
 
 @functools.cache

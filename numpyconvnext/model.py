@@ -171,7 +171,7 @@ class ConvNeXt1D:
         self._keep: list[np.ndarray] = []
         self.precision = self.dtype.name
         # what the one-call inference reads the blocks' pointwise weights from: flat_params, or
-        # a frozen copy's own buffer (bfloat16 bits, and/or packed in panels on AVX-512)
+        # a frozen copy's own buffer (bfloat16 bits, packed in column panels)
         self._pointwise: np.ndarray = self.flat_params
         self._pointwise_packed = False
 
@@ -313,10 +313,10 @@ class ConvNeXt1D:
         the decisions of trained models. Temperature and checkpoint metadata are copied;
         `train()` on the copy raises.
 
-        Where the kernels compile for AVX-512, the copy also keeps the pointwise weights
-        transposed, in column panels, for its batch-1 predict (outer products instead of dot
-        products, bench/NOTES.md round 15; a float32 copy then holds them twice). That predict
-        differs from this model's in rounding only (another order of the sums).
+        The copy also keeps the pointwise weights transposed, in column panels, for its
+        batch-1 predict (outer products instead of dot products, bench/NOTES.md rounds 15 and
+        19; a float32 copy then holds them twice). That predict differs from this model's in
+        rounding only (another order of the sums).
         """
         if precision not in ("float32", "float64", "bfloat16"):
             raise ValueError(f"precision must be float32, float64 or bfloat16, got {precision!r}")

@@ -392,8 +392,8 @@ def test_block_forward_rows_split_by_columns_has_same_bits(dtype, shape, seed):
 @SETTINGS
 def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, classes, batch_steps,
                                                 packed, seed):
-    """Pointwise weights as stored, or packed as a frozen model packs them on AVX-512 (here on
-    any CPU: the kernel runs on every ISA, AVX2 just does not choose it)."""
+    """Pointwise weights as stored (as an unfrozen model's batch-1 predict reads them), or packed
+    as a frozen model packs them."""
     import numba
 
     from kernels.block import panel_columns
