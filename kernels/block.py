@@ -258,9 +258,12 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
     rows would spill), with no sum across lanes at the end (`_matmul_cols`'s dot products end
     in one per output, as much work as the multiply-adds when K is a few vectors: the batch-1
     products of atto, pico and tiny 1.6x faster alone, their predicts 1.13-1.20x, on Zen 5;
-    bench/NOTES.md round 15). With AVX2 the packed panels stream from memory faster than the
-    dot products read four weight rows at once: predicts 1.06-1.18x, bfloat16 1.14-1.27x, AVX2
-    code on a Zen 4 (round 19). The tiles are written out, as in `_matmul_cols`. Part-panels
+    bench/NOTES.md round 15). With AVX2 the first tile of 4 rows draws the panel from memory
+    and asks for it 32 lines ahead (`vprefetch`): 1.12-1.25x on the batch-1 products of tiny
+    from memory, where the AVX-512 tile ran 0.55-0.80x with it (one tile of 8 rows takes a
+    stage 3's 8). AVX2 predicts 1.08 / 1.32 / 1.43x faster for atto / pico / tiny than with
+    the dot products, bfloat16 1.14 / 1.22 / 1.40x (AVX2 code on a Zen 4, round 19). The
+    tiles are written out, as in `_matmul_cols`. Part-panels
     (a narrower last panel, or n0, n1 inside a panel) take tiles of 8 rows of one masked
     vector, rows past the whole tiles one at a time (masked too).
 
@@ -290,8 +293,8 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
                 x0 = m * K
                 c00 = c01 = c10 = c11 = c20 = c21 = c30 = c31 = vzero(xf)
                 for k in range(K):
-                    if bits:
-                        vprefetch(wf, min(base + k * W + 16 * line, last))
+                    if m == 0:  # the first tile draws the panel from memory: ask ahead for it
+                        vprefetch(wf, min(base + k * W + 32 * line, last))
                     b0 = vload(wf, base + k * W)
                     b1 = vload(wf, base + k * W + L)
                     a = vsplat(xf, x0 + k)
@@ -547,8 +550,9 @@ def packed_panel(dtype) -> int:
     """Columns per panel in which a frozen model packs its pointwise weights for the batch-1
     network (0 would keep them as stored, for `_matmul_cols`): `panel_columns(dtype)` with
     AVX-512 and with AVX2 alike. AVX2 took them from round 19: the 4-row tile over packed
-    panels ran its predicts 1.06-1.18x faster than the dot products (bfloat16 1.14-1.27x; AVX2
-    code on a Zen 4, bench/NOTES.md round 19; round 15 had found 4 rows at par on a Zen 5)."""
+    panels, prefetched, ran its predicts 1.08-1.43x faster than the dot products (bfloat16
+    1.14-1.40x; AVX2 code on a Zen 4, bench/NOTES.md round 19; round 15 had found 4 rows
+    without the prefetch at par on a Zen 5)."""
     return panel_columns(dtype)
 
 
