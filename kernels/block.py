@@ -259,13 +259,13 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
     in one per output, as much work as the multiply-adds when K is a few vectors: the batch-1
     products of atto, pico and tiny 1.6x faster alone, their predicts 1.13-1.20x, on Zen 5;
     bench/NOTES.md round 15). With AVX2 the first tile of 4 rows draws the panel from memory
-    and asks for it 32 lines ahead (`vprefetch`): 1.12-1.25x on the batch-1 products of tiny
-    from memory, where the AVX-512 tile ran 0.55-0.80x with it (one tile of 8 rows takes a
+    and asks for it 32 lines ahead (`vprefetch`): 1.09-1.26x on the batch-1 products of tiny
+    from memory, where the AVX-512 tile ran 0.56-0.91x with it (one tile of 8 rows takes a
     stage 3's 8). AVX2 predicts 1.08 / 1.32 / 1.43x faster for atto / pico / tiny than with
     the dot products, bfloat16 1.14 / 1.22 / 1.40x (AVX2 code on a Zen 4, round 19). The
-    tiles are written out, as in `_matmul_cols`. Part-panels
-    (a narrower last panel, or n0, n1 inside a panel) take tiles of 8 rows of one masked
-    vector, rows past the whole tiles one at a time (masked too).
+    tiles are written out, as in `_matmul_cols`. Part-panels (a narrower last panel, or n0, n1
+    inside a panel) take tiles of 8 rows of one masked vector, rows past the whole tiles one
+    at a time (masked too).
 
     Every out[m, n] is one chain of fused multiply-adds from zero, k ascending, whichever tile
     computes it: the bits do not depend on M, on the split of the columns or on the thread
@@ -287,7 +287,7 @@ def _matmul_cols_packed(x, wp, out, n0, n1):
         hi = min(n1, q * W + W)
         width = min(W, N - q * W)  # of the panel: its rows are this far apart
         base = q * W * K + lo - q * W  # wf[base + k * width] = w[lo, k]
-        whole = hi - lo == W  # the panel's rows in whole tiles of 8 x 2 vectors
+        whole = hi - lo == W  # the panel's columns in whole tiles of 2 vectors
         if whole and not wide:
             for m in range(0, tiled, 4):
                 x0 = m * K
@@ -548,8 +548,8 @@ def panel_columns(dtype) -> int:
 
 def packed_panel(dtype) -> int:
     """Columns per panel in which a frozen model packs its pointwise weights for the batch-1
-    network (0 would keep them as stored, for `_matmul_cols`): `panel_columns(dtype)` with
-    AVX-512 and with AVX2 alike. AVX2 took them from round 19: the 4-row tile over packed
+    network: `panel_columns(dtype)`, with AVX-512 and with AVX2 alike (0, which the tests also
+    try, keeps them as stored, for `_matmul_cols`). AVX2 took them from round 19: the 4-row tile over packed
     panels, prefetched, ran its predicts 1.08-1.43x faster than the dot products (bfloat16
     1.14-1.40x; AVX2 code on a Zen 4, bench/NOTES.md round 19; round 15 had found 4 rows
     without the prefetch at par on a Zen 5)."""
