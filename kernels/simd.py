@@ -53,6 +53,11 @@ in float64, lane j summing the elements j mod 8, the order of eight scalar sums)
                         lane by lane, each rounded once as the scalar operation is (no fusing)
     vlane(v, j)         lane j of v as a scalar
 
+And one scalar operation the auto-vectoriser widens like any other (Numba never fuses a * b + c
+itself):
+
+    fmadd(a, b, c)      a * b + c for floats of one type, fused (one rounding: `llvm.fma`)
+
 The width is read from the features Numba compiles for (`NUMBA_CPU_FEATURES` if set, else the
 host's) when a kernel is compiled, not at import; Numba's cache is keyed by them too.
 """
@@ -366,6 +371,20 @@ def vstore_transposed(typingctx, out, o, ostride, x, i, xstride):
         return context.get_dummy_value()
 
     return types.none(out, o, ostride, x, i, xstride), codegen
+
+
+@intrinsic
+def fmadd(typingctx, a, b, c):
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
+
+    def codegen(context, builder, signature, args):
+        scalar = context.get_value_type(a)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(scalar, [scalar] * 3), f"llvm.fma.f{a.bitwidth}")
+        return builder.call(fma, list(args))
+
+    return a(a, b, c), codegen
 
 
 @intrinsic
