@@ -18,6 +18,7 @@ from numba.core.errors import TypingError
 from kernels.block import _matmul_cols, matmul_rows
 from kernels.simd import (
     features_without_avx512,
+    fmadd,
     lanes,
     vadd,
     vector_bytes,
@@ -304,6 +305,32 @@ def test_octet_operations_refuse_what_they_cannot_take():
         widen_ints(np.arange(8))
     with pytest.raises(TypingError):
         mixed(np.ones(8, np.float32), np.ones(8, np.float32))
+
+
+@pytest.mark.parametrize("dtype, bits", [(np.float32, 12), (np.float64, 27)])
+def test_fmadd_rounds_once_and_vectorises_in_a_loop(dtype, bits):
+    """a * a - (1 + 2 eps') is eps'^2 exactly, which a multiply rounded before the add loses:
+    (1 + 2^-k)^2 = 1 + 2^(1-k) + 2^-2k, and 2^-2k is half a unit in the last place of 1."""
+    a = dtype(1) + dtype(2.0 ** -bits)
+    c = -(dtype(1) + dtype(2.0 ** (1 - bits)))
+
+    @njit
+    def fused(x, y, z):
+        return fmadd(x, y, z)
+
+    @njit
+    def each(xs, ys, zs, out):  # a loop the vectoriser widens: the same roundings per element
+        for i in range(xs.size):
+            out[i] = fmadd(xs[i], ys[i], zs[i])
+        return out
+
+    assert a * a + c == 0  # rounded twice
+    assert fused(a, a, c) == dtype(2.0 ** (-2 * bits))
+    xs = np.full(37, a, dtype)
+    got = each(xs, xs, np.full(37, c, dtype), np.empty(37, dtype))
+    assert got.dtype == dtype and (got == dtype(2.0 ** (-2 * bits))).all()
+    with pytest.raises(TypingError):
+        fused(np.float32(1), np.float64(1), np.float32(1))
 
 
 def _has_avx2() -> bool:
