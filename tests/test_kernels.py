@@ -572,27 +572,42 @@ def test_bfloat16_rounding_is_nearest_even(values):
         bfloat16_bits(np.array([3.4e38], np.float32))
 
 
+def check_packed_matmul(x, weight, panel, expected, bounds, rtol, atol):
+    """`_matmul_cols_packed` of x [M, K] with `weight` [N, K] (floats, or bfloat16 bits) packed
+    in panels of `panel` columns: `expected` to the tolerance, and the same bits with the
+    columns computed in the spans between `bounds`, and for the second half of the rows and
+    each row alone (whichever tile computes a row). The AVX2 child of tests/test_simd.py runs
+    it too, where whole panels take tiles of 4 rows instead of 8."""
+    from kernels.block import _matmul_cols_packed, pack_columns
+
+    (m, k), n = x.shape, weight.shape[0]
+    packed = pack_columns(weight, panel).reshape(k, n)
+    whole = _matmul_cols_packed(x, packed, np.full((m, n), np.nan, x.dtype), 0, n)
+    np.testing.assert_allclose(whole, expected, rtol=rtol, atol=atol)
+    parts = np.full((m, n), np.nan, x.dtype)
+    for n0, n1 in zip(bounds[:-1], bounds[1:], strict=True):
+        _matmul_cols_packed(x, packed, parts, n0, n1)
+    np.testing.assert_array_equal(parts, whole)
+    for start, stop in [(m // 2, m)] + [(row, row + 1) for row in range(m)]:
+        rows = np.ascontiguousarray(x[start:stop])
+        np.testing.assert_array_equal(
+            _matmul_cols_packed(rows, packed, np.empty((stop - start, n), x.dtype), 0, n),
+            whole[start:stop])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 80),
        cuts=st.lists(st.integers(0, 80), max_size=3), seed=st.integers(0, 2**16))
 @SETTINGS
 def test_matmul_cols_packed_matches_reference_with_the_same_bits_however_split(dtype, m, k, n,
                                                                               cuts, seed):
-    from kernels.block import _matmul_cols_packed, pack_columns, panel_columns
+    from kernels.block import panel_columns
 
     x, w = arrays(seed, (m, k), (n, k), dtype=dtype)
-    packed = pack_columns(w, panel_columns(dtype)).reshape(k, n)
-    whole = _matmul_cols_packed(x, packed, np.full((m, n), np.nan, dtype), 0, n)
-    np.testing.assert_allclose(whole, reference.linear_forward(x, w, np.zeros(n, dtype)),
-                               rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
     bounds = sorted({0, n, *(min(c, n) for c in cuts)})  # columns cut anywhere, not just panels
-    parts = np.full((m, n), np.nan, dtype)
-    for n0, n1 in zip(bounds[:-1], bounds[1:], strict=True):
-        _matmul_cols_packed(x, packed, parts, n0, n1)
-    np.testing.assert_array_equal(parts, whole)
-    rows = np.ascontiguousarray(x[m // 2:])  # and whatever the rows around it
-    np.testing.assert_array_equal(
-        _matmul_cols_packed(rows, packed, np.empty((len(rows), n), dtype), 0, n), whole[m // 2:])
+    check_packed_matmul(x, w, panel_columns(dtype),
+                        reference.linear_forward(x, w, np.zeros(n, dtype)), bounds,
+                        rtol=TOL[dtype]["rtol"] * 10, atol=TOL[dtype]["atol"] * 10)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -626,12 +641,11 @@ def test_pack_columns_keeps_each_panel_as_one_run():
 
 
 def test_matmul_cols_packed_reads_bfloat16_bits():
-    from kernels.block import _matmul_cols_packed, pack_columns, panel_columns
+    from kernels.block import panel_columns
     from kernels.simd import bfloat16_bits, bfloat16_values
 
     x, w = arrays(5, (9, 70), (45, 70), dtype=np.float32)
     bits = bfloat16_bits(w).reshape(w.shape)
-    got = _matmul_cols_packed(x, pack_columns(bits, panel_columns(np.float32)).reshape(70, 45),
-                              np.empty((9, 45), np.float32), 0, 45)
-    np.testing.assert_allclose(got, x @ bfloat16_values(bits.reshape(-1)).reshape(w.shape).T,
-                               rtol=1e-5, atol=1e-4)
+    check_packed_matmul(x, bits, panel_columns(np.float32),
+                        x @ bfloat16_values(bits.reshape(-1)).reshape(w.shape).T, (0, 20, 45),
+                        rtol=1e-5, atol=1e-4)

@@ -385,8 +385,9 @@ def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
 # 4 rows x 2 vectors with AVX2's 16 registers (8 rows with AVX-512's 32): right, and each row's
 # bits the same whatever the tile, the rows around it and the columns computed; bfloat16 bits too
 PACKED_TILES = (
-    "from kernels.block import _matmul_cols_packed, pack_columns, panel_columns\n"
+    "from kernels.block import panel_columns\n"
     "from kernels.simd import bfloat16_bits, bfloat16_values\n"
+    "from tests.test_kernels import check_packed_matmul\n"
     "for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-11)):\n"
     "    panel = panel_columns(dtype)\n"
     "    assert panel == 32 // np.dtype(dtype).itemsize * 2, panel\n"
@@ -394,23 +395,12 @@ PACKED_TILES = (
     "                    (17, 20, 2 * panel + 3)):\n"
     "        x = rng.standard_normal((m, k)).astype(dtype)\n"
     "        w = rng.standard_normal((n, k)).astype(dtype)\n"
-    "        packed = pack_columns(w, panel).reshape(k, n)\n"
-    "        whole = _matmul_cols_packed(x, packed, np.full((m, n), np.nan, dtype), 0, n)\n"
-    "        np.testing.assert_allclose(whole, x @ w.T, rtol=tol, atol=tol)\n"
-    "        parts = np.full((m, n), np.nan, dtype)\n"
-    "        for n0, n1 in ((0, n // 3), (n // 3, n - 1), (n - 1, n)):\n"
-    "            _matmul_cols_packed(x, packed, parts, n0, n1)\n"
-    "        np.testing.assert_array_equal(parts, whole)\n"
-    "        for row in range(m):\n"
-    "            alone = _matmul_cols_packed(x[row:row + 1].copy(), packed,\n"
-    "                                        np.empty((1, n), dtype), 0, n)\n"
-    "            np.testing.assert_array_equal(alone[0], whole[row])\n"
+    "        check_packed_matmul(x, w, panel, x @ w.T, (0, n // 3, n - 1, n), tol, tol)\n"
     "x = rng.standard_normal((9, 70)).astype(np.float32)\n"
     "bits = bfloat16_bits(rng.standard_normal((45, 70)).astype(np.float32)).reshape(45, 70)\n"
-    "got = _matmul_cols_packed(x, pack_columns(bits, panel_columns(np.float32)).reshape(70, 45),\n"
-    "                          np.empty((9, 45), np.float32), 0, 45)\n"
-    "exact = x @ bfloat16_values(bits.reshape(-1)).reshape(45, 70).T\n"
-    "np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-4)\n"
+    "check_packed_matmul(x, bits, panel_columns(np.float32),\n"
+    "                    x @ bfloat16_values(bits.reshape(-1)).reshape(45, 70).T, (0, 45),\n"
+    "                    1e-5, 1e-4)\n"
 )
 
 
