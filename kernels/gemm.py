@@ -1,4 +1,5 @@
-"""A general matrix product in explicit SIMD: an 8-row register tile over packed column panels.
+"""A general matrix product in explicit SIMD: a register tile of 8 rows (AVX-512) or 6 (AVX2)
+over packed column panels.
 
     out[i, j] = sum_k a[i, k] * b[k, j]          a [M, K], b [K, N] -> out [M, N]
 
@@ -15,7 +16,9 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   after row k, so that the tile reads a panel's row as two vector loads and the panel stays in
   L2 (`_pack_b`: vector copies for a C-order b, L x L blocks transposed in registers for
   `W.T`; zeros past the last column). Read in place instead, a b's rows a power of two apart
-  would share a few L1 sets and evict each other; the copy costs ~0.2 ns per element. Two
+  would share a few L1 sets and evict each other; the copy costs ~0.2 ns per element. A
+  group's panels are packed just before the first block of rows uses them, so that block
+  reads them from L2 rather than from wherever the whole pass's pack left them. Two
   panel loads feed 16 multiply-adds, which L2 keeps up with; a pass costs a trip of out
   through memory and back, so passes are deep (512 rows, not the 256 that fit in L1).
 - a is read where it lies, C or Fortran order, one a[i, k] at a time broadcast to a vector.
@@ -24,17 +27,23 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   a is read from L2 once per group, not once per panel; rows come in blocks of `BLOCK_ROWS`
   (256), whose part of a is still in cache for the next group. (Every panel under a block of
   96 rows, the order before round 18, read a's 8 rows from L2 for every panel: 1-4 % slower
-  in the model.) The last rows short of a whole tile are copied into a tile of 8 rows with
-  zeros after them.
+  in the model.) The last rows short of a whole tile are copied into a whole tile with
+  zeros after them. With AVX2 a Fortran-order a (a weight gradient's dy^T) has its tiles'
+  rows copied out once per block and pass, [k][6] per tile: read in place, a tile's rows are
+  a column whose k's a power of two apart share one L1 set, so every panel read them from L2
+  (and through the TLB) again: dW's products 0.78-0.86x OpenBLAS's speed, copied 0.94-1.03x.
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
   the panel's row once and does 16 fused multiply-adds (`_tile`). Before its loop it asks for
   the 16 lines of out of the next tile (`vprefetch_write`): they arrive, owned, while this
   tile computes, instead of the stores (or the next pass's loads) waiting on memory. Deeper
   passes and this prefetch took our products from 0.95x OpenBLAS's speed to 1.00-1.03x on a
   Zen 4 core, and the model's training and batch 256 to 1.02-1.07x (bench/NOTES.md, round
-  17). The last columns, when fewer than 2L, take one or two vectors of 8 rows with masked
-  loads and stores (`_half_tile`); the last rows, when fewer than 8, a scratch tile copied in
-  and out.
+  17). AVX2 has 16 vector registers, where 8 rows' 16 sums spill (0.57-0.62x OpenBLAS's
+  Haswell kernels on the same core) and two tiles of 4 rows (8 sums) wait on the
+  multiply-adds' latency (0.71-0.97x); there a tile is 6 rows (`_tile6`, 12 sums, the
+  scheme of BLIS's Haswell kernel: 0.95-1.06x). The last columns, when fewer than 2L, take
+  one or two vectors of a tile's rows with masked loads and stores (`_half_tile`); the last
+  rows, when fewer than a tile, a scratch tile copied in and out.
 - Passes add into out: the first starts from zero, each later one from the sums so far.
 
 Every out[i, j] is the same fused multiply-adds in the same order (k ascending, passes of
@@ -49,6 +58,7 @@ from numba import njit
 
 from kernels.simd import (
     lanes,
+    vector_bytes,
     vfma,
     vgather,
     vload,
@@ -61,7 +71,7 @@ from kernels.simd import (
     vzero,
 )
 
-TILE_ROWS = 8
+TILE_ROWS = 8  # rows of the register tile with 32 vector registers (AVX-512); 6 with 16
 DEPTH = 512  # rows of b per pass: a panel of 512 x 32 float32 is 64 KB, it stays in L2
 GROUP_PANELS = 8  # panels per group: 8 x 64 KB stay in L2 while a's rows pass under them
 BLOCK_ROWS = 256  # rows of a per block: 256 x 512 float32 (512 KB), in cache for the next group
@@ -70,13 +80,17 @@ BLOCK_ROWS = 256  # rows of a per block: 256 x 512 float32 (512 KB), in cache fo
 @njit(nogil=True, cache=True)
 def _tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
     """out[o0 + r*ldo + j] (+)= sum_{k < depth} a[a0 + r*sa + k*sk] * panel[p0 + k*2L + j]
-    for r < 8 and j < 2L (L = lanes; a packed panel's rows are 2L long); `first` starts from
-    zero instead of out. All 1-D contiguous; out's rows are ldo apart. `ahead`: where in out
-    the next tile starts (its lines are prefetched; any value is safe)."""
+    for r < 8 (6 with AVX2: `_tile6`) and j < 2L (L = lanes; a packed panel's rows are 2L
+    long); `first` starts from zero instead of out. All 1-D contiguous; out's rows are ldo
+    apart. `ahead`: where in out the next tile starts (its lines are prefetched; any value is
+    safe)."""
     L = lanes(panel)
-    for r in range(8):
+    for r in range(_tile_rows(panel)):
         vprefetch_write(out, ahead + r * ldo)
         vprefetch_write(out, ahead + r * ldo + L)
+    if _tile_rows(panel) == 6:
+        _tile6(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first)
+        return
     if first:
         c00 = vzero(panel)
         c01, c10, c11, c20, c21, c30, c31 = c00, c00, c00, c00, c00, c00, c00
@@ -129,12 +143,70 @@ def _tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
     vstore(out, o0 + 7 * ldo + L, c71)
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _tile6(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first):
+    """`_tile` for 6 rows: with 16 vector registers (AVX2) 12 sums, the panel's row in 2 and
+    a's element in 1 (8 rows' 16 sums would spill; 4 rows' 8 wait on the multiply-adds'
+    latency)."""
+    L = lanes(panel)
+    if first:
+        c00 = vzero(panel)
+        c01, c10, c11, c20, c21, c30, c31 = c00, c00, c00, c00, c00, c00, c00
+        c40, c41, c50, c51 = c00, c00, c00, c00
+    else:
+        c00, c01 = vload(out, o0), vload(out, o0 + L)
+        c10, c11 = vload(out, o0 + ldo), vload(out, o0 + ldo + L)
+        c20, c21 = vload(out, o0 + 2 * ldo), vload(out, o0 + 2 * ldo + L)
+        c30, c31 = vload(out, o0 + 3 * ldo), vload(out, o0 + 3 * ldo + L)
+        c40, c41 = vload(out, o0 + 4 * ldo), vload(out, o0 + 4 * ldo + L)
+        c50, c51 = vload(out, o0 + 5 * ldo), vload(out, o0 + 5 * ldo + L)
+    for k in range(depth):
+        i = a0 + k * sk
+        p = p0 + k * 2 * L
+        b0 = vload(panel, p)
+        b1 = vload(panel, p + L)
+        x = vsplat(a, i)
+        c00, c01 = vfma(c00, x, b0), vfma(c01, x, b1)
+        x = vsplat(a, i + sa)
+        c10, c11 = vfma(c10, x, b0), vfma(c11, x, b1)
+        x = vsplat(a, i + 2 * sa)
+        c20, c21 = vfma(c20, x, b0), vfma(c21, x, b1)
+        x = vsplat(a, i + 3 * sa)
+        c30, c31 = vfma(c30, x, b0), vfma(c31, x, b1)
+        x = vsplat(a, i + 4 * sa)
+        c40, c41 = vfma(c40, x, b0), vfma(c41, x, b1)
+        x = vsplat(a, i + 5 * sa)
+        c50, c51 = vfma(c50, x, b0), vfma(c51, x, b1)
+    vstore(out, o0, c00)
+    vstore(out, o0 + L, c01)
+    vstore(out, o0 + ldo, c10)
+    vstore(out, o0 + ldo + L, c11)
+    vstore(out, o0 + 2 * ldo, c20)
+    vstore(out, o0 + 2 * ldo + L, c21)
+    vstore(out, o0 + 3 * ldo, c30)
+    vstore(out, o0 + 3 * ldo + L, c31)
+    vstore(out, o0 + 4 * ldo, c40)
+    vstore(out, o0 + 4 * ldo + L, c41)
+    vstore(out, o0 + 5 * ldo, c50)
+    vstore(out, o0 + 5 * ldo + L, c51)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _tile_rows(x):
+    """Rows of a tile for x's dtype on the compile target: 8 with 32 vector registers
+    (AVX-512), 6 with 16 (AVX2)."""
+    return 8 if lanes(x) * x.itemsize >= 64 else 6
+
+
 @njit(nogil=True, cache=True)
 def _half_tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, columns):
     """`_tile` for one vector of columns, of which the first `columns` (<= L) are read and
     written (masked loads and stores): the last columns of a product. The same fused
-    multiply-adds per element as `_tile`, so the same bits."""
+    multiply-adds per element as `_tile`, so the same bits. With 6-row tiles rows 6 and 7 are
+    not stored, so LLVM drops them (their reads are kept in the tile's rows all the same)."""
     width = 2 * lanes(panel)
+    eight = _tile_rows(panel) == 8
+    r6, r7 = (6, 7) if eight else (5, 5)
     if first:
         c0 = vzero(panel)
         c1, c2, c3, c4, c5, c6, c7 = c0, c0, c0, c0, c0, c0, c0
@@ -145,8 +217,8 @@ def _half_tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, columns):
         c3 = vload_head(out, o0 + 3 * ldo, columns)
         c4 = vload_head(out, o0 + 4 * ldo, columns)
         c5 = vload_head(out, o0 + 5 * ldo, columns)
-        c6 = vload_head(out, o0 + 6 * ldo, columns)
-        c7 = vload_head(out, o0 + 7 * ldo, columns)
+        c6 = vload_head(out, o0 + r6 * ldo, columns)
+        c7 = vload_head(out, o0 + r7 * ldo, columns)
     for k in range(depth):
         i = a0 + k * sk
         b0 = vload(panel, p0 + k * width)
@@ -156,16 +228,17 @@ def _half_tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, columns):
         c3 = vfma(c3, vsplat(a, i + 3 * sa), b0)
         c4 = vfma(c4, vsplat(a, i + 4 * sa), b0)
         c5 = vfma(c5, vsplat(a, i + 5 * sa), b0)
-        c6 = vfma(c6, vsplat(a, i + 6 * sa), b0)
-        c7 = vfma(c7, vsplat(a, i + 7 * sa), b0)
+        c6 = vfma(c6, vsplat(a, i + r6 * sa), b0)
+        c7 = vfma(c7, vsplat(a, i + r7 * sa), b0)
     vstore_head(out, o0, columns, c0)
     vstore_head(out, o0 + ldo, columns, c1)
     vstore_head(out, o0 + 2 * ldo, columns, c2)
     vstore_head(out, o0 + 3 * ldo, columns, c3)
     vstore_head(out, o0 + 4 * ldo, columns, c4)
     vstore_head(out, o0 + 5 * ldo, columns, c5)
-    vstore_head(out, o0 + 6 * ldo, columns, c6)
-    vstore_head(out, o0 + 7 * ldo, columns, c7)
+    if eight:
+        vstore_head(out, o0 + 6 * ldo, columns, c6)
+        vstore_head(out, o0 + 7 * ldo, columns, c7)
 
 
 @njit(nogil=True, cache=True)
@@ -184,44 +257,61 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
         return
     L = lanes(out)
     width = 2 * L
+    tr = _tile_rows(out)
     panels = (cols1 - cols0 + width - 1) // width
     packed = np.empty(DEPTH * width * panels, dtype=out.dtype)
     # Not compile-time constants on purpose: with BLOCK_ROWS folded into the loops LLVM
     # compiled them into code 15-20 % slower (bench/NOTES.md round 11).
-    block_rows = min(BLOCK_ROWS, (rows1 - rows0 + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS)
+    block_rows = min(BLOCK_ROWS // tr * tr, (rows1 - rows0 + tr - 1) // tr * tr)
     group = min(GROUP_PANELS, panels)
-    count = (rows1 - rows0) % TILE_ROWS
-    whole = rows1 - count  # the rows before `whole` fill tiles of 8
-    last = np.zeros(DEPTH * TILE_ROWS, dtype=out.dtype)  # the last rows (fewer than 8): [k][8]
-    tile = np.empty(TILE_ROWS * width, dtype=out.dtype)  # and their results
+    count = (rows1 - rows0) % tr
+    whole = rows1 - count  # the rows before `whole` fill whole tiles
+    last = np.zeros(DEPTH * tr, dtype=out.dtype)  # the last rows (fewer than tr): [k][tr]
+    tile = np.empty(tr * width, dtype=out.dtype)  # and their results
+    # a's rows of a tile, when they are a column (sa = 1) and the columns a power of two apart,
+    # share one L1 set and come from L2 again for every panel; copied out first: [k][tr]
+    gather_a = tr == 6 and sa == 1 and sk != 1
+    rows_a = np.empty(block_rows * DEPTH + L if gather_a else 0, dtype=out.dtype)
     for k0 in range(0, depth, DEPTH):
         pass_depth = min(DEPTH, depth - k0)
         first = k0 == 0
-        _pack_b(b, sb, sn, k0, pass_depth, cols0, cols1, packed)
-        if count:  # the last rows, as a tile of 8 (zeros after them)
+        if count:  # the last rows, as a whole tile (zeros after them)
             for k in range(pass_depth):
                 for r in range(count):
-                    last[k * TILE_ROWS + r] = a[(whole + r) * sa + (k0 + k) * sk]
+                    last[k * tr + r] = a[(whole + r) * sa + (k0 + k) * sk]
         for i0 in range(rows0, rows1, block_rows):
             i1 = min(i0 + block_rows, rows1)
             for g0 in range(0, panels, group):
                 g1 = min(g0 + group, panels)
-                for i in range(i0, i1, TILE_ROWS):
+                if i0 == rows0:  # packed as the first block needs them, still in L2 for it
+                    _pack_b(b, sb, sn, k0, pass_depth, cols0 + g0 * width,
+                            min(cols1, cols0 + g1 * width), packed[g0 * pass_depth * width:])
+                for i in range(i0, i1, tr):
                     start = i * sa + k0 * sk
+                    own_a = (i - i0) * pass_depth  # the tile's rows in rows_a
+                    if gather_a and g0 == 0 and i < whole:
+                        for k in range(pass_depth):  # each store's lanes past tr: the next k's
+                            for r in range(0, tr, L):
+                                vstore(rows_a, own_a + k * tr + r,
+                                       vload_head(a, start + k * sk + r, min(L, tr - r)))
                     for q in range(g0, g1):
                         j0 = cols0 + q * width
                         used = min(width, cols1 - j0)
                         p0 = q * pass_depth * width
                         if i < whole and used == width:
-                            # the next tile: the next panel, 8 rows down, or the next group
+                            # the next tile: the next panel, a tile down, or the next group
                             if q + 1 < g1:
                                 ahead = i * ldo + j0 + width
-                            elif i + TILE_ROWS < min(i1, whole):
-                                ahead = (i + TILE_ROWS) * ldo + cols0 + g0 * width
+                            elif i + tr < min(i1, whole):
+                                ahead = (i + tr) * ldo + cols0 + g0 * width
                             else:
                                 ahead = i0 * ldo + cols0 + g1 * width
-                            _tile(a, start, sa, sk, packed, p0, pass_depth, out, i * ldo + j0,
-                                  ldo, first, ahead)
+                            if gather_a:
+                                _tile(rows_a, own_a, 1, tr, packed, p0, pass_depth, out,
+                                      i * ldo + j0, ldo, first, ahead)
+                            else:
+                                _tile(a, start, sa, sk, packed, p0, pass_depth, out,
+                                      i * ldo + j0, ldo, first, ahead)
                         elif i < whole:  # the last columns: one or two masked vectors
                             o0 = i * ldo + j0
                             _half_tile(a, start, sa, sk, packed, p0, pass_depth, out, o0, ldo,
@@ -233,7 +323,7 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                             for r in range(count):
                                 for j in range(used):
                                     tile[r * width + j] = out[(i + r) * ldo + j0 + j]
-                            _tile(last, 0, 1, TILE_ROWS, packed, p0, pass_depth, tile, 0, width,
+                            _tile(last, 0, 1, tr, packed, p0, pass_depth, tile, 0, width,
                                   first, 0)
                             for r in range(count):
                                 for j in range(used):
@@ -280,6 +370,11 @@ def _pack_b(b, sb, sn, k0, depth, cols0, cols1, packed):
                 column = k0 * sb + (j0 + j) * sn
                 for k in range(depth):
                     packed[target + k * width + j] = b[column + k * sb]
+
+
+def tile_rows() -> int:
+    """Rows of the register tile on the compile target: 8 with AVX-512, 6 with AVX2."""
+    return TILE_ROWS if vector_bytes() == 64 else 6
 
 
 def strided(x: np.ndarray) -> tuple[np.ndarray, int, int]:

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kernels.block import SMALL_ROWS, matmul_rows
-from kernels.gemm import TILE_ROWS, gemm_block, strided
+from kernels.gemm import gemm_block, strided, tile_rows
 from kernels.simd import compile_cpu, vector_bytes
 from kernels.split import blas_products, own_products
 
@@ -86,8 +86,11 @@ def uses_own_gemm() -> bool:
     1.4-1.7x its speed in the model. Against OpenBLAS's AVX-512 kernels it runs at parity on
     Intel's Xeon (round 8) and ahead of them on AMD's Zen 5 (training 1.01-1.06x, batch 256
     1.01-1.09x, round 13) and Zen 4 (training 1.04-1.07x, batch 256 1.03-1.08x, round 17), so
-    it takes those CPUs too (`OWN_OVER_AVX512_OPENBLAS`); on AVX2 it ran 0.6-1.05x, so BLAS
-    keeps the work there, as with any other BLAS (bench/NOTES.md rounds 10-13, 17)."""
+    it takes those CPUs too (`OWN_OVER_AVX512_OPENBLAS`). Compiled for AVX2 (6-row tiles since
+    round 20) it runs at par with OpenBLAS's Haswell kernels in the model (training 0.99-1.06x,
+    batch 256 1.01-1.02x, AVX2 code on a Zen 4), not ahead, and its blocking assumes a 1 MB L2
+    where many AVX2 cores have 256 KB: BLAS keeps the work there, as with any other BLAS
+    (bench/NOTES.md rounds 10-13, 17, 20)."""
     if _gemm_choice != "auto":
         return _gemm_choice == "own"
     return vector_bytes() == 64 and (_blas_below_avx512() or (
@@ -184,7 +187,7 @@ def _cut_step(own: bool, by_columns: bool, itemsize: int) -> int:
     Both ways of splitting (`matmul`'s helper threads, `_run_region`) cut with it."""
     if not own:
         return 1
-    return 2 * vector_bytes() // itemsize if by_columns else TILE_ROWS
+    return 2 * vector_bytes() // itemsize if by_columns else tile_rows()
 
 
 class _Job(NamedTuple):

@@ -8,7 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kernels import linear
-from kernels.gemm import BLOCK_ROWS, DEPTH, GROUP_PANELS, gemm
+from kernels.gemm import BLOCK_ROWS, DEPTH, GROUP_PANELS, gemm, tile_rows
 from tests.test_kernels import SETTINGS
 
 
@@ -46,6 +46,27 @@ def test_gemm_matches_the_exact_product(dtype, m, k, n, orders, seed):
     assert np.all(np.abs(out - exact) <= _tolerance(a, b))
 
 
+def check_gemm_blocks(a: np.ndarray, b: np.ndarray, at_row: int, at_col: int) -> None:
+    """The module's promise: gemm(a, b) is the product within the bound of `_tolerance`, any
+    split by rows or by columns gives the bits of one call, and a call writes only its block
+    of out. Also run by the AVX2 child of tests/test_simd.py (6-row tiles there)."""
+    m, n = a.shape[0], b.shape[1]
+    whole = gemm(a, b)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert whole.dtype == a.dtype and whole.shape == (m, n)
+    assert np.all(np.abs(whole - exact) <= _tolerance(a, b))
+    by_rows = np.full((m, n), np.nan, a.dtype)
+    gemm(a, b, by_rows, rows=(0, at_row))
+    assert np.isnan(by_rows[at_row:]).all()
+    gemm(a, b, by_rows, rows=(at_row, m))
+    by_cols = np.full((m, n), np.nan, a.dtype)
+    gemm(a, b, by_cols, cols=(at_col, n))
+    assert np.isnan(by_cols[:, :at_col]).all()
+    gemm(a, b, by_cols, cols=(0, at_col))
+    np.testing.assert_array_equal(by_rows, whole)
+    np.testing.assert_array_equal(by_cols, whole)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @given(m=ROWS, k=st.sampled_from([1, 40, DEPTH + 7]), n=COLUMNS,
        orders=st.sampled_from(["CC", "CF", "FC", "FF"]), cut=st.floats(0, 1),
@@ -53,23 +74,10 @@ def test_gemm_matches_the_exact_product(dtype, m, k, n, orders, seed):
 @example(m=BLOCK_ROWS + 13, k=DEPTH + 7, n=GROUP_PANELS * 32 + 33, orders="FC", cut=0.6, seed=1)
 @SETTINGS
 def test_gemm_bits_do_not_depend_on_the_block_computed(dtype, m, k, n, orders, cut, seed):
-    """The module's promise: any split by rows or by columns gives the bits of one call, and a
-    call writes only its block of out."""
     rng = np.random.default_rng(seed)
     a = _operand(rng, (m, k), dtype, orders[0])
     b = _operand(rng, (k, n), dtype, orders[1])
-    whole = gemm(a, b)
-    at_row, at_col = int(cut * m), int(cut * n)
-    by_rows = np.full((m, n), np.nan, dtype)
-    gemm(a, b, by_rows, rows=(0, at_row))
-    assert np.isnan(by_rows[at_row:]).all()
-    gemm(a, b, by_rows, rows=(at_row, m))
-    by_cols = np.full((m, n), np.nan, dtype)
-    gemm(a, b, by_cols, cols=(at_col, n))
-    assert np.isnan(by_cols[:, :at_col]).all()
-    gemm(a, b, by_cols, cols=(0, at_col))
-    np.testing.assert_array_equal(by_rows, whole)
-    np.testing.assert_array_equal(by_cols, whole)
+    check_gemm_blocks(a, b, int(cut * m), int(cut * n))
 
 
 @pytest.mark.parametrize("dtype, n", [(np.float32, 1024), (np.float64, 512), (np.float32, 1040)])
@@ -315,7 +323,7 @@ def test_matmul_pair_with_our_gemm_gives_each_thread_a_block_of_both(gemm_choice
     own, blas = tables
     assert own[:, 0].tolist() == [0, 1] * threads  # block t of product 0, then of product 1
     # dW [96, 384] is cut by columns at whole panels, dx [512, 384] by rows at whole tiles
-    for which, (lo, hi, size, step) in ((0, (3, 4, 384, 16)), (1, (1, 2, 512, 8))):
+    for which, (lo, hi, size, step) in ((0, (3, 4, 384, 16)), (1, (1, 2, 512, tile_rows()))):
         blocks = own[own[:, 0] == which]
         assert blocks[0, lo] == 0 and blocks[-1, hi] == size
         assert (blocks[1:, lo] == blocks[:-1, hi]).all() and (blocks[:-1, hi] % step == 0).all()

@@ -367,7 +367,7 @@ def test_the_32_byte_path_is_right_when_compiled_for_avx2(tmp_path):
         "                  np.asfortranarray(rng.standard_normal((k, n)).astype(dtype))):\n"
         "            for left in (a, np.asfortranarray(a)):\n"
         "                np.testing.assert_allclose(gemm(left, b), a @ b, rtol=tol, atol=tol)\n"
-        + PACKED_TILES + LAYERNORM_BITS +
+        + PACKED_TILES + GEMM_TILES + LAYERNORM_BITS +
         "print('ok', digest)\n"
     )
     # the name alone would keep the host's features (AVX-512 where it has them)
@@ -401,6 +401,24 @@ PACKED_TILES = (
     "check_packed_matmul(x, bits, panel_columns(np.float32),\n"
     "                    x @ bfloat16_values(bits.reshape(-1)).reshape(45, 70).T, (0, 45),\n"
     "                    1e-5, 1e-4)\n"
+)
+
+
+# Our GEMM with AVX2's 16 registers: tiles of 6 rows x 2 vectors, and a Fortran-order a's rows
+# copied out per block and pass. Past a block of rows, a pass of depth and a group of panels,
+# with last rows short of a tile and last columns short of a panel; splits at any row or column
+GEMM_TILES = (
+    "from kernels.gemm import BLOCK_ROWS, DEPTH, GROUP_PANELS, tile_rows\n"
+    "from tests.test_gemm import check_gemm_blocks\n"
+    "assert tile_rows() == 6, tile_rows()\n"
+    "for dtype in (np.float32, np.float64):\n"
+    "    for m, k, n in ((BLOCK_ROWS + 11, DEPTH + 5, GROUP_PANELS * 16 + 9), (13, 2, 16),\n"
+    "                    (7, DEPTH, 5), (40, 33, 200)):\n"
+    "        for order_a in 'CF':\n"
+    "            for order_b in 'CF':\n"
+    "                a = rng.standard_normal((m, k)).astype(dtype, order=order_a)\n"
+    "                b = rng.standard_normal((k, n)).astype(dtype, order=order_b)\n"
+    "                check_gemm_blocks(a, b, m // 3 + 1, n // 3 + 1)\n"
 )
 
 
