@@ -31,17 +31,17 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   zeros after them. With AVX2 a Fortran-order a (a weight gradient's dy^T) has its tiles'
   rows copied out once per block and pass, [k][6] per tile: read in place, a tile's rows are
   a column whose k's a power of two apart share one L1 set, so every panel read them from L2
-  (and through the TLB) again: dW's products 0.78-0.86x OpenBLAS's speed, copied 0.94-1.03x.
+  (and through the TLB) again: dW's products 0.72-0.92x OpenBLAS's speed, copied 0.94-1.03x.
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
-  the panel's row once and does 16 fused multiply-adds (`_tile`). Before its loop it asks for
+  the panel's row once and does 16 fused multiply-adds (`_tile8`). Before its loop it asks for
   the 16 lines of out of the next tile (`vprefetch_write`): they arrive, owned, while this
   tile computes, instead of the stores (or the next pass's loads) waiting on memory. Deeper
   passes and this prefetch took our products from 0.95x OpenBLAS's speed to 1.00-1.03x on a
   Zen 4 core, and the model's training and batch 256 to 1.02-1.07x (bench/NOTES.md, round
   17). AVX2 has 16 vector registers, where 8 rows' 16 sums spill (0.57-0.62x OpenBLAS's
   Haswell kernels on the same core) and two tiles of 4 rows (8 sums) wait on the
-  multiply-adds' latency (0.71-0.97x); there a tile is 6 rows (`_tile6`, 12 sums, the
-  scheme of BLIS's Haswell kernel: 0.95-1.06x). The last columns, when fewer than 2L, take
+  multiply-adds' latency (0.84-0.95x); there a tile is 6 rows (`_tile6`, 12 sums, the
+  shape of BLIS's Haswell kernel: 0.90-1.06x). The last columns, when fewer than 2L, take
   one or two vectors of a tile's rows with masked loads and stores (`_half_tile`); the last
   rows, when fewer than a tile, a scratch tile copied in and out.
 - Passes add into out: the first starts from zero, each later one from the sums so far.
@@ -78,19 +78,15 @@ BLOCK_ROWS = 256  # rows of a per block: 256 x 512 float32 (512 KB), in cache fo
 
 
 @njit(nogil=True, cache=True)
-def _tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
+def _tile8(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
     """out[o0 + r*ldo + j] (+)= sum_{k < depth} a[a0 + r*sa + k*sk] * panel[p0 + k*2L + j]
-    for r < 8 (6 with AVX2: `_tile6`) and j < 2L (L = lanes; a packed panel's rows are 2L
-    long); `first` starts from zero instead of out. All 1-D contiguous; out's rows are ldo
-    apart. `ahead`: where in out the next tile starts (its lines are prefetched; any value is
-    safe)."""
+    for r < 8 and j < 2L (L = lanes; a packed panel's rows are 2L long); `first` starts from
+    zero instead of out. All 1-D contiguous; out's rows are ldo apart. `ahead`: where in out
+    the next tile starts (its lines are prefetched; any value is safe)."""
     L = lanes(panel)
-    for r in range(_tile_rows(panel)):
+    for r in range(8):
         vprefetch_write(out, ahead + r * ldo)
         vprefetch_write(out, ahead + r * ldo + L)
-    if _tile_rows(panel) == 6:
-        _tile6(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first)
-        return
     if first:
         c00 = vzero(panel)
         c01, c10, c11, c20, c21, c30, c31 = c00, c00, c00, c00, c00, c00, c00
@@ -143,12 +139,15 @@ def _tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
     vstore(out, o0 + 7 * ldo + L, c71)
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _tile6(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first):
-    """`_tile` for 6 rows: with 16 vector registers (AVX2) 12 sums, the panel's row in 2 and
+@njit(nogil=True, cache=True)
+def _tile6(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
+    """`_tile8` for 6 rows: with 16 vector registers (AVX2) 12 sums, the panel's row in 2 and
     a's element in 1 (8 rows' 16 sums would spill; 4 rows' 8 wait on the multiply-adds'
     latency)."""
     L = lanes(panel)
+    for r in range(6):
+        vprefetch_write(out, ahead + r * ldo)
+        vprefetch_write(out, ahead + r * ldo + L)
     if first:
         c00 = vzero(panel)
         c01, c10, c11, c20, c21, c30, c31 = c00, c00, c00, c00, c00, c00, c00
@@ -191,6 +190,13 @@ def _tile6(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first):
     vstore(out, o0 + 5 * ldo + L, c51)
 
 
+# the tile for the compile target, chosen once so that the other is never compiled; and
+# whether a Fortran-order a's tile rows are copied out (6-row tiles only: gemm_block), a
+# constant so that Numba drops that code for AVX-512 before compiling it
+_tile = _tile8 if vector_bytes() == 64 else _tile6
+_COPY_A = vector_bytes() != 64
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _tile_rows(x):
     """Rows of a tile for x's dtype on the compile target: 8 with 32 vector registers
@@ -200,9 +206,9 @@ def _tile_rows(x):
 
 @njit(nogil=True, cache=True)
 def _half_tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, columns):
-    """`_tile` for one vector of columns, of which the first `columns` (<= L) are read and
+    """`_tile8` / `_tile6` for one vector of columns, of which the first `columns` (<= L) are read and
     written (masked loads and stores): the last columns of a product. The same fused
-    multiply-adds per element as `_tile`, so the same bits. With 6-row tiles rows 6 and 7 are
+    multiply-adds per element as the whole tiles, so the same bits. With 6-row tiles rows 6, 7 are
     not stored, so LLVM drops them (their reads are kept in the tile's rows all the same)."""
     width = 2 * lanes(panel)
     eight = _tile_rows(panel) == 8
@@ -270,7 +276,7 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
     tile = np.empty(tr * width, dtype=out.dtype)  # and their results
     # a's rows of a tile, when they are a column (sa = 1) and the columns a power of two apart,
     # share one L1 set and come from L2 again for every panel; copied out first: [k][tr]
-    gather_a = tr == 6 and sa == 1 and sk != 1
+    gather_a = _COPY_A and sa == 1 and sk != 1
     rows_a = np.empty(block_rows * DEPTH + L if gather_a else 0, dtype=out.dtype)
     for k0 in range(0, depth, DEPTH):
         pass_depth = min(DEPTH, depth - k0)
@@ -289,7 +295,7 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                 for i in range(i0, i1, tr):
                     start = i * sa + k0 * sk
                     own_a = (i - i0) * pass_depth  # the tile's rows in rows_a
-                    if gather_a and g0 == 0 and i < whole:
+                    if _COPY_A and gather_a and g0 == 0 and i < whole:
                         for k in range(pass_depth):  # each store's lanes past tr: the next k's
                             for r in range(0, tr, L):
                                 vstore(rows_a, own_a + k * tr + r,
@@ -306,7 +312,7 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                                 ahead = (i + tr) * ldo + cols0 + g0 * width
                             else:
                                 ahead = i0 * ldo + cols0 + g1 * width
-                            if gather_a:
+                            if _COPY_A and gather_a:
                                 _tile(rows_a, own_a, 1, tr, packed, p0, pass_depth, out,
                                       i * ldo + j0, ldo, first, ahead)
                             else:
