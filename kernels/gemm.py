@@ -274,8 +274,9 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
     whole = rows1 - count  # the rows before `whole` fill whole tiles
     last = np.zeros(DEPTH * tr, dtype=out.dtype)  # the last rows (fewer than tr): [k][tr]
     tile = np.empty(tr * width, dtype=out.dtype)  # and their results
-    # a's rows of a tile, when they are a column (sa = 1) and the columns a power of two apart,
-    # share one L1 set and come from L2 again for every panel; copied out first: [k][tr]
+    # AVX2's 6-row tiles: a's rows of a tile, when they are a column (sa = 1) whose k's are a
+    # power of two apart, share one L1 set and come from L2 again for every panel; copied out
+    # per block and pass instead, [k][tr] per tile (a block: at most 252 x 512 elements)
     gather_a = _COPY_A and sa == 1 and sk != 1
     rows_a = np.empty(block_rows * DEPTH + L if gather_a else 0, dtype=out.dtype)
     for k0 in range(0, depth, DEPTH):
