@@ -71,7 +71,10 @@ from kernels.simd import (
     vzero,
 )
 
-TILE_ROWS = 8  # rows of the register tile with 32 vector registers (AVX-512); 6 with 16
+# rows of the register tile for the compile target: 8 with AVX-512's 32 vector registers, 6
+# with AVX2's 16 (`_tile8`, `_tile6`); read once, so that gemm_block steps by the rows its
+# tile computes
+TILE_ROWS = 8 if vector_bytes() == 64 else 6
 DEPTH = 512  # rows of b per pass: a panel of 512 x 32 float32 is 64 KB, it stays in L2
 GROUP_PANELS = 8  # panels per group: 8 x 64 KB stay in L2 while a's rows pass under them
 BLOCK_ROWS = 256  # rows of a per block: 256 x 512 float32 (512 KB), in cache for the next group
@@ -190,18 +193,11 @@ def _tile6(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
     vstore(out, o0 + 5 * ldo + L, c51)
 
 
-# the tile for the compile target, chosen once so that the other is never compiled; and
-# whether a Fortran-order a's tile rows are copied out (6-row tiles only: gemm_block), a
-# constant so that Numba drops that code for AVX-512 before compiling it
-_tile = _tile8 if vector_bytes() == 64 else _tile6
-_COPY_A = vector_bytes() != 64
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _tile_rows(x):
-    """Rows of a tile for x's dtype on the compile target: 8 with 32 vector registers
-    (AVX-512), 6 with 16 (AVX2)."""
-    return 8 if lanes(x) * x.itemsize >= 64 else 6
+# the tile for the compile target, so that the other is never compiled; and whether a
+# Fortran-order a's tile rows are copied out (6-row tiles only: gemm_block), a constant so
+# that Numba drops that code for AVX-512 before compiling it
+_tile = _tile8 if TILE_ROWS == 8 else _tile6
+_COPY_A = TILE_ROWS == 6
 
 
 @njit(nogil=True, cache=True)
@@ -211,7 +207,7 @@ def _half_tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, columns):
     multiply-adds per element as the whole tiles, so the same bits. With 6-row tiles rows 6, 7 are
     not stored, so LLVM drops them (their reads are kept in the tile's rows all the same)."""
     width = 2 * lanes(panel)
-    eight = _tile_rows(panel) == 8
+    eight = TILE_ROWS == 8
     r6, r7 = (6, 7) if eight else (5, 5)
     if first:
         c0 = vzero(panel)
@@ -263,7 +259,7 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
         return
     L = lanes(out)
     width = 2 * L
-    tr = _tile_rows(out)
+    tr = TILE_ROWS
     panels = (cols1 - cols0 + width - 1) // width
     packed = np.empty(DEPTH * width * panels, dtype=out.dtype)
     # Not compile-time constants on purpose: with BLOCK_ROWS folded into the loops LLVM
@@ -377,11 +373,6 @@ def _pack_b(b, sb, sn, k0, depth, cols0, cols1, packed):
                 column = k0 * sb + (j0 + j) * sn
                 for k in range(depth):
                     packed[target + k * width + j] = b[column + k * sb]
-
-
-def tile_rows() -> int:
-    """Rows of the register tile on the compile target: 8 with AVX-512, 6 with AVX2."""
-    return TILE_ROWS if vector_bytes() == 64 else 6
 
 
 def strided(x: np.ndarray) -> tuple[np.ndarray, int, int]:

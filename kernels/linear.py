@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kernels.block import SMALL_ROWS, matmul_rows
-from kernels.gemm import gemm_block, strided, tile_rows
+from kernels.gemm import TILE_ROWS, gemm_block, strided
 from kernels.simd import compile_cpu, vector_bytes
 from kernels.split import blas_products, own_products
 
@@ -187,7 +187,7 @@ def _cut_step(own: bool, by_columns: bool, itemsize: int) -> int:
     Both ways of splitting (`matmul`'s helper threads, `_run_region`) cut with it."""
     if not own:
         return 1
-    return 2 * vector_bytes() // itemsize if by_columns else tile_rows()
+    return 2 * vector_bytes() // itemsize if by_columns else TILE_ROWS
 
 
 class _Job(NamedTuple):

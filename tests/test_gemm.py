@@ -8,7 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kernels import linear
-from kernels.gemm import BLOCK_ROWS, DEPTH, GROUP_PANELS, gemm, tile_rows
+from kernels.gemm import BLOCK_ROWS, DEPTH, GROUP_PANELS, TILE_ROWS, gemm
 from tests.test_kernels import SETTINGS
 
 
@@ -323,7 +323,7 @@ def test_matmul_pair_with_our_gemm_gives_each_thread_a_block_of_both(gemm_choice
     own, blas = tables
     assert own[:, 0].tolist() == [0, 1] * threads  # block t of product 0, then of product 1
     # dW [96, 384] is cut by columns at whole panels, dx [512, 384] by rows at whole tiles
-    for which, (lo, hi, size, step) in ((0, (3, 4, 384, 16)), (1, (1, 2, 512, tile_rows()))):
+    for which, (lo, hi, size, step) in ((0, (3, 4, 384, 16)), (1, (1, 2, 512, TILE_ROWS))):
         blocks = own[own[:, 0] == which]
         assert blocks[0, lo] == 0 and blocks[-1, hi] == size
         assert (blocks[1:, lo] == blocks[:-1, hi]).all() and (blocks[:-1, hi] % step == 0).all()

@@ -408,9 +408,9 @@ PACKED_TILES = (
 # copied out per block and pass. Past a block of rows, a pass of depth and a group of panels,
 # with last rows short of a tile and last columns short of a panel; splits at any row or column
 GEMM_TILES = (
-    "from kernels.gemm import BLOCK_ROWS, DEPTH, GROUP_PANELS, tile_rows\n"
+    "from kernels.gemm import BLOCK_ROWS, DEPTH, GROUP_PANELS, TILE_ROWS\n"
     "from tests.test_gemm import check_gemm_blocks\n"
-    "assert tile_rows() == 6, tile_rows()\n"
+    "assert TILE_ROWS == 6, TILE_ROWS\n"
     "for dtype in (np.float32, np.float64):\n"
     "    for m, k, n in ((BLOCK_ROWS + 11, DEPTH + 5, GROUP_PANELS * 16 + 9), (13, 2, 16),\n"
     "                    (7, DEPTH, 5), (40, 33, 200)):\n"
