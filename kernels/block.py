@@ -546,16 +546,6 @@ def panel_columns(dtype) -> int:
     return 2 * vector_bytes() // np.dtype(dtype).itemsize
 
 
-def packed_panel(dtype) -> int:
-    """Columns per panel in which a frozen model packs its pointwise weights for the batch-1
-    network: `panel_columns(dtype)`, with AVX-512 and with AVX2 alike (0, which the tests also
-    try, keeps them as stored, for `_matmul_cols`). AVX2 took them from round 19: the 4-row tile over packed
-    panels, prefetched, ran its predicts 1.08-1.43x faster than the dot products (bfloat16
-    1.14-1.40x; AVX2 code on a Zen 4, bench/NOTES.md round 19; round 15 had found 4 rows
-    without the prefetch at par on a Zen 5)."""
-    return panel_columns(dtype)
-
-
 @functools.cache
 def block_rows_address(dtype, pointwise) -> int:
     """Address of `block_forward_rows` for these dtypes, compiled if needed."""

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kernels.block import BLOCK_ROWS, pack_columns, packed_panel
+from kernels.block import BLOCK_ROWS, pack_columns, panel_columns
 from kernels.network import addresses, network_forward_rows, stage_parts
 from kernels.simd import bfloat16_bits, bfloat16_values
 from numpyconvnext.layers import (
@@ -330,7 +330,7 @@ class ConvNeXt1D:
         copy.temperature = self.temperature
         if hasattr(self, "metadata"):
             copy.metadata = self.metadata
-        panel = packed_panel(copy.dtype)
+        panel = panel_columns(copy.dtype)  # 0 (only the tests patch it so) keeps them as stored
         if precision == "bfloat16" or panel:
             # what the batch-1 network reads the pointwise weights from, at their spans only
             pointwise = np.zeros(copy.flat_params.size,

@@ -405,7 +405,7 @@ def test_network_forward_rows_matches_reference(dtype, dims, depths, c_in, class
     B, T = batch_steps
     x = np.random.default_rng(seed + 1).standard_normal((B, T, c_in)).astype(dtype)
     expected = reference.convnext_forward(model.state_dict(), depths, x)
-    with mock.patch("numpyconvnext.model.packed_panel", panel_columns if packed else lambda _: 0):
+    with mock.patch("numpyconvnext.model.panel_columns", panel_columns if packed else lambda _: 0):
         pointwise = model.frozen(np.dtype(dtype).name)._pointwise
 
     def run(parts, threads):
@@ -481,7 +481,7 @@ def test_network_forward_rows_with_bfloat16_pointwise_weights(dims, depths, c_in
 
     # frozen("bfloat16") holds the bits (`_pointwise`) and their values (its state dict); its
     # rounding itself is checked in tests/test_model.py
-    with mock.patch("numpyconvnext.model.packed_panel", panel_columns if packed else lambda _: 0):
+    with mock.patch("numpyconvnext.model.panel_columns", panel_columns if packed else lambda _: 0):
         model = randomised(ConvNeXt1D(dims, depths, c_in, 3), seed).frozen("bfloat16")
     assert model._pointwise_packed == packed
     x = np.random.default_rng(seed + 1).standard_normal((1, 64, c_in)).astype(np.float32)

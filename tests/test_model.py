@@ -289,11 +289,11 @@ def _trained_like(seed: int = 0) -> ConvNeXt1D:
 
 @pytest.mark.parametrize("packed", [False, True])
 def test_frozen_float32_is_the_same_model_read_only(packed, monkeypatch):
-    """Packed (AVX-512's choice; forced here on any CPU) the batch-1 products sum in another
-    order: the same model to rounding; as stored, the same bits. Batches: the same path."""
+    """Packed (what `frozen` does) the batch-1 products sum in another order: the same model to
+    rounding; as stored (panel_columns patched to 0), the same bits. Batches: the same path."""
     from kernels.block import panel_columns
 
-    monkeypatch.setattr("numpyconvnext.model.packed_panel",
+    monkeypatch.setattr("numpyconvnext.model.panel_columns",
                         panel_columns if packed else lambda _: 0)
     model = _trained_like()
     model.temperature = 1.7
@@ -341,7 +341,7 @@ def test_frozen_bfloat16_predicts_alike_one_call_and_layer_by_layer(batch, packe
     values: same math."""
     from kernels.block import panel_columns
 
-    monkeypatch.setattr("numpyconvnext.model.packed_panel",
+    monkeypatch.setattr("numpyconvnext.model.panel_columns",
                         panel_columns if packed else lambda _: 0)
     model = _trained_like(3)
     frozen = model.frozen("bfloat16")
