@@ -33,17 +33,18 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   a column whose k's a power of two apart share one L1 set, so every panel read them from L2
   (and through the TLB) again: dW's products 0.72-0.92x OpenBLAS's speed, copied 0.94-1.03x.
 - The tile keeps 8 rows x 2 vectors of out in 16 registers and, for each k of the pass, loads
-  the panel's row once and does 16 fused multiply-adds (`_tile8`). Before its loop it asks for
+  the panel's row once and does 16 fused multiply-adds (`_tile`). Before its loop it asks for
   the 16 lines of out of the next tile (`vprefetch_write`): they arrive, owned, while this
   tile computes, instead of the stores (or the next pass's loads) waiting on memory. Deeper
   passes and this prefetch took our products from 0.95x OpenBLAS's speed to 1.00-1.03x on a
   Zen 4 core, and the model's training and batch 256 to 1.02-1.07x (bench/NOTES.md, round
   17). AVX2 has 16 vector registers, where 8 rows' 16 sums spill (0.57-0.62x OpenBLAS's
   Haswell kernels on the same core) and two tiles of 4 rows (8 sums) wait on the
-  multiply-adds' latency (0.84-0.95x); there a tile is 6 rows (`_tile6`, 12 sums, the
-  shape of BLIS's Haswell kernel: 0.90-1.06x). The last columns, when fewer than 2L, take
-  one or two vectors of a tile's rows with masked loads and stores (`_half_tile`); the last
-  rows, when fewer than a tile, a scratch tile copied in and out.
+  multiply-adds' latency (0.84-0.95x); there a tile is 6 rows (`_tile` with rows 6 and 7
+  dropped at compile time: 12 sums, the shape of BLIS's Haswell kernel: 0.90-1.06x). The
+  last columns, when fewer than 2L, take one or two vectors of a tile's rows with masked
+  loads and stores (`_half_tile`); the last rows, when fewer than a tile, a scratch tile
+  copied in and out.
 - Passes add into out: the first starts from zero, each later one from the sums so far.
 
 Every out[i, j] is the same fused multiply-adds in the same order (k ascending, passes of
@@ -72,7 +73,7 @@ from kernels.simd import (
 )
 
 # rows of the register tile for the compile target: 8 with AVX-512's 32 vector registers, 6
-# with AVX2's 16 (`_tile8`, `_tile6`); read once, so that gemm_block steps by the rows its
+# with AVX2's 16 (`_tile`, `_half_tile`); read once, so that gemm_block steps by the rows its
 # tile computes
 TILE_ROWS = 8 if vector_bytes() == 64 else 6
 DEPTH = 512  # rows of b per pass: a panel of 512 x 32 float32 is 64 KB, it stays in L2
@@ -81,13 +82,20 @@ BLOCK_ROWS = 256  # rows of a per block: 256 x 512 float32 (512 KB), in cache fo
 
 
 @njit(nogil=True, cache=True)
-def _tile8(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
+def _tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
     """out[o0 + r*ldo + j] (+)= sum_{k < depth} a[a0 + r*sa + k*sk] * panel[p0 + k*2L + j]
-    for r < 8 and j < 2L (L = lanes; a packed panel's rows are 2L long); `first` starts from
-    zero instead of out. All 1-D contiguous; out's rows are ldo apart. `ahead`: where in out
-    the next tile starts (its lines are prefetched; any value is safe)."""
+    for r < TILE_ROWS and j < 2L (L = lanes; a packed panel's rows are 2L long); `first` starts
+    from zero instead of out. All 1-D contiguous; out's rows are ldo apart. `ahead`: where in
+    out the next tile starts (its lines are prefetched; any value is safe).
+
+    Written for 8 rows (AVX-512: 16 sums of 32 registers). With 6-row tiles (AVX2: 16
+    registers, where 16 sums would spill and 4 rows' 8 wait on the multiply-adds' latency)
+    rows 6 and 7 repeat row 5 and are not stored, so LLVM drops them: 12 sums, the panel's
+    row in 2 registers and a's element in 1, the shape of BLIS's Haswell kernel."""
     L = lanes(panel)
-    for r in range(8):
+    eight = TILE_ROWS == 8
+    r6, r7 = (6, 7) if eight else (5, 5)
+    for r in range(TILE_ROWS):
         vprefetch_write(out, ahead + r * ldo)
         vprefetch_write(out, ahead + r * ldo + L)
     if first:
@@ -101,8 +109,8 @@ def _tile8(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
         c30, c31 = vload(out, o0 + 3 * ldo), vload(out, o0 + 3 * ldo + L)
         c40, c41 = vload(out, o0 + 4 * ldo), vload(out, o0 + 4 * ldo + L)
         c50, c51 = vload(out, o0 + 5 * ldo), vload(out, o0 + 5 * ldo + L)
-        c60, c61 = vload(out, o0 + 6 * ldo), vload(out, o0 + 6 * ldo + L)
-        c70, c71 = vload(out, o0 + 7 * ldo), vload(out, o0 + 7 * ldo + L)
+        c60, c61 = vload(out, o0 + r6 * ldo), vload(out, o0 + r6 * ldo + L)
+        c70, c71 = vload(out, o0 + r7 * ldo), vload(out, o0 + r7 * ldo + L)
     for k in range(depth):
         i = a0 + k * sk
         p = p0 + k * 2 * L
@@ -120,9 +128,9 @@ def _tile8(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
         c40, c41 = vfma(c40, x, b0), vfma(c41, x, b1)
         x = vsplat(a, i + 5 * sa)
         c50, c51 = vfma(c50, x, b0), vfma(c51, x, b1)
-        x = vsplat(a, i + 6 * sa)
+        x = vsplat(a, i + r6 * sa)
         c60, c61 = vfma(c60, x, b0), vfma(c61, x, b1)
-        x = vsplat(a, i + 7 * sa)
+        x = vsplat(a, i + r7 * sa)
         c70, c71 = vfma(c70, x, b0), vfma(c71, x, b1)
     vstore(out, o0, c00)
     vstore(out, o0 + L, c01)
@@ -136,76 +144,24 @@ def _tile8(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
     vstore(out, o0 + 4 * ldo + L, c41)
     vstore(out, o0 + 5 * ldo, c50)
     vstore(out, o0 + 5 * ldo + L, c51)
-    vstore(out, o0 + 6 * ldo, c60)
-    vstore(out, o0 + 6 * ldo + L, c61)
-    vstore(out, o0 + 7 * ldo, c70)
-    vstore(out, o0 + 7 * ldo + L, c71)
+    if eight:
+        vstore(out, o0 + 6 * ldo, c60)
+        vstore(out, o0 + 6 * ldo + L, c61)
+        vstore(out, o0 + 7 * ldo, c70)
+        vstore(out, o0 + 7 * ldo + L, c71)
 
 
-@njit(nogil=True, cache=True)
-def _tile6(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, ahead):
-    """`_tile8` for 6 rows: with 16 vector registers (AVX2) 12 sums, the panel's row in 2 and
-    a's element in 1 (8 rows' 16 sums would spill; 4 rows' 8 wait on the multiply-adds'
-    latency)."""
-    L = lanes(panel)
-    for r in range(6):
-        vprefetch_write(out, ahead + r * ldo)
-        vprefetch_write(out, ahead + r * ldo + L)
-    if first:
-        c00 = vzero(panel)
-        c01, c10, c11, c20, c21, c30, c31 = c00, c00, c00, c00, c00, c00, c00
-        c40, c41, c50, c51 = c00, c00, c00, c00
-    else:
-        c00, c01 = vload(out, o0), vload(out, o0 + L)
-        c10, c11 = vload(out, o0 + ldo), vload(out, o0 + ldo + L)
-        c20, c21 = vload(out, o0 + 2 * ldo), vload(out, o0 + 2 * ldo + L)
-        c30, c31 = vload(out, o0 + 3 * ldo), vload(out, o0 + 3 * ldo + L)
-        c40, c41 = vload(out, o0 + 4 * ldo), vload(out, o0 + 4 * ldo + L)
-        c50, c51 = vload(out, o0 + 5 * ldo), vload(out, o0 + 5 * ldo + L)
-    for k in range(depth):
-        i = a0 + k * sk
-        p = p0 + k * 2 * L
-        b0 = vload(panel, p)
-        b1 = vload(panel, p + L)
-        x = vsplat(a, i)
-        c00, c01 = vfma(c00, x, b0), vfma(c01, x, b1)
-        x = vsplat(a, i + sa)
-        c10, c11 = vfma(c10, x, b0), vfma(c11, x, b1)
-        x = vsplat(a, i + 2 * sa)
-        c20, c21 = vfma(c20, x, b0), vfma(c21, x, b1)
-        x = vsplat(a, i + 3 * sa)
-        c30, c31 = vfma(c30, x, b0), vfma(c31, x, b1)
-        x = vsplat(a, i + 4 * sa)
-        c40, c41 = vfma(c40, x, b0), vfma(c41, x, b1)
-        x = vsplat(a, i + 5 * sa)
-        c50, c51 = vfma(c50, x, b0), vfma(c51, x, b1)
-    vstore(out, o0, c00)
-    vstore(out, o0 + L, c01)
-    vstore(out, o0 + ldo, c10)
-    vstore(out, o0 + ldo + L, c11)
-    vstore(out, o0 + 2 * ldo, c20)
-    vstore(out, o0 + 2 * ldo + L, c21)
-    vstore(out, o0 + 3 * ldo, c30)
-    vstore(out, o0 + 3 * ldo + L, c31)
-    vstore(out, o0 + 4 * ldo, c40)
-    vstore(out, o0 + 4 * ldo + L, c41)
-    vstore(out, o0 + 5 * ldo, c50)
-    vstore(out, o0 + 5 * ldo + L, c51)
-
-
-# the tile for the compile target, so that the other is never compiled; and whether a
-# Fortran-order a's tile rows are copied out (6-row tiles only: gemm_block), a constant so
-# that Numba drops that code for AVX-512 before compiling it
-_tile = _tile8 if TILE_ROWS == 8 else _tile6
+# whether a Fortran-order a's tile rows are copied out (6-row tiles only: gemm_block), a
+# constant so that Numba drops that code for AVX-512 before compiling it
 _COPY_A = TILE_ROWS == 6
 
 
 @njit(nogil=True, cache=True)
 def _half_tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, columns):
-    """`_tile8` / `_tile6` for one vector of columns, of which the first `columns` (<= L) are read and
+    """`_tile` for one vector of columns, of which the first `columns` (<= L) are read and
     written (masked loads and stores): the last columns of a product. The same fused
-    multiply-adds per element as the whole tiles, so the same bits. With 6-row tiles rows 6, 7 are
-    not stored, so LLVM drops them (their reads are kept in the tile's rows all the same)."""
+    multiply-adds per element as `_tile`, so the same bits; with 6-row tiles rows 6 and 7
+    dropped as there."""
     width = 2 * lanes(panel)
     eight = TILE_ROWS == 8
     r6, r7 = (6, 7) if eight else (5, 5)
