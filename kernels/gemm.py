@@ -18,7 +18,9 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   `W.T`; zeros past the last column). Read in place instead, a b's rows a power of two apart
   would share a few L1 sets and evict each other; the copy costs ~0.2 ns per element. A
   group's panels are packed just before the first block of rows uses them, so that block
-  reads them from L2 rather than from wherever the whole pass's pack left them. Two
+  reads them from L2 rather than from wherever the whole pass's pack left them; when the rows
+  make one block, every group is packed into the same 512 KB, whose lines stay in L2 (tiny's
+  training step 1.008x, bench/NOTES.md round 22). Two
   panel loads feed 16 multiply-adds, which L2 keeps up with; a pass costs a trip of out
   through memory and back, so passes are deep (512 rows, not the 256 that fit in L1).
 - a is read where it lies, C or Fortran order, one a[i, k] at a time broadcast to a vector.
@@ -217,11 +219,15 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
     width = 2 * L
     tr = TILE_ROWS
     panels = (cols1 - cols0 + width - 1) // width
-    packed = np.empty(DEPTH * width * panels, dtype=out.dtype)
     # Not compile-time constants on purpose: with BLOCK_ROWS folded into the loops LLVM
     # compiled them into code 15-20 % slower (bench/NOTES.md round 11).
     block_rows = min(BLOCK_ROWS // tr * tr, (rows1 - rows0 + tr - 1) // tr * tr)
     group = min(GROUP_PANELS, panels)
+    # One block of rows (training's stage 3 cut over two threads, say): a group's panels serve
+    # only while the group is current, so every group is packed into the same place, which
+    # stays in L2; a place per group sent the packing's writes on to L3 and memory
+    one_block = rows1 - rows0 <= block_rows
+    packed = np.empty(DEPTH * width * (group if one_block else panels), dtype=out.dtype)
     count = (rows1 - rows0) % tr
     whole = rows1 - count  # the rows before `whole` fill whole tiles
     last = np.zeros(DEPTH * tr, dtype=out.dtype)  # the last rows (fewer than tr): [k][tr]
@@ -242,9 +248,10 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
             i1 = min(i0 + block_rows, rows1)
             for g0 in range(0, panels, group):
                 g1 = min(g0 + group, panels)
+                home = 0 if one_block else g0  # the group's first panel in `packed`
                 if i0 == rows0:  # packed as the first block needs them, still in L2 for it
                     _pack_b(b, sb, sn, k0, pass_depth, cols0 + g0 * width,
-                            min(cols1, cols0 + g1 * width), packed[g0 * pass_depth * width:])
+                            min(cols1, cols0 + g1 * width), packed[home * pass_depth * width:])
                 for i in range(i0, i1, tr):
                     start = i * sa + k0 * sk
                     own_a = (i - i0) * pass_depth  # the tile's rows in rows_a
@@ -256,7 +263,7 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                     for q in range(g0, g1):
                         j0 = cols0 + q * width
                         used = min(width, cols1 - j0)
-                        p0 = q * pass_depth * width
+                        p0 = (home + q - g0) * pass_depth * width
                         if i < whole and used == width:
                             # the next tile: the next panel, a tile down, or the next group
                             if q + 1 < g1:
