@@ -233,3 +233,47 @@ def test_gemm_ab_times_blas_and_our_gemm_in_turn():
     for task in ("train", "b256"):
         assert any(line.startswith(f"atto {task}") and "BLAS/ours" in line for line in lines)
     assert lines[-1] == "Reproduce: python bench/gemm_ab.py --variants atto --rounds 1"
+
+
+def test_gemm_source_ab_runs_the_source_it_is_given(tmp_path):
+    """The products of `own_products_of(source)` come from that source, not kernels/gemm.py."""
+    import numpy as np
+
+    from kernels.gemm import strided
+
+    ab = _load_bench("gemm_source_ab")
+    source = (ROOT / "kernels" / "gemm.py").read_text()
+    marked = source.replace('    if rows1 <= rows0 or cols1 <= cols0:\n        return\n',
+                            '    if rows1 <= rows0 or cols1 <= cols0:\n        return\n'
+                            '    out[:] = 7.0\n    return\n')
+    assert marked != source
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((20, 30)).astype(np.float32)
+    b = rng.standard_normal((30, 40)).astype(np.float32)
+    results = []
+    for tag, text in (("same", source), ("marked", marked)):
+        products = ab.own_products_of(text, f"test_{tag}", tmp_path)
+        out = np.zeros((20, 40), np.float32)
+        (a_flat, sa, sk), (b_flat, sb, sn) = strided(a), strided(b)
+        layout = np.array([sa, sk, sb, sn, 30, 40], np.int64)
+        tasks = np.array([[0, 0, 20, 0, 40]], np.int64)
+        products(tasks, a_flat, b_flat, out.reshape(-1), layout, a_flat, b_flat, out.reshape(-1),
+                 layout)
+        results.append(out)
+    np.testing.assert_allclose(results[0], a @ b, rtol=1e-5, atol=1e-5)
+    assert (results[1] == 7.0).all()
+
+
+def test_gemm_source_ab_pairs_two_sources_in_one_model():
+    proc = subprocess.run(
+        [sys.executable, "bench/gemm_source_ab.py", "kernels/gemm.py", "--variant", "atto",
+         "--steps", "2", "--gemm", "own"],
+        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("atto train: old ") and "old/new median" in line
+               and "(2 pairs)" in line for line in lines)
+    assert lines[-1] == ("Reproduce: python bench/gemm_source_ab.py kernels/gemm.py "
+                         f"{ROOT / 'kernels' / 'gemm.py'} --task train --variant atto --steps 2 "
+                         "--gemm own")
