@@ -17,7 +17,6 @@ from numba import njit, prange
 
 from kernels import prange_only
 from kernels.layernorm import _normalize_row
-from kernels.reduce import sum_leading
 from kernels.simd import lanes, vadd, vfma, vload, vload_head, vstore, vstore_head, vzero
 
 
@@ -37,22 +36,35 @@ def dwconv_backward(dy, x, w, dskip=None):
     gradient that bypasses the conv: the block's residual), dx = that conv's dx + dskip, added
     as each row is stored (the same bits as adding it afterwards, one pass less).
 
-    Per sample and per vector of channels (explicit SIMD, kernels/simd.py): each dx row summed
-    over the taps in a register and stored once; then each tap's dw, and db, summed over the
-    rows in a register (the fused multiply-adds of a plain loop in the same order, t
-    ascending, so the same bits), instead of updated in memory at every row."""
+    Per sample (explicit SIMD, kernels/simd.py): each dx row summed over the taps in registers,
+    four vectors of channels at a time, and stored once; then per vector of channels each
+    tap's dw, and db, summed over the rows in a register (the fused multiply-adds of a plain
+    loop in the same order, t ascending, so the same bits), instead of updated in memory at
+    every row. The per-sample sums are added in sample order, each column by one thread."""
     B, T, C = x.shape
     K = w.shape[0]
     dx = np.empty_like(x)
     # per-sample partial sums of dw (rows 0..K-1) and db (row K), reduced after the loop
-    partial = np.zeros((B, K + 1, C), dtype=x.dtype)
+    partial = np.empty((B, (K + 1) * C), dtype=x.dtype)
     L = lanes(x)
+    dy_flat, x_flat, w_flat, dx_flat = dy.reshape(-1), x.reshape(-1), w.reshape(-1), dx.reshape(-1)
+    skip = dskip is not None
+    skip_flat = dskip.reshape(-1) if dskip is not None else dx_flat  # never read without dskip
     for bi in prange(B):
-        part = partial[bi]
+        start = bi * T * C
+        for t in range(T):
+            _conv_row_flipped(dy_flat, w_flat, start, t, T, C, K, dx_flat, skip, skip_flat)
         for c in range(0, C, L):
-            _dwconv_backward_lanes(dy, x, w, bi, c, min(L, C - c), dx[bi], part, dskip)
-    total = sum_leading(partial.reshape((B, (K + 1) * C))).reshape((K + 1, C))
-    return dx, total[:K].copy(), total[K].copy()
+            _dw_db_lanes(dy_flat, x_flat, start, T, C, K, c, min(L, C - c), partial[bi])
+    total = np.empty((K + 1) * C, dtype=x.dtype)
+    span = (K + 1) * C
+    for part in prange(4):  # columns in four runs; each sums the samples in order
+        for j in range(part * span // 4, (part + 1) * span // 4):
+            acc = partial[0, j]
+            for bi in range(1, B):
+                acc += partial[bi, j]
+            total[j] = acc
+    return dx, total[:K * C].reshape((K, C)).copy(), total[K * C:].copy()
 
 
 @njit(cache=True, inline="always")
@@ -72,51 +84,88 @@ def _store(row, i, count, v):
 
 
 @njit(cache=True, inline="always")
-def _dwconv_backward_lanes(dy, x, w, bi, c, count, dx_rows, part, dskip):
-    """Channels c .. c+count-1 of sample bi: dx_rows[t] = sum_k w[k] * dy[t - k + P] (+
-    dskip[bi, t] unless dskip is None), then
-    part[k] = sum_t dy[t] * x[t + k - P] over the rows t where row t + k - P exists, and
-    part[K] = sum_t dy[t]."""
-    T = x.shape[1]
-    K = w.shape[0]
+def _conv_row_flipped(dy, w, start, t, T, C, K, dx, skip, dskip):
+    """dx[start + t*C + c] = sum_k w[k*C + c] * dy[start + (t - k + P)*C + c] over the taps k
+    whose row exists, k ascending, from zero (+ dskip[start + t*C + c] if skip): one row of
+    the backward's conv with the taps flipped, on flat arrays, four vectors of channels at a
+    time (four chains of fused multiply-adds; one waited ~4 cycles per tap for the last)."""
     P = (K - 1) // 2
-    for t in range(T):
-        acc = vzero(x[bi, t])
-        for k in range(max(0, t + P - T + 1), min(K, t + P + 1)):
-            acc = vfma(acc, _load(w[k], c, count), _load(dy[bi, t - k + P], c, count))
-        if dskip is not None:
-            acc = vadd(acc, _load(dskip[bi, t], c, count))
-        _store(dx_rows[t], c, count, acc)
-    # four taps at a time: four independent chains of fused multiply-adds (one chain waits
-    # ~4 cycles per row for the last); db with the first four. A tap past the last (K not a
-    # multiple of 4) starts from row K, is never added to and never stored
+    k0 = max(0, t + P - T + 1)
+    taps = min(K, t + P + 1) - k0
+    L = lanes(dx)
+    o = start + t * C
+    c = 0
+    while c + 4 * L <= C:
+        a0 = vzero(dx)
+        a1, a2, a3 = a0, a0, a0
+        d = start + (t - k0 + P) * C + c
+        k = k0 * C + c
+        for _ in range(taps):
+            a0 = vfma(a0, vload(w, k), vload(dy, d))
+            a1 = vfma(a1, vload(w, k + L), vload(dy, d + L))
+            a2 = vfma(a2, vload(w, k + 2 * L), vload(dy, d + 2 * L))
+            a3 = vfma(a3, vload(w, k + 3 * L), vload(dy, d + 3 * L))
+            d -= C
+            k += C
+        if skip:
+            a0 = vadd(a0, vload(dskip, o + c))
+            a1 = vadd(a1, vload(dskip, o + c + L))
+            a2 = vadd(a2, vload(dskip, o + c + 2 * L))
+            a3 = vadd(a3, vload(dskip, o + c + 3 * L))
+        vstore(dx, o + c, a0)
+        vstore(dx, o + c + L, a1)
+        vstore(dx, o + c + 2 * L, a2)
+        vstore(dx, o + c + 3 * L, a3)
+        c += 4 * L
+    while c < C:
+        n = min(L, C - c)
+        a0 = vzero(dx)
+        d = start + (t - k0 + P) * C + c
+        k = k0 * C + c
+        for _ in range(taps):
+            a0 = vfma(a0, _load(w, k, n), _load(dy, d, n))
+            d -= C
+            k += C
+        if skip:
+            a0 = vadd(a0, _load(dskip, o + c, n))
+        _store(dx, o + c, n, a0)
+        c += L
+
+
+@njit(cache=True, inline="always")
+def _dw_db_lanes(dy, x, start, T, C, K, c, count, part):
+    """Channels c .. c+count-1 of the sample at flat offset start:
+    part[k*C + c] = sum_t dy[t] * x[t + k - P] over the rows t where row t + k - P exists, and
+    part[K*C + c] = sum_t dy[t], t ascending from zero. Four taps at a time: four independent
+    chains of fused multiply-adds; db with the first four. A tap past the last (K not a
+    multiple of 4) is never added to and never stored."""
+    P = (K - 1) // 2
     for k0 in range(0, K, 4):
-        a0 = _load(part[k0], c, count)
-        a1 = _load(part[min(k0 + 1, K)], c, count)
-        a2 = _load(part[min(k0 + 2, K)], c, count)
-        a3 = _load(part[min(k0 + 3, K)], c, count)
-        db = _load(part[K], c, count)
+        a0 = vzero(x)
+        a1, a2, a3, db = a0, a0, a0, a0
         for t in range(T):
-            g = _load(dy[bi, t], c, count)
+            g = _load(dy, start + t * C + c, count)
             if k0 == 0:
                 db = vadd(db, g)
-            if 0 <= t + k0 - P < T:
-                a0 = vfma(a0, g, _load(x[bi, t + k0 - P], c, count))
-            if k0 + 1 < K and 0 <= t + k0 + 1 - P < T:
-                a1 = vfma(a1, g, _load(x[bi, t + k0 + 1 - P], c, count))
-            if k0 + 2 < K and 0 <= t + k0 + 2 - P < T:
-                a2 = vfma(a2, g, _load(x[bi, t + k0 + 2 - P], c, count))
-            if k0 + 3 < K and 0 <= t + k0 + 3 - P < T:
-                a3 = vfma(a3, g, _load(x[bi, t + k0 + 3 - P], c, count))
-        _store(part[k0], c, count, a0)
+            s = t + k0 - P  # tap k0's row of x
+            i = start + s * C + c
+            if 0 <= s < T:
+                a0 = vfma(a0, g, _load(x, i, count))
+            if k0 + 1 < K and 0 <= s + 1 < T:
+                a1 = vfma(a1, g, _load(x, i + C, count))
+            if k0 + 2 < K and 0 <= s + 2 < T:
+                a2 = vfma(a2, g, _load(x, i + 2 * C, count))
+            if k0 + 3 < K and 0 <= s + 3 < T:
+                a3 = vfma(a3, g, _load(x, i + 3 * C, count))
+        _store(part, k0 * C + c, count, a0)
         if k0 + 1 < K:
-            _store(part[k0 + 1], c, count, a1)
+            _store(part, (k0 + 1) * C + c, count, a1)
         if k0 + 2 < K:
-            _store(part[k0 + 2], c, count, a2)
+            _store(part, (k0 + 2) * C + c, count, a2)
         if k0 + 3 < K:
-            _store(part[k0 + 3], c, count, a3)
+            _store(part, (k0 + 3) * C + c, count, a3)
         if k0 == 0:
-            _store(part[K], c, count, db)
+            _store(part, K * C + c, count, db)
 
 
 @njit(cache=True, parallel=prange_only())
@@ -170,24 +219,48 @@ def dwconv_layernorm_inference_into(x, w, b, norm_w, norm_b, eps, z):
 
 @njit(cache=True, inline="always")
 def _conv_row(x, w, b, bi, t, out):
-    """out [C] = the conv at row (bi, t): per vector of channels, bias + taps summed in a register
-    by fused multiply-adds and stored once (1.1-1.8x the plain loop, which went back to memory
-    for every tap)."""
-    C = x.shape[2]
-    L = lanes(out)
-    full = C - C % L
-    for c in range(0, full, L):
-        _conv_lanes(x, w, b, bi, t, c, L, out)
-    if full < C:
-        _conv_lanes(x, w, b, bi, t, full, C - full, out)
-
-
-@njit(cache=True, inline="always")
-def _conv_lanes(x, w, b, bi, t, c, count, out):
-    T = x.shape[1]
+    """out [C] = the conv at row (bi, t) of x [B, T, C] with w [K, C] and bias b [C]: bias +
+    taps, k ascending, summed in registers by fused multiply-adds and stored once, four
+    vectors of channels at a time (four independent chains; flat offsets, no index checks).
+    1.5-2.1x the one vector at a time with 2-D indexing of round 21 (one chain waited ~4
+    cycles per tap; bench/NOTES.md round 23); that was 1.1-1.8x the plain loop, which went
+    back to memory for every tap."""
+    B, T, C = x.shape
     K = w.shape[0]
     P = (K - 1) // 2
-    acc = _load(b, c, count)
-    for k in range(max(0, P - t), min(K, T + P - t)):
-        acc = vfma(acc, _load(w[k], c, count), _load(x[bi, t + k - P], c, count))
-    _store(out, c, count, acc)
+    x_flat, w_flat = x.reshape(-1), w.reshape(-1)
+    k0 = max(0, P - t)
+    taps = min(K, T + P - t) - k0
+    L = lanes(out)
+    first = (bi * T + t + k0 - P) * C  # the first tap's row of x
+    c = 0
+    while c + 4 * L <= C:
+        a0 = vload(b, c)
+        a1 = vload(b, c + L)
+        a2 = vload(b, c + 2 * L)
+        a3 = vload(b, c + 3 * L)
+        i = first + c
+        k = k0 * C + c
+        for _ in range(taps):
+            a0 = vfma(a0, vload(w_flat, k), vload(x_flat, i))
+            a1 = vfma(a1, vload(w_flat, k + L), vload(x_flat, i + L))
+            a2 = vfma(a2, vload(w_flat, k + 2 * L), vload(x_flat, i + 2 * L))
+            a3 = vfma(a3, vload(w_flat, k + 3 * L), vload(x_flat, i + 3 * L))
+            i += C
+            k += C
+        vstore(out, c, a0)
+        vstore(out, c + L, a1)
+        vstore(out, c + 2 * L, a2)
+        vstore(out, c + 3 * L, a3)
+        c += 4 * L
+    while c < C:
+        n = min(L, C - c)
+        a0 = _load(b, c, n)
+        i = first + c
+        k = k0 * C + c
+        for _ in range(taps):
+            a0 = vfma(a0, _load(w_flat, k, n), _load(x_flat, i, n))
+            i += C
+            k += C
+        _store(out, c, n, a0)
+        c += L

@@ -275,5 +275,47 @@ def test_gemm_source_ab_pairs_two_sources_in_one_model():
     assert any(line.startswith("atto train: old ") and "old/new median" in line
                and "(2 pairs)" in line for line in lines)
     assert lines[-1] == ("Reproduce: python bench/gemm_source_ab.py kernels/gemm.py "
-                         f"{ROOT / 'kernels' / 'gemm.py'} --task train --variant atto --steps 2 "
-                         "--gemm own")
+                         f"{ROOT / 'kernels' / 'gemm.py'} --kernel gemm --task train --variant atto "
+                         "--steps 2 --gemm own")
+
+
+def test_gemm_source_ab_swaps_the_blocks_dwconv_kernels(tmp_path):
+    """--kernel dwconv: the block calls the given source's kernels while a version is installed,
+    and the original ones afterwards."""
+    import numpy as np
+
+    from numpyconvnext import layers
+
+    ab = _load_bench("gemm_source_ab")
+    source = (ROOT / "kernels" / "dwconv.py").read_text()
+    line = "    return dx, total[:K * C]"
+    assert line in source
+    marked = source.replace(line, "    dx[...] = 7.0\n" + line, 1)
+    original = {name: getattr(layers, name) for name in ab.DWCONV_KERNELS}
+    install = ab.installer("dwconv", {"old": source, "new": marked}, tmp_path)
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((2, 2, 5, 8)).astype(np.float32)
+    w = rng.standard_normal((7, 8)).astype(np.float32)
+    try:
+        install("old")
+        dx_old = layers.dwconv_backward(dy, x, w)[0]
+        install("new")
+        dx_new = layers.dwconv_backward(dy, x, w)[0]
+    finally:
+        install(None)
+    assert {name: getattr(layers, name) for name in ab.DWCONV_KERNELS} == original
+    np.testing.assert_array_equal(dx_old, original["dwconv_backward"](dy, x, w)[0])
+    assert (dx_new == 7.0).all()
+
+
+def test_gemm_source_ab_pairs_two_dwconv_sources_in_one_model():
+    proc = subprocess.run(
+        [sys.executable, "bench/gemm_source_ab.py", "kernels/dwconv.py", "--kernel", "dwconv",
+         "--variant", "atto", "--steps", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("atto train: old ") and "(2 pairs)" in line for line in lines)
+    assert lines[-1].startswith("Reproduce: python bench/gemm_source_ab.py kernels/dwconv.py "
+                                f"{ROOT / 'kernels' / 'dwconv.py'} --kernel dwconv --task train")
