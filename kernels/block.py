@@ -464,11 +464,12 @@ def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, 
     B, T, C = x.shape
     R = B * T
     H = a.shape[1]
+    x_flat, w_flat, K = x.reshape(-1), w_taps.reshape(-1), w_taps.shape[0]
     for p in prange(parts):
         zp = z[p]  # each piece normalises every row itself: one fork/join less per block
         for r in range(R):
             row = zp[r]
-            _conv_row(x, w_taps, dw_bias, r // T, r % T, row)
+            _conv_row(x_flat, w_flat, dw_bias, T, K, r // T, r % T, row)
             _normalize_row(row, norm_w, norm_b, eps, row)  # in place: reads x[c] before out[c]
         n0 = _split(H, parts, p)
         n1 = _split(H, parts, p + 1)

@@ -25,8 +25,9 @@ def dwconv_forward(x, w, b):
     """x [B, T, C], w [K, C], b [C] -> y [B, T, C] (see module docstring)."""
     B, T, C = x.shape
     y = np.empty_like(x)
+    x_flat, w_flat, K = x.reshape(-1), w.reshape(-1), w.shape[0]
     for row in prange(B * T):
-        _conv_row(x, w, b, row // T, row % T, y[row // T, row % T])
+        _conv_row(x_flat, w_flat, b, T, K, row // T, row % T, y[row // T, row % T])
     return y
 
 
@@ -117,19 +118,29 @@ def _conv_row_flipped(dy, w, start, t, T, C, K, dx, skip, dskip):
         vstore(dx, o + c + 2 * L, a2)
         vstore(dx, o + c + 3 * L, a3)
         c += 4 * L
-    while c < C:
-        n = min(L, C - c)
-        a0 = vzero(dx)
-        d = start + (t - k0 + P) * C + c
-        k = k0 * C + c
-        for _ in range(taps):
-            a0 = vfma(a0, _load(w, k, n), _load(dy, d, n))
-            d -= C
-            k += C
-        if skip:
-            a0 = vadd(a0, _load(dskip, o + c, n))
-        _store(dx, o + c, n, a0)
+    while c + L <= C:
+        _flipped_vector(dy, w, start + (t - k0 + P) * C, k0 * C, taps, C, c, L, dx, o, skip,
+                        dskip)
         c += L
+    if c < C:  # the last channels, fewer than a vector: masked loads and stores
+        _flipped_vector(dy, w, start + (t - k0 + P) * C, k0 * C, taps, C, c, C - c, dx, o,
+                        skip, dskip)
+
+
+@njit(cache=True, inline="always")
+def _flipped_vector(dy, w, first, k, taps, C, c, count, dx, o, skip, dskip):
+    """`_conv_row_flipped` for channels c .. c+count-1 (count <= lanes), one vector; `first`
+    and `k` are the first tap's offsets of dy's row and w's row."""
+    a0 = vzero(dx)
+    d = first + c
+    k += c
+    for _ in range(taps):
+        a0 = vfma(a0, _load(w, k, count), _load(dy, d, count))
+        d -= C
+        k += C
+    if skip:
+        a0 = vadd(a0, _load(dskip, o + c, count))
+    _store(dx, o + c, count, a0)
 
 
 @njit(cache=True, inline="always")
@@ -182,10 +193,11 @@ def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps):
     # the loop of dwconv_layernorm_forward_into, not a call to it: a function without its own
     # parallel loop gets a NumbaPerformanceWarning with parallel=True, and without parallel=True
     # it crashes (SIGSEGV) when loaded from the cache, since nothing then starts the threads
+    x_flat, w_flat, K = x.reshape(-1), w.reshape(-1), w.shape[0]
     for row in prange(B * T):
         bi = row // T
         t = row % T
-        _conv_row(x, w, b, bi, t, y[bi, t])
+        _conv_row(x_flat, w_flat, b, T, K, bi, t, y[bi, t])
         mean[bi, t], rstd[bi, t] = _normalize_row(y[bi, t], norm_w, norm_b, eps, z[bi, t])
     return y, z, mean, rstd
 
@@ -194,10 +206,11 @@ def dwconv_layernorm_forward(x, w, b, norm_w, norm_b, eps):
 def dwconv_layernorm_forward_into(x, w, b, norm_w, norm_b, eps, y, z, mean, rstd):
     """As `dwconv_layernorm_forward`, writing into the caller's y, z [B, T, C], mean, rstd [B, T]."""
     B, T, C = x.shape
+    x_flat, w_flat, K = x.reshape(-1), w.reshape(-1), w.shape[0]
     for row in prange(B * T):
         bi = row // T
         t = row % T
-        _conv_row(x, w, b, bi, t, y[bi, t])
+        _conv_row(x_flat, w_flat, b, T, K, bi, t, y[bi, t])
         mean[bi, t], rstd[bi, t] = _normalize_row(y[bi, t], norm_w, norm_b, eps, z[bi, t])
     return y, z, mean, rstd
 
@@ -208,27 +221,27 @@ def dwconv_layernorm_inference_into(x, w, b, norm_w, norm_b, eps, z):
     there, nothing kept for a backward (one stream written instead of y, z, mean and rstd; the
     same values as `dwconv_layernorm_forward_into`'s z). Returns z."""
     B, T, C = x.shape
+    x_flat, w_flat, K = x.reshape(-1), w.reshape(-1), w.shape[0]
     for row in prange(B * T):
         bi = row // T
         t = row % T
         out = z[bi, t]
-        _conv_row(x, w, b, bi, t, out)
+        _conv_row(x_flat, w_flat, b, T, K, bi, t, out)
         _normalize_row(out, norm_w, norm_b, eps, out)  # in place: reads x[c] before out[c]
     return z
 
 
 @njit(cache=True, inline="always")
-def _conv_row(x, w, b, bi, t, out):
-    """out [C] = the conv at row (bi, t) of x [B, T, C] with w [K, C] and bias b [C]: bias +
-    taps, k ascending, summed in registers by fused multiply-adds and stored once, four
-    vectors of channels at a time (four independent chains; flat offsets, no index checks).
-    1.5-2.1x the one vector at a time with 2-D indexing of round 21 (one chain waited ~4
-    cycles per tap; bench/NOTES.md round 23); that was 1.1-1.8x the plain loop, which went
-    back to memory for every tap."""
-    B, T, C = x.shape
-    K = w.shape[0]
+def _conv_row(x_flat, w_flat, b, T, K, bi, t, out):
+    """out [C] = the conv at row (bi, t) of x [B, T, C] with w [K, C] and bias b [C], given x
+    and w flattened (`x.reshape(-1)`, once per call of the kernel, not per row): bias + taps,
+    k ascending, summed in registers by fused multiply-adds and stored once, four vectors of
+    channels at a time (four independent chains; flat offsets, no index checks). 1.5-2.1x the
+    one vector at a time with 2-D indexing of round 22 (one chain waited ~4 cycles per tap;
+    bench/NOTES.md round 23); that was 1.1-1.8x the plain loop, which went back to memory for
+    every tap."""
+    C = out.shape[0]
     P = (K - 1) // 2
-    x_flat, w_flat = x.reshape(-1), w.reshape(-1)
     k0 = max(0, P - t)
     taps = min(K, T + P - t) - k0
     L = lanes(out)
@@ -253,14 +266,22 @@ def _conv_row(x, w, b, bi, t, out):
         vstore(out, c + 2 * L, a2)
         vstore(out, c + 3 * L, a3)
         c += 4 * L
-    while c < C:
-        n = min(L, C - c)
-        a0 = _load(b, c, n)
-        i = first + c
-        k = k0 * C + c
-        for _ in range(taps):
-            a0 = vfma(a0, _load(w_flat, k, n), _load(x_flat, i, n))
-            i += C
-            k += C
-        _store(out, c, n, a0)
+    while c + L <= C:
+        _conv_vector(x_flat, w_flat, b, first, k0 * C, taps, C, c, L, out)
         c += L
+    if c < C:  # the last channels, fewer than a vector: masked loads and stores
+        _conv_vector(x_flat, w_flat, b, first, k0 * C, taps, C, c, C - c, out)
+
+
+@njit(cache=True, inline="always")
+def _conv_vector(x, w, b, first, k, taps, C, c, count, out):
+    """`_conv_row` for channels c .. c+count-1 (count <= lanes), one vector; x and w flat,
+    `first` and `k` the first tap's offsets of x's row and w's row."""
+    a0 = _load(b, c, count)
+    i = first + c
+    k += c
+    for _ in range(taps):
+        a0 = vfma(a0, _load(w, k, count), _load(x, i, count))
+        i += C
+        k += C
+    _store(out, c, count, a0)
