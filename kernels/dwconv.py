@@ -57,12 +57,12 @@ def dwconv_backward(dy, x, w, dskip=None):
             _conv_row_flipped(dy_flat, w_flat, start, t, T, C, K, dx_flat, skip, skip_flat)
         for c in range(0, C, L):
             _dw_db_lanes(dy_flat, x_flat, start, T, C, K, c, min(L, C - c), partial[bi])
-    total = np.empty((K + 1) * C, dtype=x.dtype)
+    total = np.zeros((K + 1) * C, dtype=x.dtype)
     span = (K + 1) * C
-    for part in prange(4):  # columns in four runs; each sums the samples in order
+    for part in prange(4):  # columns in four runs; each sums the samples in order, from zero
         for j in range(part * span // 4, (part + 1) * span // 4):
-            acc = partial[0, j]
-            for bi in range(1, B):
+            acc = total[j]
+            for bi in range(B):
                 acc += partial[bi, j]
             total[j] = acc
     return dx, total[:K * C].reshape((K, C)).copy(), total[K * C:].copy()

@@ -51,6 +51,17 @@ def test_dwconv_matches_reference(dtype, shape, seed):
         np.testing.assert_array_equal(ours, without)
 
 
+@pytest.mark.parametrize("B, T", [(0, 5), (2, 0)])
+def test_dwconv_backward_of_nothing_is_zero(B, T):
+    """No rows (an empty batch or window): dx is empty, dw and db are zeros (nothing summed)."""
+    x = np.ones((B, T, 70), np.float32)
+    w = np.ones((7, 70), np.float32)
+    dx, dw, db = dwconv.dwconv_backward(x, x, w, x)
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(dw, np.zeros((7, 70), np.float32))
+    np.testing.assert_array_equal(db, np.zeros(70, np.float32))
+
+
 @given(shape=shapes, seed=st.integers(0, 2**16))
 @SETTINGS
 def test_dwconv_backward_finite_differences(shape, seed):
