@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "bench") not in sys.path:  # the tests import bench/measure.py as `measure`
     sys.path.insert(0, str(ROOT / "bench"))
@@ -264,19 +266,21 @@ def test_gemm_source_ab_runs_the_source_it_is_given(tmp_path):
     assert (results[1] == 7.0).all()
 
 
-def test_gemm_source_ab_pairs_two_sources_in_one_model():
+@pytest.mark.parametrize("kernel, options", [("gemm", ["--gemm", "own"]), ("dwconv", [])])
+def test_gemm_source_ab_pairs_two_sources_in_one_model(kernel, options):
     proc = subprocess.run(
-        [sys.executable, "bench/gemm_source_ab.py", "kernels/gemm.py", "--variant", "atto",
-         "--steps", "2", "--gemm", "own"],
+        [sys.executable, "bench/gemm_source_ab.py", f"kernels/{kernel}.py", "--kernel", kernel,
+         "--variant", "atto", "--steps", "2", *options],
         cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert any(line.startswith("atto train: old ") and "old/new median" in line
                and "(2 pairs)" in line for line in lines)
-    assert lines[-1] == ("Reproduce: python bench/gemm_source_ab.py kernels/gemm.py "
-                         f"{ROOT / 'kernels' / 'gemm.py'} --kernel gemm --task train --variant atto "
-                         "--steps 2 --gemm own")
+    gemm = "own" if options else "auto"
+    assert lines[-1] == (f"Reproduce: python bench/gemm_source_ab.py kernels/{kernel}.py "
+                         f"{ROOT / 'kernels' / f'{kernel}.py'} --kernel {kernel} --task train "
+                         f"--variant atto --steps 2 --gemm {gemm}")
 
 
 def test_gemm_source_ab_swaps_the_blocks_dwconv_kernels(tmp_path):
@@ -306,16 +310,3 @@ def test_gemm_source_ab_swaps_the_blocks_dwconv_kernels(tmp_path):
     assert {name: getattr(layers, name) for name in ab.DWCONV_KERNELS} == original
     np.testing.assert_array_equal(dx_old, original["dwconv_backward"](dy, x, w)[0])
     assert (dx_new == 7.0).all()
-
-
-def test_gemm_source_ab_pairs_two_dwconv_sources_in_one_model():
-    proc = subprocess.run(
-        [sys.executable, "bench/gemm_source_ab.py", "kernels/dwconv.py", "--kernel", "dwconv",
-         "--variant", "atto", "--steps", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert any(line.startswith("atto train: old ") and "(2 pairs)" in line for line in lines)
-    assert lines[-1].startswith("Reproduce: python bench/gemm_source_ab.py kernels/dwconv.py "
-                                f"{ROOT / 'kernels' / 'dwconv.py'} --kernel dwconv --task train")
