@@ -96,18 +96,10 @@ def _conv_row_flipped(dy, w, start, t, T, C, K, dx, skip, dskip):
     L = lanes(dx)
     o = start + t * C
     c = 0
-    while c + 4 * L <= C:
-        a0 = vzero(dx)
-        a1, a2, a3 = a0, a0, a0
-        d = start + (t - k0 + P) * C + c
-        k = k0 * C + c
-        for _ in range(taps):
-            a0 = vfma(a0, vload(w, k), vload(dy, d))
-            a1 = vfma(a1, vload(w, k + L), vload(dy, d + L))
-            a2 = vfma(a2, vload(w, k + 2 * L), vload(dy, d + 2 * L))
-            a3 = vfma(a3, vload(w, k + 3 * L), vload(dy, d + 3 * L))
-            d -= C
-            k += C
+    while c + 4 * L <= C:  # the taps walk dy's rows backwards: a step of -C
+        zero = vzero(dx)
+        a0, a1, a2, a3 = _taps_four(dy, start + (t - k0 + P) * C + c, -C, w, k0 * C + c, C, taps,
+                                    zero, zero, zero, zero)
         if skip:
             a0 = vadd(a0, vload(dskip, o + c))
             a1 = vadd(a1, vload(dskip, o + c + L))
@@ -119,28 +111,48 @@ def _conv_row_flipped(dy, w, start, t, T, C, K, dx, skip, dskip):
         vstore(dx, o + c + 3 * L, a3)
         c += 4 * L
     while c + L <= C:
-        _flipped_vector(dy, w, start + (t - k0 + P) * C, k0 * C, taps, C, c, L, dx, o, skip,
-                        dskip)
+        _flipped_one(dy, start + (t - k0 + P) * C + c, w, k0 * C + c, C, taps, L, dx, o + c,
+                     skip, dskip)
         c += L
     if c < C:  # the last channels, fewer than a vector: masked loads and stores
-        _flipped_vector(dy, w, start + (t - k0 + P) * C, k0 * C, taps, C, c, C - c, dx, o,
-                        skip, dskip)
+        _flipped_one(dy, start + (t - k0 + P) * C + c, w, k0 * C + c, C, taps, C - c, dx, o + c,
+                     skip, dskip)
 
 
 @njit(cache=True, inline="always")
-def _flipped_vector(dy, w, first, k, taps, C, c, count, dx, o, skip, dskip):
-    """`_conv_row_flipped` for channels c .. c+count-1 (count <= lanes), one vector; `first`
-    and `k` are the first tap's offsets of dy's row and w's row."""
-    a0 = vzero(dx)
-    d = first + c
-    k += c
-    for _ in range(taps):
-        a0 = vfma(a0, _load(w, k, count), _load(dy, d, count))
-        d -= C
-        k += C
+def _flipped_one(dy, i, w, k, C, taps, count, dx, o, skip, dskip):
+    """`_conv_row_flipped` for one vector of `count` (<= lanes) channels: dx[o ..] from the
+    first tap's offsets i (dy) and k (w)."""
+    a0 = _taps_one(dy, i, -C, w, k, C, taps, count, vzero(dx))
     if skip:
-        a0 = vadd(a0, _load(dskip, o + c, count))
-    _store(dx, o + c, count, a0)
+        a0 = vadd(a0, _load(dskip, o, count))
+    _store(dx, o, count, a0)
+
+
+@njit(cache=True, inline="always")
+def _taps_four(x, i, step, w, k, C, taps, a0, a1, a2, a3):
+    """Four vectors of sums over `taps` taps: a_j += w[k + jL ..] * x[i + jL ..] by fused
+    multiply-adds, then i += step and k += C for the next tap (flat arrays; four independent
+    chains)."""
+    L = lanes(x)
+    for _ in range(taps):
+        a0 = vfma(a0, vload(w, k), vload(x, i))
+        a1 = vfma(a1, vload(w, k + L), vload(x, i + L))
+        a2 = vfma(a2, vload(w, k + 2 * L), vload(x, i + 2 * L))
+        a3 = vfma(a3, vload(w, k + 3 * L), vload(x, i + 3 * L))
+        i += step
+        k += C
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, inline="always")
+def _taps_one(x, i, step, w, k, C, taps, count, a0):
+    """`_taps_four` for one vector of `count` (<= lanes) channels (masked when short)."""
+    for _ in range(taps):
+        a0 = vfma(a0, _load(w, k, count), _load(x, i, count))
+        i += step
+        k += C
+    return a0
 
 
 @njit(cache=True, inline="always")
@@ -248,40 +260,18 @@ def _conv_row(x_flat, w_flat, b, T, K, bi, t, out):
     first = (bi * T + t + k0 - P) * C  # the first tap's row of x
     c = 0
     while c + 4 * L <= C:
-        a0 = vload(b, c)
-        a1 = vload(b, c + L)
-        a2 = vload(b, c + 2 * L)
-        a3 = vload(b, c + 3 * L)
-        i = first + c
-        k = k0 * C + c
-        for _ in range(taps):
-            a0 = vfma(a0, vload(w_flat, k), vload(x_flat, i))
-            a1 = vfma(a1, vload(w_flat, k + L), vload(x_flat, i + L))
-            a2 = vfma(a2, vload(w_flat, k + 2 * L), vload(x_flat, i + 2 * L))
-            a3 = vfma(a3, vload(w_flat, k + 3 * L), vload(x_flat, i + 3 * L))
-            i += C
-            k += C
+        a0, a1, a2, a3 = _taps_four(x_flat, first + c, C, w_flat, k0 * C + c, C, taps,
+                                    vload(b, c), vload(b, c + L), vload(b, c + 2 * L),
+                                    vload(b, c + 3 * L))
         vstore(out, c, a0)
         vstore(out, c + L, a1)
         vstore(out, c + 2 * L, a2)
         vstore(out, c + 3 * L, a3)
         c += 4 * L
     while c + L <= C:
-        _conv_vector(x_flat, w_flat, b, first, k0 * C, taps, C, c, L, out)
+        vstore(out, c, _taps_one(x_flat, first + c, C, w_flat, k0 * C + c, C, taps, L,
+                                 vload(b, c)))
         c += L
     if c < C:  # the last channels, fewer than a vector: masked loads and stores
-        _conv_vector(x_flat, w_flat, b, first, k0 * C, taps, C, c, C - c, out)
-
-
-@njit(cache=True, inline="always")
-def _conv_vector(x, w, b, first, k, taps, C, c, count, out):
-    """`_conv_row` for channels c .. c+count-1 (count <= lanes), one vector; x and w flat,
-    `first` and `k` the first tap's offsets of x's row and w's row."""
-    a0 = _load(b, c, count)
-    i = first + c
-    k += c
-    for _ in range(taps):
-        a0 = vfma(a0, _load(w, k, count), _load(x, i, count))
-        i += C
-        k += C
-    _store(out, c, count, a0)
+        _store(out, c, C - c, _taps_one(x_flat, first + c, C, w_flat, k0 * C + c, C, taps, C - c,
+                                        _load(b, c, C - c)))
