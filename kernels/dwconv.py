@@ -59,12 +59,12 @@ def dwconv_backward(dy, x, w, dskip=None):
             _dw_db_lanes(dy_flat, x_flat, start, T, C, K, c, min(L, C - c), partial[bi])
     total = np.zeros((K + 1) * C, dtype=x.dtype)
     span = (K + 1) * C
-    for part in prange(4):  # columns in four runs; each sums the samples in order, from zero
-        for j in range(part * span // 4, (part + 1) * span // 4):
-            acc = total[j]
-            for bi in range(B):
-                acc += partial[bi, j]
-            total[j] = acc
+    for part in prange(4):  # columns in four runs; each adds the samples in order, from zero
+        j0, j1 = part * span // 4, (part + 1) * span // 4
+        for bi in range(B):
+            row = partial[bi]
+            for j in range(j0, j1):
+                total[j] += row[j]
     return dx, total[:K * C].reshape((K, C)).copy(), total[K * C:].copy()
 
 
