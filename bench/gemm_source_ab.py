@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import sys
 import tempfile
 import time
@@ -63,8 +64,16 @@ def own_products_of(gemm_source: str, tag: str, folder: Path):
     line = "from kernels.gemm import gemm_block"
     if line not in split:
         raise SystemExit(f"gemm_source_ab: kernels/split.py no longer has `{line}`")
-    return _module(f"ab_split_{tag}", split.replace(line, f"from ab_gemm_{tag} import gemm_block"),
-                   folder).own_products
+    bound = f"from ab_gemm_{tag} import gemm_block"
+    if not re.search(r"def gemm_block\([^)]*panels", gemm_source):
+        # a kernels/gemm.py from before round 24: no packed `panels` argument, which it ignores
+        bound = (f"from ab_gemm_{tag} import gemm_block as _gemm_block_of_{tag}\n\n\n"
+                 "@njit(nogil=True, inline=\"always\")\n"
+                 "def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1,\n"
+                 "               panels):\n"
+                 f"    _gemm_block_of_{tag}(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1,"
+                 " cols0, cols1)\n")
+    return _module(f"ab_split_{tag}", split.replace(line, bound), folder).own_products
 
 
 def dwconv_kernels_of(dwconv_source: str, tag: str, folder: Path) -> dict:

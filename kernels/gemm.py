@@ -20,7 +20,10 @@ How it is laid out (the scheme of GotoBLAS / BLIS, reduced to what our products 
   group's panels are packed just before the first block of rows uses them, so that block
   reads them from L2 rather than from wherever the whole pass's pack left them; when the rows
   make one block, every group is packed into the same 512 KB, whose lines stay in L2 (tiny's
-  training step 1.008x, bench/NOTES.md round 22). Two
+  training step 1.008x, bench/NOTES.md round 22). A frozen model's pointwise weights come
+  packed already (`ConvNeXt1D.frozen` packs them in such panels for its batch-1 products,
+  `kernels.block.pack_columns`): its batches read the whole panels from there (`panels`)
+  instead of packing a weight from memory at every call (tiny's batch 256 1.02x, round 24). Two
   panel loads feed 16 multiply-adds, which L2 keeps up with; a pass costs a trip of out
   through memory and back, so passes are deep (512 rows, not the 256 that fit in L1).
 - a is read where it lies, C or Fortran order, one a[i, k] at a time broadcast to a vector.
@@ -202,13 +205,19 @@ def _half_tile(a, a0, sa, sk, panel, p0, depth, out, o0, ldo, first, columns):
 
 
 @njit(nogil=True, cache=True)
-def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1):
+def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1, panels):
     """out[i, j] = sum_{k < depth} a[i, k] b[k, j] for rows0 <= i < rows1, cols0 <= j < cols1.
 
     Operands are flat 1-D contiguous arrays with element strides: a[i, k] = a[i*sa + k*sk],
     b[k, j] = b[k*sb + j*sn], out[i, j] = out[i*ldo + j]; a and b are in C or Fortran order
     (sk or sa is 1, sn or sb is 1). The other elements of out are not touched, so threads may
-    fill disjoint blocks of one out."""
+    fill disjoint blocks of one out.
+
+    `panels`: b already packed whole, as `kernels.block.pack_columns` lays out a frozen
+    model's pointwise weights (each panel of 2L columns of b, its `depth` rows after each
+    other), or an empty array. When given and cols0 is a multiple of 2L, the whole panels are
+    read from it instead of packed (the same values, so the same bits); a last panel short of
+    2L columns is packed as usual."""
     if rows1 <= rows0 or cols1 <= cols0:
         return
     if depth == 0:  # an empty sum
@@ -218,16 +227,17 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
     L = lanes(out)
     width = 2 * L
     tr = TILE_ROWS
-    panels = (cols1 - cols0 + width - 1) // width
+    count_panels = (cols1 - cols0 + width - 1) // width
     # Not compile-time constants on purpose: with BLOCK_ROWS folded into the loops LLVM
     # compiled them into code 15-20 % slower (bench/NOTES.md round 11).
     block_rows = min(BLOCK_ROWS // tr * tr, (rows1 - rows0 + tr - 1) // tr * tr)
-    group = min(GROUP_PANELS, panels)
+    group = min(GROUP_PANELS, count_panels)
     # One block of rows (training's stage 3 cut over two threads, say): a group's panels serve
     # only while the group is current, so every group is packed into the same place, which
     # stays in L2; a place per group sent the packing's writes on to L3 and memory
     one_block = rows1 - rows0 <= block_rows
-    packed = np.empty(DEPTH * width * (group if one_block else panels), dtype=out.dtype)
+    packed = np.empty(DEPTH * width * (group if one_block else count_panels), dtype=out.dtype)
+    ready = panels.size > 0 and cols0 % width == 0  # whole panels of b from `panels`
     count = (rows1 - rows0) % tr
     whole = rows1 - count  # the rows before `whole` fill whole tiles
     last = np.zeros(DEPTH * tr, dtype=out.dtype)  # the last rows (fewer than tr): [k][tr]
@@ -246,12 +256,15 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                     last[k * tr + r] = a[(whole + r) * sa + (k0 + k) * sk]
         for i0 in range(rows0, rows1, block_rows):
             i1 = min(i0 + block_rows, rows1)
-            for g0 in range(0, panels, group):
-                g1 = min(g0 + group, panels)
+            for g0 in range(0, count_panels, group):
+                g1 = min(g0 + group, count_panels)
                 home = 0 if one_block else g0  # the group's first panel in `packed`
                 if i0 == rows0:  # packed as the first block needs them, still in L2 for it
-                    _pack_b(b, sb, sn, k0, pass_depth, cols0 + g0 * width,
-                            min(cols1, cols0 + g1 * width), packed[home * pass_depth * width:])
+                    p = g1 - 1 if ready else g0  # with `panels`, only a last panel cut short
+                    if not ready or cols1 - (cols0 + p * width) < width:
+                        _pack_b(b, sb, sn, k0, pass_depth, cols0 + p * width,
+                                min(cols1, cols0 + g1 * width),
+                                packed[(home + p - g0) * pass_depth * width:])
                 for i in range(i0, i1, tr):
                     start = i * sa + k0 * sk
                     own_a = (i - i0) * pass_depth  # the tile's rows in rows_a
@@ -263,7 +276,10 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                     for q in range(g0, g1):
                         j0 = cols0 + q * width
                         used = min(width, cols1 - j0)
-                        p0 = (home + q - g0) * pass_depth * width
+                        if ready and used == width:
+                            source, p0 = panels, (j0 // width * depth + k0) * width
+                        else:
+                            source, p0 = packed, (home + q - g0) * pass_depth * width
                         if i < whole and used == width:
                             # the next tile: the next panel, a tile down, or the next group
                             if q + 1 < g1:
@@ -273,23 +289,23 @@ def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0, cols1
                             else:
                                 ahead = i0 * ldo + cols0 + g1 * width
                             if _COPY_A and gather_a:
-                                _tile(rows_a, own_a, 1, tr, packed, p0, pass_depth, out,
+                                _tile(rows_a, own_a, 1, tr, source, p0, pass_depth, out,
                                       i * ldo + j0, ldo, first, ahead)
                             else:
-                                _tile(a, start, sa, sk, packed, p0, pass_depth, out,
+                                _tile(a, start, sa, sk, source, p0, pass_depth, out,
                                       i * ldo + j0, ldo, first, ahead)
                         elif i < whole:  # the last columns: one or two masked vectors
                             o0 = i * ldo + j0
-                            _half_tile(a, start, sa, sk, packed, p0, pass_depth, out, o0, ldo,
+                            _half_tile(a, start, sa, sk, source, p0, pass_depth, out, o0, ldo,
                                        first, min(L, used))
                             if used > L:
-                                _half_tile(a, start, sa, sk, packed, p0 + L, pass_depth, out,
+                                _half_tile(a, start, sa, sk, source, p0 + L, pass_depth, out,
                                            o0 + L, ldo, first, used - L)
                         else:  # the last rows: a scratch tile
                             for r in range(count):
                                 for j in range(used):
                                     tile[r * width + j] = out[(i + r) * ldo + j0 + j]
-                            _tile(last, 0, 1, tr, packed, p0, pass_depth, tile, 0, width,
+                            _tile(last, 0, 1, tr, source, p0, pass_depth, tile, 0, width,
                                   first, 0)
                             for r in range(count):
                                 for j in range(used):
@@ -354,10 +370,12 @@ def strided(x: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
-         rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None) -> np.ndarray:
+         rows: tuple[int, int] | None = None, cols: tuple[int, int] | None = None,
+         panels: np.ndarray | None = None) -> np.ndarray:
     """out = a @ b for 2-D float32 or float64 operands of one dtype (a, b in C or Fortran order;
     other layouts are copied). out, if given, must be C-contiguous. `rows` / `cols` = (start,
-    stop) restrict the work to that block of out (the rest of out is left as it is)."""
+    stop) restrict the work to that block of out (the rest of out is left as it is).
+    `panels`: b packed as `kernels.block.pack_columns(b.T, 2L)` does, read instead of packing b."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"gemm: shapes {a.shape} and {b.shape} do not multiply")
     if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64):
@@ -372,5 +390,24 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
     a_flat, sa, sk = strided(a)
     b_flat, sb, sn = strided(b)
     gemm_block(a_flat, sa, sk, b_flat, sb, sn, a.shape[1], out.reshape(-1), out.shape[1],
-               rows0, rows1, cols0, cols1)
+               rows0, rows1, cols0, cols1, panel_operand(panels, b))
     return out
+
+
+_NO_PANELS = {np.dtype(np.float32): np.empty(0, np.float32), np.dtype(np.float64): np.empty(0)}
+for _empty in _NO_PANELS.values():
+    _empty.flags.writeable = False
+
+
+def panel_operand(panels: np.ndarray | None, b: np.ndarray) -> np.ndarray:
+    """`gemm_block`'s `panels` argument for b [K, N]: b packed as `kernels.block.pack_columns(
+    b.T, 2L)` does, as a read-only view (like every operand `strided` makes, so that one
+    compiled version serves), or an empty array when there are none."""
+    if panels is None:
+        return _NO_PANELS[b.dtype]
+    if panels.dtype != b.dtype or panels.ndim != 1 or panels.size != b.size \
+            or not panels.flags.c_contiguous:
+        raise ValueError(f"gemm: panels must be b's {b.size} elements of {b.dtype}, packed")
+    view = panels.view()
+    view.flags.writeable = False
+    return view

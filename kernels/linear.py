@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kernels.block import SMALL_ROWS, matmul_rows
-from kernels.gemm import TILE_ROWS, gemm_block, strided
+from kernels.gemm import TILE_ROWS, gemm_block, panel_operand, strided
 from kernels.simd import compile_cpu, vector_bytes
 from kernels.split import blas_products, own_products
 
@@ -201,9 +201,11 @@ class _Job(NamedTuple):
     cols: int
     by_columns: bool  # cut out's columns (else its rows)
     step: int  # cuts at multiples of this
+    panels: np.ndarray  # b packed already (our gemm; kernels.gemm.panel_operand) or empty
 
 
-def _region_job(a: np.ndarray, b: np.ndarray, out: np.ndarray, own: bool) -> _Job | None:
+def _region_job(a: np.ndarray, b: np.ndarray, out: np.ndarray, own: bool,
+                panels: np.ndarray | None = None) -> _Job | None:
     """The product for `_run_region`, or None if it must go the Python way (a layout or dtype
     the region does not take, or no BLAS address)."""
     rows, depth, cols = a.shape[0], a.shape[1], b.shape[1]
@@ -218,7 +220,8 @@ def _region_job(a: np.ndarray, b: np.ndarray, out: np.ndarray, own: bool) -> _Jo
     b_flat, sb, sn = strided(b)
     by_columns = cols > rows
     return _Job(a_flat, b_flat, out.reshape(-1), _remembered(_layouts, (sa, sk, sb, sn, depth, cols)),
-                rows, cols, by_columns, _cut_step(own, by_columns, out.itemsize))
+                rows, cols, by_columns, _cut_step(own, by_columns, out.itemsize),
+                panel_operand(panels if own else None, b))
 
 
 # The int64 arrays of layouts and task tables seen so far, by their values: a training step
@@ -260,21 +263,26 @@ def _run_region(own: bool, jobs: list[tuple[_Job, int]], interleave: bool = Fals
             tasks = [task for product in blocks for task in product]
         table = _remembered(_tables, key, tasks)
     operands = [(job.a, job.b, job.out, job.layout) for job, _ in jobs]
+    panels = [job.panels for job, _ in jobs]
     if len(operands) == 1:  # the loop takes two products; the second is then never read
         operands.append(operands[0])
+        panels.append(panels[0])
     if own:
-        own_products(table, *operands[0], *operands[1])
+        own_products(table, *operands[0], panels[0], *operands[1], panels[1])
     else:
         address, wide = blas_gemm_address(jobs[0][0].out.dtype)
         blas_products(address, wide, table, *operands[0], *operands[1])
 
 
-def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None,
+           panels: np.ndarray | None = None) -> np.ndarray:
     """`np.matmul(a, b, out=out)` for 2-D operands. Inside `split_matmuls(n)` a product big
     enough goes to our `kernels.gemm` where `uses_own_gemm()` says so, and is split across n
     Python threads (NumPy's BLAS and our gemm release the GIL), each computing a block of the
     result's rows, or of its columns when it has more columns than rows (then each thread packs
     half of b, not all of it: tiny's training step 1.02x with BLAS; bench/NOTES.md round 9).
+    `panels`: b packed as `kernels.block.pack_columns(b.T, 2L)` does (a frozen model's
+    pointwise weights), which our gemm then reads instead of packing b (BLAS ignores them).
 
     Why threads of our own: OpenBLAS's threads synchronise inside every call and spin-wait; on
     a loaded machine a descheduled partner stalls them all (measured 3-10x slower than one
@@ -289,7 +297,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     out = _out_for(a, b, out)
     parts = threads if flops >= SPLIT_FLOPS else 1
     if parts > 1 and getattr(_split, "region", False):
-        job = _region_job(a, b, out, own)
+        job = _region_job(a, b, out, own, panels)
         if job is not None:
             _run_region(own, [(job, parts)])
             return out
@@ -298,10 +306,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         a_flat, sa, sk = strided(a)
         b_flat, sb, sn = strided(b)
         flat = out.reshape(-1)
+        packed = panel_operand(panels, b)
 
         def product(lo: int, hi: int) -> None:
             span = ((0, rows), (lo, hi)) if by_columns else ((lo, hi), (0, cols))
-            gemm_block(a_flat, sa, sk, b_flat, sb, sn, depth, flat, cols, *span[0], *span[1])
+            gemm_block(a_flat, sa, sk, b_flat, sb, sn, depth, flat, cols, *span[0], *span[1],
+                       packed)
     else:
 
         def product(lo: int, hi: int) -> None:  # column blocks keep unit strides along rows

@@ -6,7 +6,8 @@ Up to two products (`which` 0 or 1: e.g. dW = dy^T x and dx = dy W of a backward
 loop; each task is one block of one product's out, and tasks of one product cover disjoint
 blocks. Operands are described as `kernels.gemm.gemm_block` takes them: flat contiguous a, b
 (C or Fortran order) and out, and per product `layout` = [sa, sk, sb, sn, depth, ldo] with
-a[i, k] = a[i*sa + k*sk], b[k, j] = b[k*sb + j*sn], out[i, j] = out[i*ldo + j].
+a[i, k] = a[i*sa + k*sk], b[k, j] = b[k*sb + j*sn], out[i, j] = out[i*ldo + j]; for our gemm
+also b's `panels` (packed already, or empty).
 
 `blas_products` computes each block with the CBLAS `?gemm` at `address` (NumPy's BLAS, which
 the caller runs single-threaded meanwhile; kernels.linear.blas_gemm_address), `own_products`
@@ -58,9 +59,10 @@ def blas_products(address, wide, tasks, a1, b1, out1, layout1, a2, b2, out2, lay
 
 
 @njit(nogil=True, cache=True, parallel=prange_only())
-def own_products(tasks, a1, b1, out1, layout1, a2, b2, out2, layout2):
+def own_products(tasks, a1, b1, out1, layout1, panels1, a2, b2, out2, layout2, panels2):
     """Each task's block with `kernels.gemm.gemm_block`. tasks [n, 5] int64."""
     for t in prange(tasks.shape[0]):
         a, b, out, layout = _product(tasks[t, 0], a1, b1, out1, layout1, a2, b2, out2, layout2)
+        panels = panels1 if tasks[t, 0] == 0 else panels2
         gemm_block(a, layout[0], layout[1], b, layout[2], layout[3], layout[4], out, layout[5],
-                   tasks[t, 1], tasks[t, 2], tasks[t, 3], tasks[t, 4])
+                   tasks[t, 1], tasks[t, 2], tasks[t, 3], tasks[t, 4], panels)

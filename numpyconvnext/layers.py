@@ -229,6 +229,8 @@ class Block(Layer):
     def __init__(self, params, grads, drop_path_rate: float = 0.0):
         super().__init__(params, grads)
         self.drop_path_rate = float(drop_path_rate)
+        # a frozen model's pointwise weights packed for our GEMM (ConvNeXt1D.frozen), by name
+        self.panels: dict[str, np.ndarray] = {}
 
     def _norm_input(self, x: np.ndarray, w_taps: np.ndarray):
         """y = dwconv(x), z = LayerNorm(y), mean, rstd into workspace buffers."""
@@ -299,10 +301,12 @@ class Block(Layer):
                     set_numba_threads(threads)
         z = dwconv_layernorm_inference_into(x, w_taps, p["dwconv.bias"], p["norm.weight"],
                                           p["norm.bias"], self.eps, ws.get("z", (B, T, C), x.dtype))
-        h = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype))
+        h = matmul(z.reshape(B * T, C), p["pwconv1.weight"].T, out=ws.get("pre", wide, x.dtype),
+                   panels=self.panels.get("pwconv1.weight"))
         a = bias_gelu_inplace(h, p["pwconv1.bias"])
         branch = ws.get("branch", (B, T, C), x.dtype)
-        matmul(a, p["pwconv2.weight"].T, out=branch.reshape(B * T, C))
+        matmul(a, p["pwconv2.weight"].T, out=branch.reshape(B * T, C),
+               panels=self.panels.get("pwconv2.weight"))
         return bias_residual_forward(x, branch, p["pwconv2.bias"], p["gamma"], keep, out)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:

@@ -316,7 +316,9 @@ class ConvNeXt1D:
         The copy also keeps the pointwise weights transposed, in column panels, for its
         batch-1 predict (outer products instead of dot products, bench/NOTES.md rounds 15 and
         19; a float32 copy then holds them twice). That predict differs from this model's in
-        rounding only (another order of the sums).
+        rounding only (another order of the sums). A float32 (float64) copy's batches read the
+        same panels in our GEMM instead of packing the weights at every call: the same bits as
+        this model's predict, tiny's batch 256 ~1.03x (bench/NOTES.md round 24).
         """
         if precision not in ("float32", "float64", "bfloat16"):
             raise ValueError(f"precision must be float32, float64 or bfloat16, got {precision!r}")
@@ -347,6 +349,12 @@ class ConvNeXt1D:
                                             else weight.reshape(-1))
             copy._pointwise = pointwise
             copy._pointwise_packed = bool(panel)
+            if panel and precision != "bfloat16":  # the blocks' batched products read them too
+                spans = dict(zip(copy._params, copy._spans.tolist(), strict=True))
+                for i, stage in enumerate(copy.stages):
+                    for j, block in enumerate(stage):
+                        block.panels = {name: pointwise[slice(*spans[f"stages.{i}.{j}.{name}"])]
+                                        for name in ("pwconv1.weight", "pwconv2.weight")}
         for array in [copy.flat_params, *copy._params.values(), copy._pointwise]:
             array.flags.writeable = False  # the layers hold views of flat_params
         copy.precision = precision

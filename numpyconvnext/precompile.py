@@ -63,7 +63,7 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     operand = types.Array(types.float32, 1, "C", readonly=True)  # kernels.gemm.strided
     own = linear.uses_own_gemm()
     products = [  # the split products: in Numba's pool when the kernels use it too
-        (operand, operand, a1, types.Array(count, 1, "C"))] * 2
+        (operand, operand, a1, types.Array(count, 1, "C"), operand)] * 2
     tasks = types.Array(count, 2, "C")
     address, wide = linear.blas_gemm_address(np.float32)
     region = []
@@ -75,7 +75,7 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
                                              *products[1]))]
     step = [  # the order a training step first calls them
         *([(gemm.gemm_block, (operand, count, count, operand, count, count, count, a1, count,
-                              count, count, count, count))] if own else []),
+                              count, count, count, count, operand))] if own else []),
         *region,
         (layernorm.layernorm_forward, (a2, a1, a1, real)),
         (dwconv.dwconv_layernorm_inference_into, (a3, a2, a1, a1, a1, real, a3)),

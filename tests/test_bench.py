@@ -238,10 +238,11 @@ def test_gemm_ab_times_blas_and_our_gemm_in_turn():
 
 
 def test_gemm_source_ab_runs_the_source_it_is_given(tmp_path):
-    """The products of `own_products_of(source)` come from that source, not kernels/gemm.py."""
+    """The products of `own_products_of(source)` come from that source, not kernels/gemm.py;
+    a source from before round 24 (a `gemm_block` without `panels`) too."""
     import numpy as np
 
-    from kernels.gemm import strided
+    from kernels.gemm import panel_operand, strided
 
     ab = _load_bench("gemm_source_ab")
     source = (ROOT / "kernels" / "gemm.py").read_text()
@@ -252,18 +253,23 @@ def test_gemm_source_ab_runs_the_source_it_is_given(tmp_path):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((20, 30)).astype(np.float32)
     b = rng.standard_normal((30, 40)).astype(np.float32)
+    old_style = ("from numba import njit\n\n\n@njit(nogil=True, cache=True)\n"
+                 "def gemm_block(a, sa, sk, b, sb, sn, depth, out, ldo, rows0, rows1, cols0,"
+                 " cols1):\n    out[:] = 5.0\n")
     results = []
-    for tag, text in (("same", source), ("marked", marked)):
+    for tag, text in (("same", source), ("marked", marked), ("old", old_style)):
         products = ab.own_products_of(text, f"test_{tag}", tmp_path)
         out = np.zeros((20, 40), np.float32)
         (a_flat, sa, sk), (b_flat, sb, sn) = strided(a), strided(b)
         layout = np.array([sa, sk, sb, sn, 30, 40], np.int64)
         tasks = np.array([[0, 0, 20, 0, 40]], np.int64)
-        products(tasks, a_flat, b_flat, out.reshape(-1), layout, a_flat, b_flat, out.reshape(-1),
-                 layout)
+        none = panel_operand(None, b)
+        products(tasks, a_flat, b_flat, out.reshape(-1), layout, none, a_flat, b_flat,
+                 out.reshape(-1), layout, none)
         results.append(out)
     np.testing.assert_allclose(results[0], a @ b, rtol=1e-5, atol=1e-5)
     assert (results[1] == 7.0).all()
+    assert (results[2] == 5.0).all()
 
 
 @pytest.mark.parametrize("kernel, options", [("gemm", ["--gemm", "own"]), ("dwconv", [])])

@@ -80,6 +80,79 @@ def test_gemm_bits_do_not_depend_on_the_block_computed(dtype, m, k, n, orders, c
     check_gemm_blocks(a, b, int(cut * m), int(cut * n))
 
 
+def _panels(b: np.ndarray) -> np.ndarray:
+    """b [K, N] packed as a frozen model packs its pointwise weights (w = b.T)."""
+    from kernels.block import pack_columns, panel_columns
+
+    return pack_columns(np.ascontiguousarray(b.T), panel_columns(b.dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@given(m=ROWS, k=st.sampled_from([1, 40, DEPTH, DEPTH + 7, 2 * DEPTH + 3]), n=COLUMNS,
+       orders=st.sampled_from(["CC", "CF", "FC", "FF"]), cut=st.floats(0, 1),
+       seed=st.integers(0, 2**16))
+@example(m=BLOCK_ROWS + 13, k=2 * DEPTH + 3, n=GROUP_PANELS * 32 + 33, orders="CF", cut=0.5,
+         seed=1)
+@SETTINGS
+def test_gemm_reads_whole_panels_from_packed_b(dtype, m, k, n, orders, cut, seed):
+    """With b packed already (`panels`), gemm reads its whole panels from there: the bits of
+    packing b itself. Panels of 2b show which columns came from them: every column of a whole
+    panel when the block starts at a panel, none when it does not; a last panel cut short is
+    packed from b."""
+    from kernels.block import panel_columns
+
+    rng = np.random.default_rng(seed)
+    a = _operand(rng, (m, k), dtype, orders[0])
+    b = _operand(rng, (k, n), dtype, orders[1])
+    width = panel_columns(dtype)
+    np.testing.assert_array_equal(gemm(a, b, panels=_panels(b)), gemm(a, b))
+    doubled = gemm(a, b, panels=_panels(2 * b))
+    whole = n // width * width  # the columns of whole panels
+    np.testing.assert_array_equal(doubled[:, :whole], gemm(a, 2 * b)[:, :whole])
+    np.testing.assert_array_equal(doubled[:, whole:], gemm(a, b)[:, whole:])
+    top, start = int(cut * m), int(cut * n)  # a block: rows from top, columns from start
+    block = np.full((m, n), np.nan, dtype)
+    gemm(a, b, block, rows=(top, m), cols=(start, n), panels=_panels(2 * b))
+    expected = gemm(a, b)
+    if start % width == 0:
+        expected[:, :whole] = doubled[:, :whole]
+    np.testing.assert_array_equal(block[top:, start:], expected[top:, start:])
+    assert np.isnan(block[:top]).all() and np.isnan(block[:, :start]).all()
+
+
+def test_gemm_refuses_panels_that_are_not_b_packed():
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 40), np.float32)
+    for wrong in (np.ones(119, np.float32), np.ones(120, np.float64), np.ones((3, 40), np.float32)):
+        with pytest.raises(ValueError, match="panels must be"):
+            gemm(a, b, panels=wrong)
+
+
+@pytest.mark.parametrize("region", [False, True])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(600, 96, 384), (96, 1536, 200), (40, 70, 500)])
+def test_matmul_reads_packed_panels_however_it_is_split(gemm_choice, region, threads, shape):
+    """kernels.linear.matmul(..., panels=) with our gemm, split over threads by rows or columns
+    (helper threads or one parallel region): the panels' bits; BLAS ignores them."""
+    from kernels.block import panel_columns
+
+    m, k, n = shape
+    rng = np.random.default_rng(m)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)  # a layer's weight: b = w.T
+    gemm_choice("own")
+    with linear.split_matmuls(threads, region=region):
+        plain = linear.matmul(a, w.T)
+        np.testing.assert_array_equal(linear.matmul(a, w.T, panels=_panels(w.T)), plain)
+        doubled = linear.matmul(a, w.T, panels=_panels(2 * w.T))
+    whole = n // panel_columns(np.float32) * panel_columns(np.float32)
+    np.testing.assert_array_equal(doubled[:, :whole], 2 * plain[:, :whole])
+    np.testing.assert_array_equal(doubled[:, whole:], plain[:, whole:])
+    gemm_choice("blas")
+    with linear.split_matmuls(threads, region=region):
+        np.testing.assert_allclose(linear.matmul(a, w.T, panels=_panels(2 * w.T)), a @ w.T,
+                                   rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype, n", [(np.float32, 1024), (np.float64, 512), (np.float32, 1040)])
 def test_gemm_rows_4kb_apart_are_still_right(dtype, n):
     """A C-order b whose rows are 4 KB apart (where reading it in place would thrash L1) gives

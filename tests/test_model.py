@@ -318,6 +318,35 @@ def test_frozen_float32_is_the_same_model_read_only(packed, monkeypatch):
     assert not np.array_equal(frozen.predict(x), model.predict(x))
 
 
+@pytest.mark.parametrize("gemm", ["own", "auto"])
+def test_frozen_batches_multiply_by_the_packed_pointwise_weights(gemm):
+    """A frozen float32 copy's big batches go layer by layer, and our GEMM reads the blocks'
+    pointwise weights from the panels packed for batch 1 instead of packing them: the bits of
+    the model's own predict (panels of other values change the result, so they are read
+    where our GEMM runs: "own", or "auto" where it is the default). A bfloat16 copy has none."""
+    from kernels import linear
+    from kernels.block import pack_columns, panel_columns
+
+    model = randomised(ConvNeXt1D((48, 64, 80, 96), (1, 1, 2, 1), 5, 3), 4).eval()
+    frozen = model.frozen()
+    for block in frozen.blocks:
+        assert set(block.panels) == {"pwconv1.weight", "pwconv2.weight"}
+    x = np.random.default_rng(5).standard_normal((32, 5, 64)).astype(np.float32)
+    linear.set_gemm(gemm)
+    try:
+        np.testing.assert_array_equal(frozen.predict(x), model.predict(x))
+        block = frozen.blocks[0]
+        weight = block.params["pwconv1.weight"]
+        block.panels = {**block.panels, "pwconv1.weight": pack_columns(
+            2 * weight, panel_columns(np.float32))}
+        changed = not np.array_equal(frozen.predict(x), model.predict(x))
+        assert changed == (gemm == "own" or linear.uses_own_gemm())
+    finally:
+        linear.set_gemm("auto")
+    assert all(not block.panels for block in model.frozen("bfloat16").blocks)
+    assert all(not block.panels for block in model.blocks)
+
+
 def test_frozen_bfloat16_rounds_only_the_pointwise_weights():
     from kernels.simd import bfloat16_bits, bfloat16_values
 
