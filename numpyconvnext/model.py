@@ -355,7 +355,8 @@ class ConvNeXt1D:
                     for j, block in enumerate(stage):
                         block.panels = {name: pointwise[slice(*spans[f"stages.{i}.{j}.{name}"])]
                                         for name in ("pwconv1.weight", "pwconv2.weight")}
-        for array in [copy.flat_params, *copy._params.values(), copy._pointwise]:
+        panels = [view for block in copy.blocks for view in block.panels.values()]
+        for array in [copy.flat_params, *copy._params.values(), copy._pointwise, *panels]:
             array.flags.writeable = False  # the layers hold views of flat_params
         copy.precision = precision
         copy.training = False

@@ -331,6 +331,7 @@ def test_frozen_batches_multiply_by_the_packed_pointwise_weights(gemm):
     frozen = model.frozen()
     for block in frozen.blocks:
         assert set(block.panels) == {"pwconv1.weight", "pwconv2.weight"}
+        assert not any(view.flags.writeable for view in block.panels.values())
     x = np.random.default_rng(5).standard_normal((32, 5, 64)).astype(np.float32)
     linear.set_gemm(gemm)
     try:
