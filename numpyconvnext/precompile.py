@@ -63,13 +63,14 @@ def _train_plan() -> list[tuple[object, tuple[types.Type, ...]]]:
     operand = types.Array(types.float32, 1, "C", readonly=True)  # kernels.gemm.strided
     own = linear.uses_own_gemm()
     products = [  # the split products: in Numba's pool when the kernels use it too
-        (operand, operand, a1, types.Array(count, 1, "C"), operand)] * 2
+        (operand, operand, a1, types.Array(count, 1, "C"))] * 2
     tasks = types.Array(count, 2, "C")
     address, wide = linear.blas_gemm_address(np.float32)
     region = []
     if threads.products_in_pool(*threads.thread_counts()):
-        if own:
-            region = [(split.own_products, (tasks, *products[0], *products[1]))]
+        if own:  # our gemm's products also take b's packed panels (empty when there are none)
+            region = [(split.own_products, (tasks, *products[0], operand, *products[1],
+                                            operand))]
         elif address:
             region = [(split.blas_products, (count, typeof(wide), tasks, *products[0],
                                              *products[1]))]

@@ -75,6 +75,17 @@ def test_plan_is_exactly_what_a_training_run_compiles(order, wait):
     assert run_python(RUN, order, env=env) == "[]"
 
 
+def test_plan_is_exactly_what_a_training_run_compiles_with_avx2_code(tmp_path):
+    """Compiled for AVX2 the products stay with BLAS (`kernels.linear.uses_own_gemm`) and, under
+    the CLI's wait, split in Numba's pool through `kernels.split.blas_products`, whose signature
+    differs from our gemm's `own_products`: the plan holds that one, and only what a run uses."""
+    from kernels.simd import features_without_avx512
+
+    env = {"GOMP_SPINCOUNT": "3000", "KMP_BLOCKTIME": "0", "NUMBA_CPU_NAME": "haswell",
+           "NUMBA_CPU_FEATURES": features_without_avx512(), "NUMBA_CACHE_DIR": str(tmp_path)}
+    assert run_python(RUN, "plan-first", env=env) == "[]"
+
+
 MISSING = """
 from numpyconvnext.precompile import missing
 print(missing("train"))
