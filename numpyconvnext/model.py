@@ -318,7 +318,7 @@ class ConvNeXt1D:
         19; a float32 copy then holds them twice). That predict differs from this model's in
         rounding only (another order of the sums). A float32 (float64) copy's batches read the
         same panels in our GEMM instead of packing the weights at every call: the same bits as
-        this model's predict, tiny's batch 256 ~1.03x (bench/NOTES.md round 24).
+        this model's predict, tiny's batch 256 ~1.02x (bench/NOTES.md round 24).
         """
         if precision not in ("float32", "float64", "bfloat16"):
             raise ValueError(f"precision must be float32, float64 or bfloat16, got {precision!r}")
@@ -337,6 +337,7 @@ class ConvNeXt1D:
             # what the batch-1 network reads the pointwise weights from, at their spans only
             pointwise = np.zeros(copy.flat_params.size,
                                  dtype=np.uint16 if precision == "bfloat16" else copy.dtype)
+            runs = {}  # each pointwise weight's run of `pointwise`, by name
             for (start, end), (name, param) in zip(copy._spans, copy._params.items(),
                                                    strict=True):
                 if name.endswith((".pwconv1.weight", ".pwconv2.weight")):
@@ -347,13 +348,13 @@ class ConvNeXt1D:
                     weight = weight.reshape(param.shape)
                     pointwise[start:end] = (pack_columns(weight, panel) if panel
                                             else weight.reshape(-1))
+                    runs[name] = pointwise[start:end]
             copy._pointwise = pointwise
             copy._pointwise_packed = bool(panel)
             if panel and precision != "bfloat16":  # the blocks' batched products read them too
-                spans = dict(zip(copy._params, copy._spans.tolist(), strict=True))
                 for i, stage in enumerate(copy.stages):
                     for j, block in enumerate(stage):
-                        block.panels = {name: pointwise[slice(*spans[f"stages.{i}.{j}.{name}"])]
+                        block.panels = {name: runs[f"stages.{i}.{j}.{name}"]
                                         for name in ("pwconv1.weight", "pwconv2.weight")}
         panels = [view for block in copy.blocks for view in block.panels.values()]
         for array in [copy.flat_params, *copy._params.values(), copy._pointwise, *panels]:
