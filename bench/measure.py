@@ -101,8 +101,14 @@ def host_microarchitecture() -> str | None:
 
 
 def isa_limits() -> dict[str, str]:
-    """The variables of ISA_LIMITS set in this environment, with their values."""
-    return {name: os.environ[name] for name in ISA_LIMITS if os.environ.get(name)}
+    """The variables of ISA_LIMITS set in this environment, with their values, and whether
+    CPUID hides AVX-512 from this process (`run.py --hide-avx512`)."""
+    from hide_avx512 import hidden
+
+    limits = {name: os.environ[name] for name in ISA_LIMITS if os.environ.get(name)}
+    if hidden():
+        limits["CPUID"] = "AVX-512 hidden"
+    return limits
 
 
 def machine_key(info: dict) -> str:

@@ -297,7 +297,8 @@ def cold_start(threads: int) -> dict:
                            capture_output=True)
             walls.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "cli.py", "--help"], check=True, cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, "cli.py", "--help"], check=True, cwd=ROOT, env=USER_ENV,
+                   capture_output=True)
     help_s = time.perf_counter() - t0
     return {"load_predict_s": min(walls[1:]), "cli_help_s": help_s}
 
@@ -484,6 +485,9 @@ def main() -> None:
     parser.add_argument("--cold-compile", action="store_true",
                         help="also time a new process with an empty Numba cache to its first "
                              "training step and first batch-1 predict (about a minute each)")
+    parser.add_argument("--hide-avx512", action="store_true",
+                        help="run every child as on a CPU without AVX-512: CPUID hides it from "
+                             "every framework, ONNX Runtime included (bench/hide_avx512.c)")
     parser.add_argument("--summary", action="store_true",
                         help="print the ratios of every saved result, grouped by machine, and exit")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/<date>.json)")
@@ -510,6 +514,13 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    if args.hide_avx512:
+        from hide_avx512 import build, environment
+
+        try:
+            USER_ENV.update(environment(build(), USER_ENV))
+        except RuntimeError as error:
+            parser.error(str(error))
     torch_ok = not args.no_torch and os.environ.get("BENCH_NO_TORCH") != "1" and have("torch")
     ort_ok = torch_ok and have("onnxruntime") and have("onnx")
     flag = " --quick" if args.quick else ""
@@ -517,7 +528,8 @@ def main() -> None:
                f" --rounds {args.rounds}{flag}"
                + (" --no-torch" if args.no_torch else "")
                + (" --no-kernels" if args.no_kernels else "")
-               + (" --cold-compile" if args.cold_compile else ""))
+               + (" --cold-compile" if args.cold_compile else "")
+               + (" --hide-avx512" if args.hide_avx512 else ""))
     results: dict = {
         "date": dt.date.today().isoformat(), "command": command, "threads": args.threads,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
