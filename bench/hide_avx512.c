@@ -7,7 +7,8 @@
  * turns every CPUID of this thread, and of the threads and processes it starts, into a SIGSEGV.
  * The handler runs the real CPUID (faulting off for that one instruction), clears the bits below,
  * writes the four registers and steps over the instruction. Any other SIGSEGV goes to the handler
- * the process installs (sigaction is wrapped so that ours stays first) or kills as usual.
+ * the process installs (sigaction is wrapped so that ours stays first; Python's signal module
+ * and faulthandler go through it) or kills as usual.
  *
  * Not hidden: glibc chose its string functions before this runs (GLIBC_TUNABLES does that, set
  * by bench/avx2_shim.py), and XGETBV still reports the AVX-512 register state; libraries take
@@ -28,6 +29,7 @@
 typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
 
 static struct sigaction next_action; /* the process's own SIGSEGV handler, if it sets one */
+static sigaction_fn real_sigaction;  /* libc's, found once (dlsym is no call for a handler) */
 static int active;
 
 static long arch_prctl(int code, unsigned long arg) { return syscall(SYS_arch_prctl, code, arg); }
@@ -64,7 +66,7 @@ static void pass_on(int sig, siginfo_t *info, void *context) {
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
-    ((sigaction_fn)dlsym(RTLD_NEXT, "sigaction"))(SIGSEGV, &dfl, NULL);
+    real_sigaction(SIGSEGV, &dfl, NULL);
 }
 
 static void on_segv(int sig, siginfo_t *info, void *context) {
@@ -91,11 +93,10 @@ static void on_segv(int sig, siginfo_t *info, void *context) {
 /* The process may install its own SIGSEGV handler later (Python's faulthandler does): keep ours
  * in place and call theirs for every fault that is not a CPUID. */
 int sigaction(int sig, const struct sigaction *action, struct sigaction *old) {
-    static sigaction_fn real;
-    if (!real)
-        real = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    if (!real_sigaction)
+        real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
     if (sig != SIGSEGV || !active)
-        return real(sig, action, old);
+        return real_sigaction(sig, action, old);
     if (old)
         *old = next_action;
     if (action)
@@ -104,7 +105,7 @@ int sigaction(int sig, const struct sigaction *action, struct sigaction *old) {
 }
 
 __attribute__((constructor)) static void start(void) {
-    sigaction_fn real = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    sigaction_fn real = real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
     struct sigaction ours;
     memset(&ours, 0, sizeof ours);
     ours.sa_sigaction = on_segv;

@@ -1,7 +1,7 @@
 """Side-by-side benchmark: numpyconvnext vs PyTorch eager vs ONNX Runtime on the CPU.
 
     python bench/run.py [--variants atto,pico,tiny] [--quick] [--threads N] [--rounds R]
-                        [--no-torch]
+                        [--no-torch] [--no-kernels] [--cold-compile] [--hide-avx512]
 
 Every figure is a median over repeated timings after warm-up, measured in a fresh child
 process per framework and task (so peak RSS is that task's own, and no framework's thread pool
@@ -10,7 +10,8 @@ median of each figure over the rounds and, for each ratio, the median of the rat
 within a round, so a load that drifts during the run does not decide a comparison.
 Input: C_in=20, T=256, 3 classes, float32. Writes bench/results/<YYYY-MM-DD>.json and prints
 a Markdown table plus the command that reproduces it. torch / onnxruntime are optional (extra
-`bench`); without them (or with --no-torch) only our figures are printed.
+`bench`); without them (or with --no-torch) only our figures are printed. --hide-avx512 runs
+every child as on a CPU without AVX-512 (bench/hide_avx512.py says how and where it can).
 """
 
 from __future__ import annotations
