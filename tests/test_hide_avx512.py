@@ -41,6 +41,13 @@ def _run(code: str, env: dict) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+def _words(code: str, env: dict) -> list[str]:
+    """What a child running `code` printed, split into words (it must exit 0)."""
+    proc = _run(code, env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()
+
+
 @pytest.fixture(scope="module")
 def shim_env(tmp_path_factory) -> dict:
     library = hide_avx512.build(tmp_path_factory.mktemp("shim"))
@@ -81,9 +88,7 @@ def test_pytorch_takes_avx2_and_onnx_runtime_loads(shim_env):
             "a, b = np.random.default_rng(0).standard_normal((2, 64, 64)).astype(np.float32)\n"
             "c = session.run(None, {'a': a, 'b': b})[0]\n"
             "print(np.allclose(c, a @ b, rtol=1e-4, atol=1e-4))\n")
-    proc = _run(code, shim_env)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["AVX2", "True"]
+    assert _words(code, shim_env) == ["AVX2", "True"]
 
 
 @needs_shim
@@ -109,9 +114,7 @@ def test_threads_and_grandchildren_see_it_too(shim_env):
             "print(binding.get_host_cpu_features().get(\"avx512f\", False))'], "
             "capture_output=True, text=True).stdout.strip()\n"
             "print(seen[0], child)\n")
-    proc = _run(code, shim_env)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["False", "False"]
+    assert _words(code, shim_env) == ["False", "False"]
 
 
 @needs_shim
