@@ -21,29 +21,18 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from measure import cpu_fields
+
 SOURCE = Path(__file__).resolve().parent / "hide_avx512.c"
 # glibc picked its string functions before the library runs: its tunables hide AVX-512 there
 GLIBC_HWCAPS = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX512ER,-AVX512PF"
-
-
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The kernel's CPU flags (what the CPU has, whatever CPUID is made to say)."""
-    try:
-        with open(cpuinfo) as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags":
-                    return set(value.split())
-    except OSError:
-        pass
-    return set()
 
 
 def unavailable(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """Why AVX-512 cannot be hidden here, or None if it can."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"needs Linux on x86-64, this is {platform.system()} on {platform.machine()}"
-    flags = cpu_flags(cpuinfo)
+    flags = set(cpu_fields(cpuinfo).get("flags", "").split())
     if "avx512f" not in flags:
         return "this CPU has no AVX-512 to hide"
     if "cpuid_fault" not in flags:

@@ -57,26 +57,37 @@ ISA_LIMITS = ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "ATEN_CPU_CAPABILITY", "ON
               "MKL_ENABLE_INSTRUCTIONS")
 
 
+def cpu_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The kernel's description of the first CPU, field by field up to its flags ("model
+    name", "cpu family", "model", "flags", ...; what the CPU has, whatever CPUID is made to
+    say), or {} where there is no such file."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+                if key.strip() == "flags":
+                    break
+    except OSError:
+        pass
+    return fields
+
+
 def machine_info() -> dict:
     """CPU model, the ISA extensions that matter for float32 kernels, core count, Python.
 
     Every benchmark records this beside its figures: the same cloud machine type may be AVX2
     one day and AVX-512 the next.
     """
-    model, flags, numbers = platform.processor() or platform.machine(), set(), {}
+    fields = cpu_fields()
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    numbers = {}
     try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    model = value.strip()
-                elif key in ("cpu family", "model"):
-                    numbers[key.replace(" ", "_")] = int(value)
-                elif key == "flags":
-                    flags = set(value.split())
-                    break
-    except (OSError, ValueError):
+        numbers = {key.replace(" ", "_"): int(fields[key])
+                   for key in ("cpu family", "model") if key in fields}
+    except ValueError:
         pass
     info = {"cpu": model, "isa": [flag for flag in ISA_FLAGS if flag in flags],
             "cpu_count": os.cpu_count(), "platform": platform.platform(),
