@@ -425,9 +425,14 @@ def achieved_gflops(figures: dict, gflop_per_sample: float) -> dict:
     return rates
 
 
+# issue 13's goals against PyTorch: batch-256 forward 1.3x, training 1.5x
+GOAL_B256, GOAL_TRAIN = 1.3, 1.5
+
+
 def shares_text(results: dict, rate: float) -> str:
     """Per variant, ours (and PyTorch's, when measured) b256 forward / training GFLOP/s as
-    percentages of `rate`."""
+    percentages of `rate`, and with PyTorch's the shares that the goals would ask of ours
+    (goal x PyTorch's share): where those near 100 %, a goal is out of reach of any product."""
     parts = []
     for variant, entry in results["variants"].items():
         flops = entry.get("forward_gflop_per_sample")
@@ -435,8 +440,9 @@ def shares_text(results: dict, rate: float) -> str:
                 f"{fmt(entry['ours'].get('gflops_train', 0) / rate * 100, 0)} %")
         torch_rates = achieved_gflops(entry.get("torch") or {}, flops) if flops else {}
         if len(torch_rates) == 2 and all(torch_rates.values()):
-            text += (f" (PyTorch {fmt(torch_rates['gflops_b256'] / rate * 100, 0)} % "
-                     f"/ {fmt(torch_rates['gflops_train'] / rate * 100, 0)} %)")
+            b256, train = (torch_rates[key] / rate * 100 for key in ("gflops_b256", "gflops_train"))
+            text += (f" (PyTorch {fmt(b256, 0)} % / {fmt(train, 0)} %; the goals ask "
+                     f"{fmt(GOAL_B256 * b256, 0)} % / {fmt(GOAL_TRAIN * train, 0)} %)")
         parts.append(text)
     return ", ".join(parts)
 
