@@ -30,7 +30,7 @@ from numba import njit, prange, types
 
 from kernels import prange_only
 from kernels.dwconv import _conv_row
-from kernels.gelu import gelu_scalar
+from kernels.gelu import GELU_CONSTANTS, gelu_scalar
 from kernels.layernorm import _normalize_row
 from kernels.pointer import call_matmul_cols, native_address
 from kernels.simd import (
@@ -478,7 +478,7 @@ def block_forward_rows(x, w_taps, dw_bias, norm_w, norm_b, eps, w1, b1, w2, b2, 
         for m in range(R):
             row = a[m, n0:n1]  # slices: indices from 0 (no negative-index wraparound)
             for j in range(n1 - n0):
-                row[j] = gelu_scalar(row[j] + bias[j])
+                row[j] = gelu_scalar(row[j] + bias[j], GELU_CONSTANTS)
     flat = out.reshape(R, C)
     xf = x.reshape(R, C)
     for p in prange(parts):

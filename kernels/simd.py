@@ -57,6 +57,12 @@ And one scalar operation the auto-vectoriser widens like any other (Numba never 
 itself):
 
     fmadd(a, b, c)      a * b + c for floats of one type, fused (one rounding: `llvm.fma`)
+    opaque(x)           x itself, as a value LLVM no longer knows (an empty inline asm on its
+                        bits): a kernel takes its constants through it once, before its loop,
+                        so that a loop short of registers keeps them on the stack and reads
+                        them as operands, instead of rebuilding each from the constant pool
+                        at every iteration (two instructions each under Numba's large code
+                        model; bench/NOTES.md round 26)
 
 The width is read from the features Numba compiles for (`NUMBA_CPU_FEATURES` if set, else the
 host's) when a kernel is compiled, not at import; Numba's cache is keyed by them too.
@@ -385,6 +391,20 @@ def fmadd(typingctx, a, b, c):
         return builder.call(fma, list(args))
 
     return a(a, b, c), codegen
+
+
+@intrinsic
+def opaque(typingctx, x):
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        bits = ir.IntType(x.bitwidth)
+        identity = ir.InlineAsm(ir.FunctionType(bits, [bits]), "", "=r,0")
+        value = builder.call(identity, [builder.bitcast(args[0], bits)])
+        return builder.bitcast(value, context.get_value_type(x))
+
+    return x(x), codegen
 
 
 @intrinsic

@@ -184,6 +184,36 @@ def test_gelu_matches_reference(dtype, n, c, seed):
                                atol=tol["atol"] * 10 * max(1.0, float(np.abs(dy).max())))
 
 
+def test_gelu_constants_taken_opaque_are_the_constants():
+    """The kernels take GELU's float32 constants through `opaque` (`gelu_constants`), the
+    batch-1 network as frozen constants (`GELU_CONSTANTS`): the same values field by field,
+    so the same bits from both (a field placed wrong in either would change them)."""
+    from numba import njit
+
+    @njit
+    def taken(x):
+        return gelu.gelu_constants(x)
+
+    @njit
+    def with_frozen(h, b, out):
+        for n in range(h.shape[0]):
+            for c in range(h.shape[1]):
+                out[n, c] = gelu.gelu_scalar(h[n, c] + b[c], gelu.GELU_CONSTANTS)
+        return out
+
+    constants = taken(np.zeros((1, 1), np.float32))
+    assert constants._fields == gelu.GELU_CONSTANTS._fields
+    assert all(np.float32(a).tobytes() == b.tobytes()
+               for a, b in zip(constants, gelu.GELU_CONSTANTS, strict=True))
+    assert taken(np.zeros((1, 1))) == ()  # float64: libm, no constants
+    rng = np.random.default_rng(3)
+    h = (rng.standard_normal((37, 53)) * 3).astype(np.float32)
+    h[0, :6] = [0.0, -4.5, 4.5, 1e4, -1e4, 5.6]  # both sides of the clamp of erf at |u| = 4
+    b = rng.standard_normal(53).astype(np.float32)
+    np.testing.assert_array_equal(gelu.bias_gelu_inplace(h.copy(), b).view(np.int32),
+                                  with_frozen(h, b, np.empty_like(h)).view(np.int32))
+
+
 def test_gelu_known_values():
     x = np.array([[0.0, 1.0, -1.0, 3.0]])
     # x * Phi(x) with Phi(1) = 0.8413447460685429, Phi(3) = 0.9986501019683699

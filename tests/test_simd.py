@@ -20,6 +20,7 @@ from kernels.simd import (
     features_without_avx512,
     fmadd,
     lanes,
+    opaque,
     vadd,
     vector_bytes,
     veight,
@@ -331,6 +332,45 @@ def test_fmadd_rounds_once_and_vectorises_in_a_loop(dtype, bits):
     assert got.dtype == dtype and (got == dtype(2.0 ** (-2 * bits))).all()
     with pytest.raises(TypingError):
         fused(np.float32(1), np.float64(1), np.float32(1))
+
+
+@pytest.mark.parametrize("dtype, int_type", [(np.float32, np.int32), (np.float64, np.int64)])
+def test_opaque_returns_its_argument_bit_for_bit(dtype, int_type):
+    """opaque(x) only hides x from LLVM's constant folding: every bit comes back, NaN payloads,
+    signed zeros, infinities and subnormals included, and a constant that went through it
+    gives the same results in a vectorised loop as the constant itself."""
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.finfo(dtype).tiny / 4, 1.0 / 3, -2.5],
+                        dtype)
+    payload = np.array([0x7FC00123 if dtype == np.float32 else 0x7FF8000000000123],
+                       int_type).view(dtype)
+    values = np.concatenate([specials, payload])
+
+    @njit
+    def through(xs, out):
+        for i in range(xs.size):
+            out[i] = opaque(xs[i])
+        return out
+
+    @njit
+    def scaled(xs, out):
+        third, half = opaque(dtype(1.0 / 3)), opaque(dtype(0.5))  # taken once, before the loop
+        for i in range(xs.size):
+            out[i] = fmadd(xs[i], third, half)
+        return out
+
+    @njit
+    def scaled_constants(xs, out):
+        for i in range(xs.size):
+            out[i] = fmadd(xs[i], dtype(1.0 / 3), dtype(0.5))
+        return out
+
+    got = through(values, np.empty_like(values))
+    np.testing.assert_array_equal(got.view(int_type), values.view(int_type))
+    xs = np.random.default_rng(0).standard_normal(101).astype(dtype)
+    np.testing.assert_array_equal(scaled(xs, np.empty_like(xs)).view(int_type),
+                                  scaled_constants(xs, np.empty_like(xs)).view(int_type))
+    with pytest.raises(TypingError):
+        through(np.arange(3), np.empty(3, np.int64))
 
 
 def _has_avx2() -> bool:
