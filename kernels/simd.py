@@ -57,6 +57,9 @@ And one scalar operation the auto-vectoriser widens like any other (Numba never 
 itself):
 
     fmadd(a, b, c)      a * b + c for floats of one type, fused (one rounding: `llvm.fma`)
+
+And one for a loop's constants, taken before the loop:
+
     opaque(x)           x itself, as a value LLVM no longer knows (an empty inline asm on its
                         bits): a kernel takes its constants through it once, before its loop,
                         so that a loop short of registers keeps them on the stack and reads
