@@ -11,7 +11,7 @@
  * and faulthandler go through it) or kills as usual.
  *
  * Not hidden: glibc chose its string functions before this runs (GLIBC_TUNABLES does that, set
- * by bench/avx2_shim.py), and XGETBV still reports the AVX-512 register state; libraries take
+ * by bench/hide_avx512.py), and XGETBV still reports the AVX-512 register state; libraries take
  * AVX-512 only when CPUID says so too.
  */
 #define _GNU_SOURCE
@@ -23,7 +23,6 @@
 #include <ucontext.h>
 #include <unistd.h>
 
-#define ARCH_GET_CPUID 0x1011
 #define ARCH_SET_CPUID 0x1012
 
 typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
