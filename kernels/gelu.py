@@ -72,15 +72,8 @@ def _gelu_constants_impl(x):
     if x.dtype != types.float32:
         return lambda x: ()
 
-    def impl(x):
-        c = GELU_CONSTANTS
-        return Constants(
-            opaque(c.inv_sqrt2), opaque(c.half), opaque(c.one), opaque(c.two), opaque(c.four),
-            opaque(c.p0), opaque(c.p1), opaque(c.p2), opaque(c.p3), opaque(c.p4), opaque(c.p5),
-            opaque(c.p6), opaque(c.q0), opaque(c.q1), opaque(c.q2), opaque(c.q3), opaque(c.q4),
-            opaque(c.dp1), opaque(c.dp2), opaque(c.dp3), opaque(c.dp4), opaque(c.dp5),
-            opaque(c.dp6), opaque(c.dq1), opaque(c.dq2), opaque(c.dq3), opaque(c.dq4))
-    return impl
+    # rebuilt from the values: returned as it is, a prange's gufunc could not name its type
+    return lambda x: Constants(*opaque(GELU_CONSTANTS))
 
 
 @njit(cache=True, inline="always")

@@ -61,11 +61,12 @@ itself):
 And one for a loop's constants, taken before the loop:
 
     opaque(x)           x itself, as a value LLVM no longer knows (an empty inline asm on its
-                        bits): a kernel takes its constants through it once, before its loop,
-                        so that a loop short of registers keeps them on the stack and reads
-                        them as operands, instead of rebuilding each from the constant pool
-                        at every iteration (two instructions each under Numba's large code
-                        model; bench/NOTES.md round 26)
+                        bits; a tuple of floats, named or not, element by element): a kernel
+                        takes its constants through it once, before its loop, so that a loop
+                        short of registers keeps them on the stack and reads them as operands,
+                        instead of rebuilding each from the constant pool at every iteration
+                        (two instructions each under Numba's large code model; bench/NOTES.md
+                        round 26)
 
 The width is read from the features Numba compiles for (`NUMBA_CPU_FEATURES` if set, else the
 host's) when a kernel is compiled, not at import; Numba's cache is keyed by them too.
@@ -398,14 +399,24 @@ def fmadd(typingctx, a, b, c):
 
 @intrinsic
 def opaque(typingctx, x):
-    if not isinstance(x, types.Float):
+    element = x.dtype if isinstance(x, (types.UniTuple, types.NamedUniTuple)) else x  # each one
+    if not isinstance(element, types.Float):
         return None
 
     def codegen(context, builder, signature, args):
-        bits = ir.IntType(x.bitwidth)
+        bits = ir.IntType(element.bitwidth)
         identity = ir.InlineAsm(ir.FunctionType(bits, [bits]), "", "=r,0")
-        value = builder.call(identity, [builder.bitcast(args[0], bits)])
-        return builder.bitcast(value, context.get_value_type(x))
+
+        def hidden(value):
+            value = builder.call(identity, [builder.bitcast(value, bits)])
+            return builder.bitcast(value, context.get_value_type(element))
+
+        if element is x:
+            return hidden(args[0])
+        out = args[0]
+        for i in range(x.count):
+            out = builder.insert_value(out, hidden(builder.extract_value(args[0], i)), i)
+        return out
 
     return x(x), codegen
 

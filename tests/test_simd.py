@@ -372,6 +372,15 @@ def test_opaque_returns_its_argument_bit_for_bit(dtype, int_type):
     with pytest.raises(TypingError):
         through(np.arange(3), np.empty(3, np.int64))
 
+    @njit
+    def each_of(pair):  # a tuple of floats: element by element
+        return opaque(pair)
+
+    pair = each_of((values[3], values[-1]))
+    assert np.array(pair, dtype).view(int_type).tolist() == values[[3, -1]].view(int_type).tolist()
+    with pytest.raises(TypingError):
+        each_of((1, 2))
+
 
 def _has_avx2() -> bool:
     try:
