@@ -62,8 +62,8 @@ def gelu_constants(x):
     (libm). A kernel takes them once, before its loop, and hands them to every call: the loop,
     short of AVX2's 16 vector registers for 27 constants, then reads the ones it cannot keep
     in registers from the stack as operands, instead of rebuilding each from the constant
-    pool at every step (bias + GELU 1.4x faster with AVX2 code, 1.16x with AVX-512; the same
-    bits; bench/NOTES.md round 26)."""
+    pool at every step (bias + GELU 1.3-1.4x faster with AVX2 code, its forward 1.05-1.08x
+    with AVX-512; the same bits; bench/NOTES.md round 26)."""
     return ()
 
 

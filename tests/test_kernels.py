@@ -187,7 +187,7 @@ def test_gelu_matches_reference(dtype, n, c, seed):
 def test_gelu_constants_taken_opaque_are_the_constants():
     """The kernels take GELU's float32 constants through `opaque` (`gelu_constants`), the
     batch-1 network as frozen constants (`GELU_CONSTANTS`): the same values field by field,
-    so the same bits from both (a field placed wrong in either would change them)."""
+    so the same bits from both."""
     from numba import njit
 
     @njit
